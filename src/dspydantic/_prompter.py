@@ -1,0 +1,434 @@
+"""``Prompter``: the public verbs. Composes schema, renderer, backend and cache; holds no protocol detail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ._cache import CacheBackend, request_key, resolve_cache, response_from_json, response_to_json
+from ._example import INPUT_KEYS, Example
+from ._render import Demo, OutputParseError, PromptState, Renderer
+from ._result import ExtractionResult, Usage
+from ._schema import ensure_model, free_text_model, model_schema
+from .errors import BatchError, ConfigurationError, DspydanticError, ExtractionError, LMError
+from .lm import LMBackend, LMRequest, LMResponse, resolve_backend
+
+log = logging.getLogger("dspydantic")
+
+OnError = Literal["raise", "return"]
+# The plan of one extraction: yields requests, receives responses, returns the result.
+_Plan = Generator[LMRequest, tuple[LMResponse, bool], ExtractionResult[Any]]
+
+
+def _content(doc: Any) -> str | list[dict[str, Any]]:
+    parts = list(doc.parts)
+    if len(parts) == 1 and parts[0].get("type") == "text":
+        return str(parts[0]["text"])
+    return parts
+
+
+class Prompter:
+    """Extracts instances of a Pydantic model with an LLM, and optimizes its own prompts.
+
+    Each Prompter owns its LM backend (it never calls ``dspy.configure``). See the README for the choice
+    of backend from ``model_id`` / ``lm``.
+    """
+
+    def __init__(
+        self,
+        model: type[BaseModel] | None = None,
+        model_id: str | None = None,
+        *,
+        lm: Any = None,
+        api_key: str | None = None,
+        api_base: str | None = None,
+        cache: bool | str | CacheBackend | None = False,
+        system_prompt: str | None = None,
+        instruction_prompt: str | None = None,
+        field_descriptions: Mapping[str, str] | None = None,
+        demos: Sequence[Demo] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        max_retries: int = 2,
+        lm_retries: int = 2,
+        retry_backoff: float = 0.5,
+        timeout: float = 120.0,
+        logprobs: bool | None = None,
+        context_window: int | None = None,
+        **lm_kwargs: Any,
+    ) -> None:
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be a non-negative int, got {max_retries!r}")
+        self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
+        self.free_text = model is None
+        self.model_id = model_id
+        self.backend: LMBackend = resolve_backend(
+            model_id, lm=lm, api_key=api_key, api_base=api_base, timeout=timeout,
+            context_window=context_window, **lm_kwargs,
+        )
+        self.api_base = api_base
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_retries = max_retries
+        self.lm_retries = lm_retries
+        self.retry_backoff = retry_backoff
+        self.logprobs = bool(getattr(self.backend, "cheap_logprobs", False)) if logprobs is None else logprobs
+        self._cache_spec = cache
+        self.cache = resolve_cache(cache)
+        self._base_schema = model_schema(self.model)
+        self._state = PromptState(
+            system_prompt=system_prompt,
+            instruction_prompt=instruction_prompt,
+            field_descriptions=dict(field_descriptions or {}),
+            demos=tuple(demos or ()),
+        )
+        self._original_state = self._state
+        self._renderer: Renderer | None = None
+        self.optimization_result: Any = None
+
+    def __repr__(self) -> str:
+        return f"Prompter(model={self.model.__name__}, backend={self.backend!r})"
+
+    # -- prompt state ------------------------------------------------------------------------------
+    @property
+    def state(self) -> PromptState:
+        return self._state
+
+    @state.setter
+    def state(self, value: PromptState) -> None:
+        self._state = value
+        self._renderer = None
+
+    @property
+    def renderer(self) -> Renderer:
+        r = self._renderer
+        if r is None:
+            r = self._renderer = Renderer(self.model, self._state, base_schema=self._base_schema)
+        return r
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self._state.system_prompt
+
+    @property
+    def instruction_prompt(self) -> str | None:
+        return self._state.instruction_prompt
+
+    @property
+    def field_descriptions(self) -> dict[str, str]:
+        return dict(self.renderer.descriptions)
+
+    @property
+    def demos(self) -> tuple[Demo, ...]:
+        return self._state.demos
+
+    # -- the plan of one extraction (shared by the sync and the async driver) ----------------------
+    def _plan(self, item: Any) -> _Plan:
+        doc, variables = self._input(item)
+        renderer = self.renderer
+        messages = renderer.messages(_content(doc), variables)
+        usage = Usage()
+        errors: list[Any] = []
+        raw = ""
+        cached_all = True
+        for attempt in range(1, self.max_retries + 2):
+            request = LMRequest(
+                messages=messages,
+                json_schema=renderer.schema,
+                schema_name=renderer.schema_name,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                logprobs=self.logprobs,
+            )
+            response, hit = yield request
+            raw = response.text
+            if hit:
+                usage.cache_hits += 1
+            else:
+                cached_all = False
+                usage.calls += 1
+                usage.prompt_tokens += response.prompt_tokens
+                usage.completion_tokens += response.completion_tokens
+            try:
+                data = renderer.parse(raw)
+            except OutputParseError as exc:
+                errors.append(exc.errors)
+                if attempt <= self.max_retries:
+                    log.debug("answer did not validate (attempt %d): %s", attempt, exc.feedback)
+                    messages = renderer.reask(messages, raw, exc)
+                continue
+            confidence, source = _confidence(attempt, response.token_logprobs)
+            return ExtractionResult(
+                data=data,
+                confidence=confidence,
+                raw_output=raw,
+                usage=usage,
+                attempts=attempt,
+                cached=cached_all,
+                confidence_source=source,
+            )
+        raise ExtractionError(
+            f"no valid {self.model.__name__} after {self.max_retries + 1} attempts; last errors: "
+            f"{errors[-1] if errors else '?'}",
+            raw_output=raw,
+            errors=errors,
+            attempts=self.max_retries + 1,
+            usage=usage,
+        )
+
+    def _input(self, item: Any) -> tuple[Any, Mapping[str, Any] | None]:
+        from ._inputs import InputDoc, build_input
+
+        if isinstance(item, InputDoc):
+            return item, None
+        if isinstance(item, Example):
+            item = item.input_kwargs()
+        elif isinstance(item, str):
+            item = {"text": item}
+        elif not isinstance(item, Mapping):
+            raise ConfigurationError(
+                f"an input must be a str, a dict, an Example or an InputDoc, got {type(item).__name__}"
+            )
+        kwargs = dict(item) if set(item) <= INPUT_KEYS else {"text": dict(item)}
+        variables = kwargs["text"] if isinstance(kwargs.get("text"), Mapping) else None
+        return build_input(**kwargs), variables
+
+    # -- calling the backend (cache, transport retries) --------------------------------------------
+    def _cached(self, request: LMRequest) -> tuple[str | None, LMResponse | None]:
+        if self.cache is None:
+            return None, None
+        key = request_key(self.backend.cache_id, request)
+        hit = self.cache.get(key)
+        return key, (response_from_json(hit) if hit is not None else None)
+
+    def _store(self, key: str | None, response: LMResponse) -> None:
+        if key is not None and self.cache is not None:
+            self.cache.set(key, response_to_json(response))
+
+    def _call(self, request: LMRequest) -> tuple[LMResponse, bool]:
+        key, hit = self._cached(request)
+        if hit is not None:
+            return hit, True
+        for attempt in range(self.lm_retries + 1):
+            try:
+                response = self.backend.complete(request)
+                break
+            except LMError as exc:
+                if not exc.retryable or attempt == self.lm_retries:
+                    raise
+                time.sleep(self.retry_backoff * 2**attempt)
+        self._store(key, response)
+        return response, False
+
+    async def _acall(self, request: LMRequest) -> tuple[LMResponse, bool]:
+        key, hit = self._cached(request)
+        if hit is not None:
+            return hit, True
+        for attempt in range(self.lm_retries + 1):
+            try:
+                response = await self.backend.acomplete(request)
+                break
+            except LMError as exc:
+                if not exc.retryable or attempt == self.lm_retries:
+                    raise
+                await asyncio.sleep(self.retry_backoff * 2**attempt)
+        self._store(key, response)
+        return response, False
+
+    def _run_plan(self, item: Any) -> ExtractionResult[Any]:
+        plan = self._plan(item)
+        request = next(plan)
+        while True:
+            try:
+                request = plan.send(self._call(request))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    async def _arun_plan(self, item: Any) -> ExtractionResult[Any]:
+        plan = self._plan(item)
+        request = next(plan)
+        while True:
+            try:
+                request = plan.send(await self._acall(request))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    # -- public verbs ------------------------------------------------------------------------------
+    def predict_with_confidence(
+        self, text: str | Mapping[str, Any] | None = None, **inputs: Any
+    ) -> ExtractionResult[Any]:
+        """Extract one input; returns data, confidence, raw output and usage (summed over re-asks)."""
+        return self._run_plan(_item(text, inputs))
+
+    def predict(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+        """Extract one input into an instance of the model (text, template dict, image or PDF)."""
+        return self._run_plan(_item(text, inputs)).data
+
+    def run(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+        """Alias of :meth:`predict`."""
+        return self._run_plan(_item(text, inputs)).data
+
+    __call__ = run
+
+    async def apredict_with_confidence(
+        self, text: str | Mapping[str, Any] | None = None, **inputs: Any
+    ) -> ExtractionResult[Any]:
+        return await self._arun_plan(_item(text, inputs))
+
+    async def apredict(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+        """Native async :meth:`predict` (async HTTP; the local model runs in a worker thread)."""
+        return (await self._arun_plan(_item(text, inputs))).data
+
+    arun = apredict
+
+    def predict_batch(
+        self,
+        inputs: Iterable[Any],
+        max_workers: int = 4,
+        on_error: OnError = "raise",
+        *,
+        with_confidence: bool = False,
+        max_concurrency: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
+        """Extract many inputs on ``max_workers`` threads; results in input order.
+
+        ``on_error="return"`` puts the exception in a failed item's slot; ``"raise"`` lets every item
+        finish, then raises :class:`BatchError` (whose ``results`` hold everything that succeeded).
+        """
+        items = list(inputs)
+        workers = _workers(max_concurrency or max_workers, on_error)
+        results: list[Any] = [None] * len(items)
+        done = 0
+
+        def one(i: int) -> None:
+            nonlocal done
+            try:
+                res = self._run_plan(items[i])
+                results[i] = res if with_confidence else res.data
+            except Exception as exc:  # noqa: BLE001 - reported in the item's slot
+                results[i] = _tag(exc, i)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(items))
+
+        if workers == 1 or len(items) <= 1:
+            for i in range(len(items)):
+                one(i)
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+                list(pool.map(one, range(len(items))))
+        return _finish(results, on_error)
+
+    async def apredict_batch(
+        self,
+        inputs: Iterable[Any],
+        max_workers: int = 4,
+        on_error: OnError = "raise",
+        *,
+        with_confidence: bool = False,
+        max_concurrency: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
+        """Native async batch: at most ``max_workers`` requests in flight; results in input order."""
+        items = list(inputs)
+        sem = asyncio.Semaphore(_workers(max_concurrency or max_workers, on_error))
+        done = 0
+
+        async def one(i: int) -> Any:
+            nonlocal done
+            async with sem:
+                try:
+                    res = await self._arun_plan(items[i])
+                    out = res if with_confidence else res.data
+                except Exception as exc:  # noqa: BLE001 - reported in the item's slot
+                    out = _tag(exc, i)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(items))
+            return out
+
+        results = await asyncio.gather(*(one(i) for i in range(len(items))))
+        return _finish(list(results), on_error)
+
+    # -- optimization, evaluation and persistence live in their own modules ------------------------
+    def optimize(self, examples: Sequence[Example], **kwargs: Any) -> Any:
+        """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`."""
+        from .optimize.run import optimize_prompter
+
+        return optimize_prompter(self, examples, **kwargs)
+
+    def evaluate(self, examples: Sequence[Example], evaluator: Any = None, **kwargs: Any) -> Any:
+        """Score this prompter on held-out examples (overall, per field, P/R/F1, failing examples)."""
+        from .optimize.report import evaluate_prompter
+
+        return evaluate_prompter(self, examples, evaluator=evaluator, **kwargs)
+
+    def save(self, path: str) -> None:
+        """Write this prompter to a versioned directory of JSON (atomic; no secrets)."""
+        from ._persist import save_prompter
+
+        save_prompter(self, path)
+
+    @classmethod
+    def load(cls, path: str, model: type[BaseModel] | None = None, model_id: str | None = None, **kwargs: Any) -> Prompter:
+        """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
+        from ._persist import load_prompter
+
+        return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _item(text: Any, inputs: dict[str, Any]) -> Any:
+    unknown = set(inputs) - INPUT_KEYS
+    if unknown:
+        raise ConfigurationError(f"unknown input argument(s) {sorted(unknown)}; expected {sorted(INPUT_KEYS)}")
+    if text is not None:
+        inputs = {"text": text, **inputs}
+    if not inputs:
+        raise ConfigurationError("nothing to extract from: pass text=..., image_path=..., or pdf_path=...")
+    return inputs
+
+
+def _workers(n: int, on_error: str) -> int:
+    if on_error not in ("raise", "return"):
+        raise ConfigurationError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ConfigurationError(f"max_workers must be a positive int, got {n!r}")
+    return n
+
+
+def _tag(exc: Exception, index: int) -> Exception:
+    if isinstance(exc, DspydanticError):
+        exc.batch_index = index  # type: ignore[attr-defined]
+    return exc
+
+
+def _finish(results: list[Any], on_error: str) -> list[Any]:
+    if on_error == "raise":
+        failed = {i: r for i, r in enumerate(results) if isinstance(r, Exception)}
+        if failed:
+            first = min(failed)
+            raise BatchError(
+                f"{len(failed)} of {len(results)} items failed; first (item {first}): {failed[first]}",
+                results=results,
+                errors=failed,
+            ) from failed[first]
+    return results
+
+
+def _confidence(attempt: int, logprobs: list[float] | None) -> tuple[float, str]:
+    factor = max(0.0, 1.0 - 0.25 * (attempt - 1))
+    if logprobs:
+        mean = sum(logprobs) / len(logprobs)
+        return round(factor * math.exp(mean), 4), "logprobs"
+    return factor, "attempts"

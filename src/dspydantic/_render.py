@@ -1,0 +1,208 @@
+"""The one renderer: prompt state + input -> chat messages; and the parser/validator of the answer.
+
+Inference calls it directly; optimization hands it to DSPy as its adapter, so a candidate is scored with
+exactly the prompt it will be served with. The static part (system prompt, instructions, field list, demos)
+comes first and the document last, so a local model reuses the KV cache of the shared prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ._schema import apply_descriptions, default_descriptions, iter_field_paths, model_schema
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful information extraction system. You read a document and return the requested "
+    "fields as one JSON object."
+)
+DEFAULT_INSTRUCTION_PROMPT = (
+    "Extract the fields below from the user's document. Copy values as they appear in the document, "
+    "convert them to the requested type, and use null for anything the document does not state."
+)
+
+_PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
+
+
+@dataclass(frozen=True, slots=True)
+class Demo:
+    """One few-shot demonstration: the input as the user message, the JSON-safe output as the answer."""
+
+    input: str | list[dict[str, Any]]
+    output: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Demo:
+        return cls(input=data["input"], output=dict(data["output"]))
+
+
+@dataclass(frozen=True, slots=True)
+class PromptState:
+    """Everything optimization may change. Plain data: this is what a saved prompter stores."""
+
+    system_prompt: str | None = None
+    instruction_prompt: str | None = None
+    field_descriptions: Mapping[str, str] = field(default_factory=dict)
+    demos: tuple[Demo, ...] = ()
+
+    def replace(self, **changes: Any) -> PromptState:
+        data = {
+            "system_prompt": self.system_prompt,
+            "instruction_prompt": self.instruction_prompt,
+            "field_descriptions": dict(self.field_descriptions),
+            "demos": self.demos,
+        }
+        data.update(changes)
+        data["demos"] = tuple(data["demos"])
+        return PromptState(**data)
+
+
+class OutputParseError(ValueError):
+    """The answer is not valid JSON for the model; ``feedback`` is what the re-ask tells the LM."""
+
+    def __init__(self, feedback: str, errors: list[Any]) -> None:
+        super().__init__(feedback)
+        self.feedback = feedback
+        self.errors = errors
+
+
+def template_placeholders(template: str | None) -> set[str]:
+    """``{name}`` placeholders in a prompt template (``{{``/``}}`` and JSON like ``{"a": 1}`` are literal)."""
+    return set(_PLACEHOLDER.findall(template)) if template else set()
+
+
+def fill_template(template: str, variables: Mapping[str, Any] | None) -> str:
+    names = template_placeholders(template)
+    if not names:
+        return template.replace("{{", "{").replace("}}", "}")
+    variables = variables or {}
+    missing = sorted(names - set(variables))
+    if missing:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"prompt template needs {', '.join(missing)}; the input provides {sorted(variables) or 'no variables'}"
+        )
+
+    def sub(m: re.Match[str]) -> str:
+        v = variables[m.group(1)]
+        return v if isinstance(v, str) else json.dumps(v, default=str)
+
+    return _PLACEHOLDER.sub(sub, template).replace("{{", "{").replace("}}", "}")
+
+
+def _field_list(schema: dict[str, Any]) -> str:
+    lines = []
+    for f in iter_field_paths(schema):
+        req = "required" if f.required else "optional"
+        desc = f": {f.description}" if f.description else ""
+        lines.append(f"- {f.path} ({f.type_hint}, {req}){desc}")
+    return "\n".join(lines)
+
+
+class Renderer:
+    """Renders messages for one model and one :class:`PromptState`; parses and validates answers."""
+
+    def __init__(self, model: type[BaseModel], state: PromptState, *, base_schema: dict[str, Any] | None = None):
+        self.model = model
+        self.state = state
+        self.base_schema = base_schema if base_schema is not None else model_schema(model)
+        self.descriptions = {**default_descriptions(self.base_schema), **dict(state.field_descriptions)}
+        #: the schema sent as structured-output constraint (carries the current field descriptions)
+        self.schema = apply_descriptions(self.base_schema, self.descriptions)
+        self.schema_name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
+        self._system = state.system_prompt or DEFAULT_SYSTEM_PROMPT
+        self._instruction = state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT
+        self.placeholders = template_placeholders(self._system) | template_placeholders(self._instruction)
+        self._prefix: list[dict[str, Any]] | None = None if self.placeholders else self._build_prefix(None)
+
+    # -- rendering -----------------------------------------------------------------------------------
+    def _build_prefix(self, variables: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        system = fill_template(self._system, variables)
+        instruction = fill_template(self._instruction, variables)
+        content = (
+            f"{system}\n\n{instruction}\n\nFields:\n{_field_list(self.schema)}\n\n"
+            "Answer with only the JSON object, no prose."
+        )
+        messages: list[dict[str, Any]] = [{"role": "system", "content": content}]
+        for demo in self.state.demos:
+            messages.append({"role": "user", "content": demo.input})
+            messages.append({"role": "assistant", "content": json.dumps(demo.output, ensure_ascii=False)})
+        return messages
+
+    def messages(
+        self, content: str | Sequence[dict[str, Any]], variables: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """The chat messages for one document (``content``: text or OpenAI content parts)."""
+        prefix = self._prefix if self._prefix is not None else self._build_prefix(variables)
+        user = content if isinstance(content, str) else list(content)
+        return [*prefix, {"role": "user", "content": user}]
+
+    @staticmethod
+    def reask(messages: list[dict[str, Any]], raw: str, error: OutputParseError) -> list[dict[str, Any]]:
+        """Messages for a re-ask: the previous answer and what was wrong with it."""
+        return [
+            *messages,
+            {"role": "assistant", "content": raw},
+            {
+                "role": "user",
+                "content": "Your answer was not valid:\n"
+                f"{error.feedback}\nReply with only the corrected JSON object.",
+            },
+        ]
+
+    # -- parsing -------------------------------------------------------------------------------------
+    def parse(self, text: str) -> BaseModel:
+        """Validate an answer into the user's model, or raise :class:`OutputParseError`."""
+        try:
+            return self.model.model_validate_json(text)
+        except ValidationError as exc:
+            if not all(e.get("type") == "json_invalid" for e in exc.errors()):
+                raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
+        obj = extract_json(text)
+        if obj is None:
+            if set(self.model.model_fields) == {"output"}:  # free-text mode accepts plain text
+                return self.model(output=text.strip())
+            raise OutputParseError("The answer is not a JSON object.", [{"type": "json_invalid"}])
+        try:
+            return self.model.model_validate(obj)
+        except ValidationError as exc:
+            raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON object in ``text`` (code fences and surrounding prose tolerated), or None."""
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    for cand in candidates:
+        start = cand.find("{")
+        while start != -1:
+            try:
+                obj, _ = decoder.raw_decode(cand, start)
+                if isinstance(obj, dict):
+                    return obj
+            except json.JSONDecodeError:
+                pass
+            start = cand.find("{", start + 1)
+    return None
+
+
+def _describe(exc: ValidationError, limit: int = 12) -> str:
+    lines = []
+    for e in exc.errors(include_url=False)[:limit]:
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "(root)"
+        got = e.get("input")
+        got_s = json.dumps(got, default=str)[:80] if not isinstance(got, dict) else "{...}"
+        lines.append(f"- {loc}: {e.get('msg')} (got {got_s})")
+    return "\n".join(lines)

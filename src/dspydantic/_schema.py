@@ -1,0 +1,188 @@
+"""Pydantic model <-> JSON schema, field paths, per-path descriptions, rebuilding a class from a schema.
+
+Field paths are dotted: ``vendor``, ``address.city``; items of a list are ``items[].name``; values of a
+``dict[str, Model]`` are ``prices{}.amount``. Everything per field is keyed by its path, never by position.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field, create_model
+
+from .errors import ConfigurationError
+
+FREE_TEXT_FIELD = "output"
+
+
+def ensure_model(model: Any) -> type[BaseModel]:
+    """Return ``model`` if it is a Pydantic model class, else raise a clear ConfigurationError."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model
+    if isinstance(model, BaseModel):
+        raise ConfigurationError(
+            f"model must be a Pydantic model class, not an instance of {type(model).__name__}; "
+            f"pass {type(model).__name__} itself"
+        )
+    raise ConfigurationError(
+        f"model must be a subclass of pydantic.BaseModel (or None for free text), got {model!r}"
+    )
+
+
+def free_text_model() -> type[BaseModel]:
+    """The model used when a Prompter has no model: a single free-text ``output`` field."""
+    return create_model("Output", output=(str, Field(description="The answer as free text")))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPath:
+    path: str
+    description: str | None
+    type_hint: str
+    required: bool
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return ``schema`` with every ``$ref`` into ``$defs`` inlined (recursive references are kept)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(x, stack) for x in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.split("/")[-1]
+            if name in stack:  # recursive model: keep the reference
+                return dict(node)
+            target = walk(defs.get(name, {}), (*stack, name))
+            merged = {k: v for k, v in node.items() if k != "$ref"}
+            return {**target, **merged}
+        return {k: walk(v, stack) for k, v in node.items() if k != "$defs"}
+
+    out: dict[str, Any] = walk(schema, ())
+    if defs and "$ref" in json.dumps(out):
+        out["$defs"] = defs  # recursive models still need their definitions
+    return out
+
+
+def _children(node: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(suffix, child schema) pairs below an (inlined) schema node, looking through anyOf/Optional."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    variants = node.get("anyOf") or node.get("oneOf") or [node]
+    for v in variants:
+        if not isinstance(v, dict):
+            continue
+        if v.get("type") == "object" and "properties" in v:
+            out.append(("", v))
+        elif v.get("type") == "array" and isinstance(v.get("items"), dict):
+            out.append(("[]", v["items"]))
+        elif v.get("type") == "object" and isinstance(v.get("additionalProperties"), dict):
+            out.append(("{}", v["additionalProperties"]))
+    return out
+
+
+def _type_hint(node: dict[str, Any]) -> str:
+    if "enum" in node:
+        return "one of " + ", ".join(json.dumps(x) for x in node["enum"])
+    if "const" in node:
+        return f"const {json.dumps(node['const'])}"
+    if "anyOf" in node:
+        return " | ".join(_type_hint(v) for v in node["anyOf"] if isinstance(v, dict))
+    t = node.get("type", "any")
+    if t == "array":
+        return f"list[{_type_hint(node.get('items', {}))}]"
+    if t == "string" and "format" in node:
+        return f"string ({node['format']})"
+    if t == "object" and "properties" in node:
+        return "object"
+    return str(t)
+
+
+def iter_field_paths(schema: dict[str, Any]) -> list[FieldPath]:
+    """Every field path of an (inlined) object schema, parents before children."""
+    out: list[FieldPath] = []
+
+    def visit(obj: dict[str, Any], prefix: str) -> None:
+        required = set(obj.get("required", []))
+        for name, sub in obj.get("properties", {}).items():
+            path = f"{prefix}{name}"
+            out.append(FieldPath(path, sub.get("description"), _type_hint(sub), name in required))
+            for suffix, child in _children(sub):
+                if child.get("type") == "object" and "properties" in child:
+                    visit(child, f"{path}{suffix}.")
+                else:
+                    for s2, c2 in _children(child):
+                        if "properties" in c2:
+                            visit(c2, f"{path}{suffix}{s2}.")
+
+    visit(schema, "")
+    return out
+
+
+def apply_descriptions(schema: dict[str, Any], descriptions: dict[str, str]) -> dict[str, Any]:
+    """Return a copy of an inlined schema with each path's description set (unknown paths are ignored)."""
+    if not descriptions:
+        return schema
+    out = copy.deepcopy(schema)
+
+    def visit(obj: dict[str, Any], prefix: str) -> None:
+        for name, sub in obj.get("properties", {}).items():
+            path = f"{prefix}{name}"
+            if path in descriptions:
+                sub["description"] = descriptions[path]
+            for suffix, child in _children(sub):
+                if "properties" in child:
+                    visit(child, f"{path}{suffix}.")
+                else:
+                    for s2, c2 in _children(child):
+                        if "properties" in c2:
+                            visit(c2, f"{path}{suffix}{s2}.")
+
+    visit(out, "")
+    return out
+
+
+def _strip_titles(node: Any) -> Any:
+    """Drop the auto-generated ``title`` keys: they cost prompt tokens and carry nothing."""
+    if isinstance(node, list):
+        return [_strip_titles(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == "title" and isinstance(v, str):
+            continue
+        if k == "properties" and isinstance(v, dict):
+            out[k] = {pk: _strip_titles(pv) for pk, pv in v.items()}
+        else:
+            out[k] = _strip_titles(v)
+    return out
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's validation JSON schema, ``$ref``s inlined and titles dropped."""
+    return _strip_titles(inline_schema(model.model_json_schema()))
+
+
+def default_descriptions(schema: dict[str, Any]) -> dict[str, str]:
+    """Path -> description as written on the model (only the described fields)."""
+    return {f.path: f.description for f in iter_field_paths(schema) if f.description}
+
+
+def fingerprint(schema: dict[str, Any]) -> str:
+    """A short, stable hash of a schema's *structure* (descriptions excluded)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in sorted(node.items()) if k not in ("description", "title")}
+        if isinstance(node, list):
+            return [strip(x) for x in node]
+        return node
+
+    return hashlib.sha256(json.dumps(strip(schema), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,687 @@
+"""A fake OpenAI-compatible chat-completions server for tests.
+
+:class:`FakeLLMServer` speaks real HTTP on ``127.0.0.1`` so that the whole client stack (LiteLLM,
+the OpenAI SDK, ``httpx``, retries, timeouts, concurrency limits) is exercised without a network or
+an API key.  It depends only on the standard library.
+
+Example -- testing your own extraction code::
+
+    from pydantic import BaseModel
+
+    from dspydantic import Prompter
+    from dspydantic.testing import Fault, FakeLLMServer
+
+
+    class Invoice(BaseModel):
+        number: str
+        total: float
+
+
+    def test_extracts_invoice() -> None:
+        with FakeLLMServer() as srv:
+            srv.add_response({"number": "INV-1", "total": 12.5})
+            srv.add_response(Fault(status=429))        # second call is rate limited
+            prompter = Prompter(model=Invoice, model_id="openai/fake", api_base=srv.base_url, api_key="test")
+            result = prompter.run("Invoice INV-1, total 12.50 EUR")
+            assert result.data == Invoice(number="INV-1", total=12.5)
+            assert srv.request_count == 1
+            assert srv.requests[0].headers["authorization"] == "Bearer test"
+
+Answers are taken from a FIFO queue filled with :meth:`FakeLLMServer.add_response`; when it is empty
+the responder set with :meth:`FakeLLMServer.set_responder` (or :meth:`FakeLLMServer.respond_by_substring`)
+is called with the decoded request body.  Without either the server answers ``"{}"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import socketserver
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self, TypeAlias
+
+__all__ = [
+    "FakeLLMServer",
+    "Fault",
+    "RecordedRequest",
+    "Reply",
+    "Responder",
+    "ResponseSpec",
+    "last_user_text",
+    "message_text",
+]
+
+_DEFAULT_LOGPROB = -0.05
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+
+@dataclass
+class Reply:
+    """Full control over one successful (or, with a non-2xx ``status``, failed) answer.
+
+    ``content`` may be a ``str`` or any JSON-serialisable ``dict``/``list`` (sent ``json.dumps``'d).
+    A ``status`` of 400 or more turns the reply into an OpenAI-style error whose message is the content.
+    ``logprobs`` gives one value per whitespace-separated token of the content (used only when the
+    request asks for ``"logprobs": true``).  ``prompt_tokens``/``completion_tokens`` override the
+    approximated usage numbers.
+    """
+
+    content: str | dict[str, Any] | list[Any]
+    status: int = 200
+    delay: float | None = None
+    logprobs: list[float] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Fault:
+    """An error answer: ``status`` with an OpenAI-style JSON error body, or a dropped connection.
+
+    ``body`` may be ``None`` (a generic message), a ``str`` (used as the error message) or a
+    ``dict`` (sent verbatim).  With ``drop_connection=True`` the socket is closed without any answer.
+    ``headers`` are added to the response (e.g. ``{"Retry-After": "0"}``).
+    """
+
+    status: int = 500
+    body: str | dict[str, Any] | None = None
+    delay: float | None = None
+    drop_connection: bool = False
+    headers: dict[str, str] | None = None
+
+
+ResponseSpec: TypeAlias = str | dict[str, Any] | list[Any] | Fault | Reply
+"""Anything that can be queued or returned by a responder."""
+Responder: TypeAlias = Callable[[dict[str, Any]], ResponseSpec]
+"""``fn(request_body) -> ResponseSpec``, called for each request when the queue is empty."""
+
+
+class _Headers(dict[str, str]):
+    """A ``dict`` with lower-cased keys and case-insensitive lookups."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__()
+        for key, value in items:
+            super().__setitem__(key.lower(), value)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key.lower(), value)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key.lower() if isinstance(key, str) else key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+    def __repr__(self) -> str:
+        shown = {k: ("<redacted>" if k in _SECRET_HEADERS else v) for k, v in self.items()}
+        return repr(shown)
+
+
+def message_text(content: Any) -> str:
+    """Text of one message ``content``: a string, or the joined text of a list of content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    return str(content)
+
+
+def last_user_text(body: Mapping[str, Any]) -> str:
+    """Text of the last ``role == "user"`` message of a chat-completions request body ("" if none)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
+
+
+def _all_messages_text(body: Mapping[str, Any]) -> str:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(message_text(m.get("content")) for m in messages if isinstance(m, Mapping))
+
+
+def _approx_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+@dataclass
+class RecordedRequest:
+    """One request the server received.  ``headers`` has lower-cased, case-insensitive keys."""
+
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    received_at: float
+    method: str = "POST"
+
+    @property
+    def last_user_text(self) -> str:
+        """Text of the last user message of the request (content parts are joined)."""
+        return last_user_text(self.body)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        messages = self.body.get("messages")
+        return messages if isinstance(messages, list) else []
+
+    def __repr__(self) -> str:
+        # Never show credentials, e.g. in pytest assertion output.
+        headers = {k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v) for k, v in self.headers.items()}
+        return (
+            f"RecordedRequest(method={self.method!r}, path={self.path!r}, body={self.body!r}, "
+            f"headers={headers!r}, received_at={self.received_at!r})"
+        )
+
+
+def _default_responder(body: dict[str, Any]) -> str:
+    return "{}"
+
+
+def _error_type(status: int) -> str:
+    if status == 400:
+        return "invalid_request_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "api_error"
+
+
+def _error_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _error_type(status), "param": None, "code": str(status)}}
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return json.dumps(content)
+
+
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_MODELS_PATHS = frozenset({"/v1/models", "/models"})
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], owner: FakeLLMServer) -> None:
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), which may do a slow reverse DNS lookup.
+        # socketserver.TCPServer.server_bind is called explicitly to skip that.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "dspydantic-fake-llm/1"
+    sys_version = ""
+    server: _HTTPServer
+
+    # ------------------------------------------------------------------ plumbing
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # silent: never log requests (they may contain credentials)
+
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str = "application/json",
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Status"
+        lines = [
+            f"HTTP/1.1 {status} {reason}",
+            f"Server: {self.server_version}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(payload)}",
+            "Connection: close" if self.close_connection else "Connection: keep-alive",
+        ]
+        if extra_headers:
+            lines.extend(f"{k}: {v}" for k, v in extra_headers.items())
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            self.wfile.write(head + payload)
+        except OSError:
+            self.close_connection = True
+
+    def _send_json(self, status: int, obj: Any, extra_headers: Mapping[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode("utf-8"), extra_headers=extra_headers)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(65537)
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    # trailers until an empty line
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _record(self, path: str, body: dict[str, Any]) -> None:
+        self.server.owner._record(
+            RecordedRequest(
+                path=path,
+                body=body,
+                headers=_Headers(self.headers.items()),
+                received_at=time.time(),
+                method=self.command,
+            )
+        )
+
+    # ------------------------------------------------------------------ methods
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        owner._enter()
+        try:
+            path = self._path()
+            self._record(path, {})
+            if path in _MODELS_PATHS:
+                self._send_json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {"id": owner.model_name, "object": "model", "created": 0, "owned_by": "fake"}
+                        ],
+                    },
+                )
+            else:
+                self._send_json(404, _error_body(404, f"Unknown path: GET {path}"))
+        finally:
+            owner._leave()
+
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        owner._enter()
+        try:
+            self._handle_post(owner)
+        finally:
+            owner._leave()
+
+    def _handle_post(self, owner: FakeLLMServer) -> None:
+        try:
+            raw = self._read_body()
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        path = self._path()
+        try:
+            decoded = json.loads(raw) if raw else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            decoded = None
+        body: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+        self._record(path, body)
+        if path not in _CHAT_PATHS:
+            self._send_json(404, _error_body(404, f"Unknown path: POST {path}"))
+            return
+        if not isinstance(decoded, dict):
+            self._send_json(400, _error_body(400, "Request body is not a JSON object"))
+            return
+
+        spec = owner._next_spec(body)
+        delay = spec.delay if spec.delay is not None else owner.latency
+        if delay and delay > 0:
+            time.sleep(delay)
+
+        if isinstance(spec, Fault):
+            self._send_fault(spec)
+            return
+        if spec.status >= 400:
+            self._send_json(spec.status, _error_body(spec.status, _content_text(spec.content)))
+            return
+        if body.get("stream"):
+            self._send_stream(owner, body, spec)
+        else:
+            self._send_json(spec.status, owner._completion(body, spec))
+
+    def _send_fault(self, fault: Fault) -> None:
+        if fault.drop_connection:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if isinstance(fault.body, dict):
+            payload: Any = fault.body
+        else:
+            message = fault.body if fault.body is not None else f"Fake server error (status {fault.status})"
+            payload = _error_body(fault.status, message)
+        self._send_json(fault.status, payload, extra_headers=fault.headers)
+
+    def _send_stream(self, owner: FakeLLMServer, body: dict[str, Any], spec: Reply) -> None:
+        full = owner._completion(body, spec)
+        choice = full["choices"][0]
+        base = {
+            "id": full["id"],
+            "object": "chat.completion.chunk",
+            "created": full["created"],
+            "model": full["model"],
+        }
+        events = [
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": choice["message"]["content"]},
+                        "finish_reason": None,
+                    }
+                ],
+            },
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]},
+        ]
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            events.append({**base, "choices": [], "usage": full["usage"]})
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        self._send(200, text.encode("utf-8"), content_type="text/event-stream")
+
+
+class FakeLLMServer:
+    """A scriptable OpenAI-compatible server on ``127.0.0.1`` (see the module docstring).
+
+    ``latency`` (seconds) is slept before every answer unless the answer carries its own ``delay``;
+    it can be changed at any time through the ``latency`` attribute.
+    """
+
+    def __init__(self, latency: float = 0.0, port: int = 0, *, model_name: str = "fake-model") -> None:
+        self.latency = latency
+        self.model_name = model_name
+        self._port = port
+        self._lock = threading.Lock()
+        self._queue: deque[Fault | Reply] = deque()
+        self._responder: Responder = _default_responder
+        self._requests: list[RecordedRequest] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._completion_counter = 0
+        self._connections: set[socket.socket] = set()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Self:
+        """Bind and serve in a daemon thread. Returns ``self``."""
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer(("127.0.0.1", self._port), self)
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeLLMServer", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the listening socket and every open client connection. Idempotent."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        self._httpd = None
+        self._thread = None
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("FakeLLMServer is not running; call start() or use it as a context manager")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1`` -- pass it as ``api_base``/``base_url`` to a client."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def url(self) -> str:
+        """Alias of :attr:`base_url`."""
+        return self.base_url
+
+    # ------------------------------------------------------------------ scripting
+    def add_response(
+        self,
+        content: ResponseSpec,
+        *,
+        status: int = 200,
+        delay: float | None = None,
+        times: int = 1,
+    ) -> None:
+        """Queue ``times`` copies of an answer; queued answers are consumed one per request, FIFO.
+
+        ``status``/``delay`` apply to plain contents; for a ``Fault``/``Reply`` they fill in only
+        what the object leaves unset (``delay``).
+        """
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        spec: Fault | Reply
+        if isinstance(content, Fault | Reply):
+            spec = content if delay is None or content.delay is not None else _replace_delay(content, delay)
+        else:
+            spec = Reply(content=content, status=status, delay=delay)
+        with self._lock:
+            self._queue.extend([spec] * times)
+
+    def set_responder(self, fn: Responder | None) -> None:
+        """Answer with ``fn(request_body)`` whenever the queue is empty (``None`` restores ``"{}"``)."""
+        with self._lock:
+            self._responder = fn if fn is not None else _default_responder
+
+    def respond_by_substring(
+        self,
+        mapping: Mapping[str, ResponseSpec],
+        default: ResponseSpec = "{}",
+    ) -> None:
+        """Answer with the value of the first key found in the text of the last user message."""
+        items = list(mapping.items())
+
+        def responder(body: dict[str, Any]) -> ResponseSpec:
+            text = last_user_text(body)
+            for key, value in items:
+                if key in text:
+                    return value
+            return default
+
+        self.set_responder(responder)
+
+    @property
+    def pending_responses(self) -> int:
+        """Number of queued answers not consumed yet."""
+        with self._lock:
+            return len(self._queue)
+
+    # ------------------------------------------------------------------ observation
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received (all paths and methods), in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """Only the requests made to the chat-completions endpoint."""
+        return [r for r in self.requests if r.path in _CHAT_PATHS]
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Highest number of requests observed being handled at the same time."""
+        with self._lock:
+            return self._max_in_flight
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def reset(self) -> None:
+        """Clear the queue, the request log and the counters (the responder and latency are kept)."""
+        with self._lock:
+            self._queue.clear()
+            self._requests.clear()
+            self._max_in_flight = self._in_flight
+
+    # ------------------------------------------------------------------ internals (handler side)
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _next_spec(self, body: dict[str, Any]) -> Fault | Reply:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            responder = self._responder
+        try:
+            answer = responder(body)
+        except Exception as exc:  # noqa: BLE001 - a broken responder must not kill the handler thread
+            return Fault(status=500, body=f"FakeLLMServer responder raised {type(exc).__name__}: {exc}")
+        if isinstance(answer, Fault | Reply):
+            return answer
+        return Reply(content=answer)
+
+    def _completion(self, body: dict[str, Any], spec: Reply) -> dict[str, Any]:
+        content = _content_text(spec.content)
+        with self._lock:
+            self._completion_counter += 1
+            number = self._completion_counter
+        prompt_tokens = (
+            spec.prompt_tokens if spec.prompt_tokens is not None else _approx_tokens(_all_messages_text(body))
+        )
+        completion_tokens = (
+            spec.completion_tokens if spec.completion_tokens is not None else _approx_tokens(content)
+        )
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": spec.finish_reason,
+        }
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": _logprob_entries(content, spec.logprobs)}
+        else:
+            choice["logprobs"] = None
+        model = body.get("model")
+        return {
+            "id": f"chatcmpl-fake-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model if isinstance(model, str) else self.model_name,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+def _replace_delay(spec: Any, delay: float) -> Any:
+    return replace(spec, delay=delay)
+
+
+def _logprob_entries(content: str, logprobs: list[float] | None) -> list[dict[str, Any]]:
+    tokens = content.split()
+    values = logprobs if logprobs is not None else [_DEFAULT_LOGPROB] * len(tokens)
+    entries: list[dict[str, Any]] = []
+    for i, lp in enumerate(values):
+        token = tokens[i] if i < len(tokens) else ""
+        entries.append({"token": token, "logprob": float(lp), "bytes": None, "top_logprobs": []})
+    return entries
