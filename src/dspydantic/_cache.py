@@ -166,7 +166,7 @@ def resolve_cache(spec: Any) -> CacheBackend | None:
     if spec is None or spec is False:
         return None
     if spec is True or isinstance(spec, (str, os.PathLike)):
-        key = default_cache_dir() if spec is True else Path(spec)  # type: ignore[arg-type]
+        key = default_cache_dir() if spec is True else Path(spec)
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:

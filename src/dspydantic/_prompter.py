@@ -249,7 +249,7 @@ class Prompter:
             try:
                 request = plan.send(self._call(request))
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
 
     async def _arun_plan(self, item: Any) -> ExtractionResult[Any]:
         plan = self._plan(item)
@@ -258,7 +258,7 @@ class Prompter:
             try:
                 request = plan.send(await self._acall(request))
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return stop.value
 
     # -- public verbs ------------------------------------------------------------------------------
     def predict_with_confidence(
@@ -313,7 +313,7 @@ class Prompter:
             try:
                 res = self._run_plan(items[i])
                 results[i] = res if with_confidence else res.data
-            except Exception as exc:  # noqa: BLE001 - reported in the item's slot
+            except Exception as exc:
                 results[i] = _tag(exc, i)
             done += 1
             if on_progress is not None:
@@ -348,7 +348,7 @@ class Prompter:
                 try:
                     res = await self._arun_plan(items[i])
                     out = res if with_confidence else res.data
-                except Exception as exc:  # noqa: BLE001 - reported in the item's slot
+                except Exception as exc:
                     out = _tag(exc, i)
             done += 1
             if on_progress is not None:
@@ -378,7 +378,9 @@ class Prompter:
         save_prompter(self, path)
 
     @classmethod
-    def load(cls, path: str, model: type[BaseModel] | None = None, model_id: str | None = None, **kwargs: Any) -> Prompter:
+    def load(
+        cls, path: str, model: type[BaseModel] | None = None, model_id: str | None = None, **kwargs: Any
+    ) -> Prompter:
         """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
         from ._persist import load_prompter
 

@@ -7,6 +7,7 @@ comes first and the document last, so a local model reuses the KV cache of the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -54,15 +55,9 @@ class PromptState:
     demos: tuple[Demo, ...] = ()
 
     def replace(self, **changes: Any) -> PromptState:
-        data = {
-            "system_prompt": self.system_prompt,
-            "instruction_prompt": self.instruction_prompt,
-            "field_descriptions": dict(self.field_descriptions),
-            "demos": self.demos,
-        }
-        data.update(changes)
-        data["demos"] = tuple(data["demos"])
-        return PromptState(**data)
+        if "demos" in changes:
+            changes["demos"] = tuple(changes["demos"])
+        return dataclasses.replace(self, **changes)
 
 
 class OutputParseError(ValueError):

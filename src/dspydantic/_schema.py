@@ -29,7 +29,7 @@ def ensure_model(model: Any) -> type[BaseModel]:
             f"pass {type(model).__name__} itself"
         )
     raise ConfigurationError(
-        f"model must be a subclass of pydantic.BaseModel (or None for free text), got {model!r}"
+        f"model must be a Pydantic model class (a subclass of pydantic.BaseModel), or None for free text; got {model!r}"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import ConfigurationError, MissingExtraError
 from ._base import LMBackend, LMRequest, LMResponse
 
-__all__ = ["LMBackend", "LMRequest", "LMResponse", "resolve_backend", "is_local_id"]
+__all__ = ["LMBackend", "LMRequest", "LMResponse", "is_local_id", "resolve_backend"]
 
 log = logging.getLogger("dspydantic")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[^\s/][^\s]*)?$")
@@ -52,7 +52,7 @@ def resolve_backend(
         if model_id is not None:
             raise ConfigurationError("pass either model_id or lm, not both")
         if _is_backend(lm):
-            return lm  # type: ignore[no-any-return]
+            return lm
         if not hasattr(lm, "forward"):
             raise ConfigurationError(f"lm must be a dspy.LM (or an LMBackend), got {type(lm).__name__}")
         from .dspy_lm import DSPyLMBackend
@@ -64,20 +64,17 @@ def resolve_backend(
             from .dspy_lm import DSPyLMBackend
 
             return DSPyLMBackend(configured, context_window=context_window)
+        from .local import resolve_local
+
         try:
-            from .local import resolve_local
-        except ImportError:  # pragma: no cover - the module itself has no heavy imports
-            resolve_local = None
-        if resolve_local is not None:
-            try:
-                backend = resolve_local("local", **kwargs)
-            except MissingExtraError:
-                backend = None
-            if backend is not None:
-                if not _said_default:
-                    log.info("No model_id, lm or dspy.configure(lm=...) given: using the embedded local model")
-                    _said_default = True
-                return backend
+            backend = resolve_local("local", context_window=context_window, **kwargs)
+        except MissingExtraError:
+            backend = None
+        if backend is not None:
+            if not _said_default:
+                log.info("No model_id, lm or dspy.configure(lm=...) given: using the embedded local model")
+                _said_default = True
+            return backend
         raise ConfigurationError(
             "No LM configured. Pass model_id='openai/gpt-4o-mini' (or any provider/model LiteLLM knows), "
             "lm=dspy.LM(...), call dspy.configure(lm=...), or install the offline model with "
