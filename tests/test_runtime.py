@@ -376,3 +376,46 @@ def _root():  # type: ignore[no-untyped-def]
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+class Contract(BaseModel):
+    party: str | None = None
+    penalty: str | None = None
+    clauses: list[str] = []
+
+
+def test_long_document_is_chunked_and_the_answer_in_the_last_chunk_survives(srv: FakeLLMServer) -> None:
+    def answer(body: dict) -> dict:
+        text = body["messages"][-1]["content"]
+        out: dict = {"party": None, "penalty": None, "clauses": []}
+        if "Party: Globex" in text:
+            out["party"] = "Globex"
+        if "PENALTY CLAUSE" in text:
+            out["penalty"] = "5% per week"
+            out["clauses"] = ["penalty"]
+        if "Clause A" in text:
+            out["clauses"] = [*out["clauses"], "A"]
+        return out
+
+    srv.set_responder(answer)
+    filler = "\n\n".join(f"Paragraph {i}: the parties agree on ordinary terms number {i}." for i in range(400))
+    doc = "Party: Globex\n\nClause A applies.\n\n" + filler + "\n\nPENALTY CLAUSE: 5% per week of delay."
+    p = Prompter(Contract, "openai/fake", api_base=srv.base_url, context_window=2048, max_tokens=200)
+    res = p.predict_with_confidence(doc)
+    assert res.extra["chunks"] == srv.request_count > 3
+    assert res.data.party == "Globex" and res.data.penalty == "5% per week"
+    assert sorted(res.data.clauses) == ["A", "penalty"]
+    assert all(len(r.body["messages"][-1]["content"]) < 2048 * 4 for r in srv.requests)
+    assert res.usage.calls == srv.request_count
+
+
+def test_template_inputs_fill_prompt_placeholders_and_keep_literal_braces(srv: FakeLLMServer) -> None:
+    srv.set_responder(lambda body: GOOD)
+    p = make(srv, instruction_prompt='Extract the {doc_type} fields. Output like {"vendor": "..."}.')
+    p.run({"doc_type": "invoice", "body": "Invoice from Acme"})
+    body = srv.requests[-1].body
+    assert 'Extract the invoice fields. Output like {"vendor": "..."}.' in body["messages"][0]["content"]
+    assert "body: Invoice from Acme" in body["messages"][-1]["content"]
+    with pytest.raises(ConfigurationError, match="doc_type"):
+        p.run({"body": "no doc type"})
+    assert srv.request_count == 1

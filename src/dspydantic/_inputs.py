@@ -29,6 +29,7 @@ __all__ = [
     "InputDoc",
     "PdfMode",
     "build_input",
+    "encode_png",
     "format_value",
     "render_template",
     "render_variables",
@@ -40,11 +41,10 @@ PdfMode = Literal["auto", "text", "images"]
 #: average number of non-space characters per page above which ``pdf_mode="auto"`` trusts the text layer
 MIN_TEXT_CHARS_PER_PAGE = 20
 
+#: in a PDF with a text layer, a page with fewer visible characters that draws an image is a scan
+MIN_SCAN_PAGE_CHARS = 5
+
 _PAGE_MARKER = "\n\n--- page {n} ---\n\n"
-
-#: image formats every vision endpoint accepts, detected by their leading bytes
-_SUPPORTED_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp")
-
 
 # --------------------------------------------------------------------------------------------------
 # the document
@@ -57,8 +57,9 @@ class InputDoc:
     ``parts`` are OpenAI content parts (``{"type": "text", "text": ...}`` and
     ``{"type": "image_url", "image_url": {"url": "data:<mime>;base64,..."}}``) in prompt order.
     ``text`` is the document's textual content (user text, rendered template variables, the PDF text
-    layer) joined with blank lines; the short page labels placed before rendered PDF page images are not
-    part of it. ``kind`` is ``"text"``, ``"template"``, ``"image"``, ``"pdf"`` or ``"mixed"``.
+    layer with its page markers) joined with blank lines; the ``--- page N ---`` labels placed before
+    the page images of a fully rendered PDF are not part of it.
+    ``kind`` is ``"text"``, ``"template"``, ``"image"``, ``"pdf"`` or ``"mixed"``.
     ``fingerprint`` is a sha256 hex digest over the parts (stable across processes, for cache keys).
     ``variables`` holds the template variables when ``text`` was given as a mapping.
     """
@@ -241,7 +242,7 @@ def _pil_to_png(image: Any) -> bytes:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - only reachable with a foreign image object
-        raise MissingExtraError("images", "pillow") from exc
+        raise MissingExtraError("pdf", "pillow") from exc
     if not isinstance(image, Image.Image):
         raise ConfigurationError(f"image= must be a PIL.Image.Image, got {type(image).__name__}")
     img = image
@@ -385,7 +386,18 @@ def _check_pdf_bytes(data: bytes, source: str) -> None:
         raise ConfigurationError(f"{source} is not a PDF (no %PDF- header)")
 
 
-def _pdf_page_texts(data: bytes, max_pages: int | None, source: str) -> tuple[list[str], int]:
+class _UnreadablePdfError(ConfigurationError):
+    """pypdf could not parse the file (``auto`` mode then tries pypdfium2, which is more lenient)."""
+
+
+@dataclass(frozen=True)
+class _TextLayer:
+    texts: list[str]  # cleaned text of each used page
+    has_images: list[bool]  # whether each used page draws an image (a scanned page does)
+    total_pages: int
+
+
+def _pdf_text_layer(data: bytes, max_pages: int | None, source: str) -> _TextLayer:
     """Text layer of each page (up to ``max_pages``) with pypdf, and the document's total page count."""
     try:
         import pypdf
@@ -403,20 +415,29 @@ def _pdf_page_texts(data: bytes, max_pages: int | None, source: str) -> tuple[li
                 raise ConfigurationError(f"{source} is password-protected; decrypt it before extraction")
         total = len(reader.pages)
         count = total if max_pages is None else min(total, max_pages)
-        texts = []
+        texts: list[str] = []
+        has_images: list[bool] = []
         for i in range(count):
-            texts.append(_clean_page_text(reader.pages[i].extract_text() or ""))
+            page = reader.pages[i]
+            texts.append(_clean_page_text(page.extract_text() or ""))
+            try:
+                has_images.append(len(page.images) > 0)
+            except Exception:  # image enumeration is best-effort; assume a drawn page
+                has_images.append(True)
     except ConfigurationError:
         raise
     except Exception as exc:  # pypdf raises a wide range of errors on malformed files
-        raise ConfigurationError(
-            f"{source} could not be read (corrupt PDF?): {type(exc).__name__}: {exc}"
-        ) from exc
-    return texts, total
+        raise _UnreadablePdfError(f"{source} could not be read (corrupt PDF?): {type(exc).__name__}: {exc}") from exc
+    return _TextLayer(texts=texts, has_images=has_images, total_pages=total)
 
 
-def _pdf_page_images(data: bytes, max_pages: int | None, dpi: int, source: str) -> tuple[list[bytes], int]:
-    """Render each page (up to ``max_pages``) to PNG bytes with pypdfium2; also the total page count."""
+def _pdf_page_images(
+    data: bytes, max_pages: int | None, dpi: int, source: str, only: set[int] | None = None
+) -> tuple[dict[int, bytes], int]:
+    """Render pages (the first ``max_pages``, or just the indices in ``only``) to PNG with pypdfium2.
+
+    Returns ``{page index: png bytes}`` and the document's total page count.
+    """
     try:
         import pypdfium2 as pdfium
     except ImportError as exc:
@@ -428,16 +449,18 @@ def _pdf_page_images(data: bytes, max_pages: int | None, dpi: int, source: str) 
         if "password" in msg.lower():
             raise ConfigurationError(f"{source} is password-protected; decrypt it before extraction") from exc
         raise ConfigurationError(f"{source} could not be opened (corrupt PDF?): {msg}") from exc
-    images: list[bytes] = []
+    images: dict[int, bytes] = {}
     try:
         total = len(doc)
         count = total if max_pages is None else min(total, max_pages)
         for i in range(count):
+            if only is not None and i not in only:
+                continue
             page = doc[i]
             try:
                 bitmap = page.render(scale=dpi / 72.0, rev_byteorder=True)
                 try:
-                    images.append(_bitmap_to_png(bitmap))
+                    images[i] = _bitmap_to_png(bitmap)
                 finally:
                     bitmap.close()
             finally:
@@ -467,38 +490,80 @@ def _bitmap_to_png(bitmap: Any) -> bytes:
     try:  # unexpected pixel layout: let PIL sort it out if it is there
         pil = bitmap.to_pil()
     except ImportError as exc:  # pragma: no cover - depends on pdfium's output format
-        raise MissingExtraError("images", "pillow") from exc
+        raise MissingExtraError("pdf", "pillow") from exc
     return _pil_to_png(pil)
 
 
 def _pdf_parts(
     data: bytes, *, mode: PdfMode, dpi: int, max_pages: int | None, source: str
-) -> tuple[list[dict[str, Any]], str, bool]:
-    """Content parts and text for a PDF; the bool says whether pages were rendered as images."""
+) -> tuple[list[dict[str, Any]], str]:
+    """Content parts and text for a PDF.
+
+    ``auto``: when the text layer averages at least ``MIN_TEXT_CHARS_PER_PAGE`` visible characters per
+    page it is used, and pages that draw an image but have (almost) no text -- scans inside an
+    otherwise digital document -- are rendered and placed after their page marker; otherwise every
+    page is rendered. If pypdf cannot parse the file, ``auto`` falls back to rendering.
+    """
     _check_pdf_bytes(data, source)
-    texts: list[str] | None = None
-    total = 0
     if mode in ("auto", "text"):
-        texts, total = _pdf_page_texts(data, max_pages, source)
-        if total == 0:
-            raise ConfigurationError(f"{source} has no pages")
-        meaningful = sum(_meaningful_chars(t) for t in texts)
-        if mode == "text" and meaningful == 0:
-            raise ConfigurationError(f"{source} has no text layer (a scan?); use pdf_mode='images' or 'auto'")
-        if mode == "text" or meaningful >= MIN_TEXT_CHARS_PER_PAGE * len(texts):
-            _warn_truncated(source, total, max_pages)
-            joined = "".join((t if i == 0 else _PAGE_MARKER.format(n=i + 1) + t) for i, t in enumerate(texts))
-            return [_text_part(joined)], joined, False
+        try:
+            layer: _TextLayer | None = _pdf_text_layer(data, max_pages, source)
+        except _UnreadablePdfError:
+            if mode == "text":
+                raise
+            layer = None  # let pdfium try; it raises its own ConfigurationError if it cannot either
+        if layer is not None:
+            if layer.total_pages == 0:
+                raise ConfigurationError(f"{source} has no pages")
+            counts = [_meaningful_chars(t) for t in layer.texts]
+            if mode == "text" and sum(counts) == 0:
+                raise ConfigurationError(f"{source} has no text layer (a scan?); use pdf_mode='images' or 'auto'")
+            if mode == "text" or sum(counts) >= MIN_TEXT_CHARS_PER_PAGE * len(counts):
+                scans: set[int] = set()
+                if mode == "auto":
+                    scans = {i for i, c in enumerate(counts) if c < MIN_SCAN_PAGE_CHARS and layer.has_images[i]}
+                rendered: dict[int, bytes] = {}
+                if scans:
+                    try:
+                        rendered, _ = _pdf_page_images(data, max_pages, dpi, source, only=scans)
+                    except MissingExtraError:
+                        warnings.warn(
+                            f"{source}: pages {sorted(i + 1 for i in scans)} look scanned but pypdfium2 "
+                            "is not installed to render them; only the text layer is used",
+                            UserWarning,
+                            stacklevel=4,
+                        )
+                _warn_truncated(source, layer.total_pages, max_pages)
+                return _interleave(layer.texts, rendered)
     images, total = _pdf_page_images(data, max_pages, dpi, source)
     if total == 0:
         raise ConfigurationError(f"{source} has no pages")
     _warn_truncated(source, total, max_pages)
     parts: list[dict[str, Any]] = []
-    for i, png in enumerate(images):
+    for i in sorted(images):
         if len(images) > 1:
             parts.append(_text_part(f"--- page {i + 1} ---"))
-        parts.append(_image_part(png, "image/png"))
-    return parts, "", True
+        parts.append(_image_part(images[i], "image/png"))
+    return parts, ""
+
+
+def _interleave(texts: list[str], rendered: dict[int, bytes]) -> tuple[list[dict[str, Any]], str]:
+    """Page texts joined with page markers; a rendered page's image follows its marker."""
+    parts: list[dict[str, Any]] = []
+    pieces: list[str] = []
+    pending = ""
+    for i, page_text in enumerate(texts):
+        piece = (_PAGE_MARKER.format(n=i + 1) if i else "") + page_text
+        pieces.append(piece)
+        pending += piece
+        if i in rendered:
+            if pending.strip():
+                parts.append(_text_part(pending))
+            pending = ""
+            parts.append(_image_part(rendered[i], "image/png"))
+    if pending.strip() or not parts:
+        parts.append(_text_part(pending))
+    return parts, "".join(pieces)
 
 
 def _warn_truncated(source: str, total: int, max_pages: int | None) -> None:
@@ -534,9 +599,11 @@ def build_input(
     Images may be given by path, base64 (with or without a ``data:`` prefix), raw bytes or as a PIL
     image; the MIME type comes from the magic bytes (``image_mime`` only for formats that are not
     recognised). PDFs: ``pdf_mode="auto"`` uses the text layer when it averages at least
-    ``MIN_TEXT_CHARS_PER_PAGE`` visible characters per page, else renders pages to PNG at ``pdf_dpi``;
-    ``"text"`` / ``"images"`` force one. ``max_pdf_pages`` keeps only the first pages (with a warning).
-    Parts are ordered: text, PDF, images.
+    ``MIN_TEXT_CHARS_PER_PAGE`` visible characters per page (also rendering the pages of it that look
+    scanned: an image and almost no text), else renders every page to PNG at ``pdf_dpi``;
+    ``"text"`` / ``"images"`` force one. Encrypted (with a user password) or corrupt PDFs raise
+    :class:`ConfigurationError`; missing pypdf/pypdfium2 raise :class:`MissingExtraError`.
+    ``max_pdf_pages`` keeps only the first pages (with a warning). Parts are ordered: text, PDF, images.
     """
     if pdf_mode not in ("auto", "text", "images"):
         raise ConfigurationError(f"pdf_mode must be 'auto', 'text' or 'images', got {pdf_mode!r}")
@@ -586,7 +653,7 @@ def build_input(
         pdf_data = bytes(pdf_bytes)
         pdf_source = "pdf_bytes"
     if pdf_data is not None:
-        pdf_parts, pdf_text, _rendered = _pdf_parts(
+        pdf_parts, pdf_text = _pdf_parts(
             pdf_data, mode=pdf_mode, dpi=pdf_dpi, max_pages=max_pdf_pages, source=pdf_source
         )
         parts.extend(pdf_parts)

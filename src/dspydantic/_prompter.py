@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 
 from ._cache import CacheBackend, request_key, resolve_cache, response_from_json, response_to_json
 from ._example import INPUT_KEYS, Example
+from ._inputs import InputDoc, build_input
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
@@ -25,13 +27,6 @@ log = logging.getLogger("dspydantic")
 OnError = Literal["raise", "return"]
 # The plan of one extraction: yields requests, receives responses, returns the result.
 _Plan = Generator[LMRequest, tuple[LMResponse, bool], ExtractionResult[Any]]
-
-
-def _content(doc: Any) -> str | list[dict[str, Any]]:
-    parts = list(doc.parts)
-    if len(parts) == 1 and parts[0].get("type") == "text":
-        return str(parts[0]["text"])
-    return parts
 
 
 class Prompter:
@@ -131,9 +126,61 @@ class Prompter:
 
     # -- the plan of one extraction (shared by the sync and the async driver) ----------------------
     def _plan(self, item: Any) -> _Plan:
-        doc, variables = self._input(item)
+        doc = self._input(item)
+        chunks = self._chunks(doc)
+        if chunks is None:
+            return (yield from self._plan_doc(doc))
+        # a long document: extract per chunk, merge (scalars by agreement, lists by union)
+        from ._chunking import merge_extractions
+
+        results: list[ExtractionResult[Any]] = []
+        for chunk in chunks:
+            part = InputDoc(parts=({"type": "text", "text": chunk},), text=chunk, kind=doc.kind,
+                            fingerprint=f"{doc.fingerprint}:{len(results)}", variables=doc.variables)
+            try:
+                results.append((yield from self._plan_doc(part)))
+            except ExtractionError as exc:
+                log.debug("chunk %d of %d gave no valid extraction: %s", len(results), len(chunks), exc)
+        if not results:
+            raise ExtractionError(f"no chunk of the {len(chunks)}-chunk document gave a valid {self.model.__name__}")
+        merged = merge_extractions(
+            [r.data.model_dump(mode="json", by_alias=True) for r in results],
+            self._base_schema,
+            [r.confidence for r in results],
+        )
+        usage = Usage()
+        for r in results:
+            usage.add(r.usage)
+        return ExtractionResult(
+            data=self.model.model_validate(merged),
+            confidence=min(r.confidence for r in results),
+            raw_output=json.dumps(merged, ensure_ascii=False),
+            usage=usage,
+            attempts=max(r.attempts for r in results),
+            cached=all(r.cached for r in results),
+            confidence_source=results[0].confidence_source,
+            extra={"chunks": len(chunks), "chunks_extracted": len(results)},
+        )
+
+    def _chunks(self, doc: InputDoc) -> list[str] | None:
+        """Split a text document that does not fit the backend's context window (else None)."""
+        window = getattr(self.backend, "context_window", None)
+        if not window or doc.has_images:
+            return None
+        from ._chunking import chunk_budget, estimate_tokens, split_text
+
+        doc_tokens = estimate_tokens(doc.text)
+        if doc_tokens + (self.max_tokens or 512) < window // 2:  # the common case: clearly fits
+            return None
+        overhead = estimate_tokens(json.dumps(self.renderer.messages("", doc.variables), ensure_ascii=False))
+        budget = chunk_budget(window, overhead, self.max_tokens or 512)
+        if doc_tokens <= budget:
+            return None
+        return [c.text for c in split_text(doc.text, max_tokens=budget, overlap_tokens=min(64, budget // 8))]
+
+    def _plan_doc(self, doc: InputDoc) -> _Plan:
         renderer = self.renderer
-        messages = renderer.messages(_content(doc), variables)
+        messages = renderer.messages(doc.as_content(), doc.variables)
         usage = Usage()
         errors: list[Any] = []
         raw = ""
@@ -183,11 +230,9 @@ class Prompter:
             usage=usage,
         )
 
-    def _input(self, item: Any) -> tuple[Any, Mapping[str, Any] | None]:
-        from ._inputs import InputDoc, build_input
-
+    def _input(self, item: Any) -> InputDoc:
         if isinstance(item, InputDoc):
-            return item, None
+            return item
         if isinstance(item, Example):
             item = item.input_kwargs()
         elif isinstance(item, str):
@@ -197,8 +242,7 @@ class Prompter:
                 f"an input must be a str, a dict, an Example or an InputDoc, got {type(item).__name__}"
             )
         kwargs = dict(item) if set(item) <= INPUT_KEYS else {"text": dict(item)}
-        variables = kwargs["text"] if isinstance(kwargs.get("text"), Mapping) else None
-        return build_input(**kwargs), variables
+        return build_input(**kwargs)
 
     # -- calling the backend (cache, transport retries) --------------------------------------------
     def _cached(self, request: LMRequest) -> tuple[str | None, LMResponse | None]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ._inputs import render_template, template_placeholders
 from ._schema import apply_descriptions, default_descriptions, iter_field_paths, model_schema
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -26,9 +27,6 @@ DEFAULT_INSTRUCTION_PROMPT = (
     "Extract the fields below from the user's document. Copy values as they appear in the document, "
     "convert them to the requested type, and use null for anything the document does not state."
 )
-
-_PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
-
 
 @dataclass(frozen=True, slots=True)
 class Demo:
@@ -69,29 +67,9 @@ class OutputParseError(ValueError):
         self.errors = errors
 
 
-def template_placeholders(template: str | None) -> set[str]:
-    """``{name}`` placeholders in a prompt template (``{{``/``}}`` and JSON like ``{"a": 1}`` are literal)."""
-    return set(_PLACEHOLDER.findall(template)) if template else set()
-
-
 def fill_template(template: str, variables: Mapping[str, Any] | None) -> str:
-    names = template_placeholders(template)
-    if not names:
-        return template.replace("{{", "{").replace("}}", "}")
-    variables = variables or {}
-    missing = sorted(names - set(variables))
-    if missing:
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(
-            f"prompt template needs {', '.join(missing)}; the input provides {sorted(variables) or 'no variables'}"
-        )
-
-    def sub(m: re.Match[str]) -> str:
-        v = variables[m.group(1)]
-        return v if isinstance(v, str) else json.dumps(v, default=str)
-
-    return _PLACEHOLDER.sub(sub, template).replace("{{", "{").replace("}}", "}")
+    """Fill ``{name}`` placeholders (``{{``/``}}`` and JSON such as ``{"a": 1}`` stay literal)."""
+    return render_template(template, variables or {})
 
 
 def _field_list(schema: dict[str, Any]) -> str:
