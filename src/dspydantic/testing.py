@@ -22,8 +22,8 @@ Example -- testing your own extraction code::
             srv.add_response({"number": "INV-1", "total": 12.5})
             srv.add_response(Fault(status=429))        # second call is rate limited
             prompter = Prompter(model=Invoice, model_id="openai/fake", api_base=srv.base_url, api_key="test")
-            result = prompter.run("Invoice INV-1, total 12.50 EUR")
-            assert result.data == Invoice(number="INV-1", total=12.5)
+            invoice = prompter.run("Invoice INV-1, total 12.50 EUR")
+            assert invoice == Invoice(number="INV-1", total=12.5)
             assert srv.request_count == 1
             assert srv.requests[0].headers["authorization"] == "Bearer test"
 
@@ -54,6 +54,7 @@ __all__ = [
     "Reply",
     "Responder",
     "ResponseSpec",
+    "example_for_schema",
     "last_user_text",
     "message_text",
 ]
@@ -546,6 +547,26 @@ class FakeLLMServer:
         with self._lock:
             self._responder = fn if fn is not None else _default_responder
 
+    def respond_from_schema(self, overrides: Mapping[str, Any] | None = None) -> None:
+        """Answer every structured request with a valid example of its ``response_format`` schema.
+
+        ``overrides`` sets top-level fields (e.g. ``{"vendor": "Acme"}``); useful for testing an app's
+        plumbing (FastAPI routes, workers, pipelines) without caring about the values.
+        """
+        fixed = dict(overrides or {})
+
+        def responder(body: dict[str, Any]) -> ResponseSpec:
+            rf = body.get("response_format") or {}
+            schema = (rf.get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
+            if not isinstance(schema, dict):
+                return dict(fixed) or "{}"
+            value = example_for_schema(schema)
+            if isinstance(value, dict):
+                value.update(fixed)
+            return value
+
+        self.set_responder(responder)
+
     def respond_by_substring(
         self,
         mapping: Mapping[str, ResponseSpec],
@@ -632,7 +653,7 @@ class FakeLLMServer:
             responder = self._responder
         try:
             answer = responder(body)
-        except Exception as exc:  # noqa: BLE001 - a broken responder must not kill the handler thread
+        except Exception as exc:  # a broken responder must not kill the handler thread
             return Fault(status=500, body=f"FakeLLMServer responder raised {type(exc).__name__}: {exc}")
         if isinstance(answer, Fault | Reply):
             return answer
@@ -685,3 +706,52 @@ def _logprob_entries(content: str, logprobs: list[float] | None) -> list[dict[st
         token = tokens[i] if i < len(tokens) else ""
         entries.append({"token": token, "logprob": float(lp), "bytes": None, "top_logprobs": []})
     return entries
+
+
+_FORMAT_EXAMPLES = {
+    "date": "2024-01-31",
+    "date-time": "2024-01-31T12:00:00",
+    "time": "12:00:00",
+    "email": "someone@example.com",
+    "uri": "https://example.com",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+def example_for_schema(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """A small value that validates against a (Pydantic-generated) JSON schema: the first enum value,
+    ``"example"`` for strings (formats respected), the minimum for numbers, one item for lists."""
+    root = root if root is not None else schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return example_for_schema(root.get("$defs", {})[ref.rsplit("/", 1)[-1]], root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        variants = [v for v in schema.get(key, []) if v.get("type") != "null"]
+        if variants:
+            return example_for_schema(variants[0], root)
+        if key in schema:
+            return None
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: example_for_schema(sub, root) for name, sub in props.items()}
+    if kind == "array":
+        items = schema.get("items")
+        count = max(1, int(schema.get("minItems", 1)))
+        return [example_for_schema(items, root) for _ in range(count)] if isinstance(items, dict) else []
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 1))
+        value = low + 1 if "exclusiveMinimum" in schema else low
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return True
+    if kind == "string":
+        text = _FORMAT_EXAMPLES.get(str(schema.get("format")), "example")
+        return text[: schema["maxLength"]] if "maxLength" in schema else text
+    return None
