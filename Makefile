@@ -13,6 +13,8 @@ STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# the [similarity] extra needs torch: take the CPU build first (an unpinned torch is a multi-GB CUDA build)
+	$(if $(findstring similarity,$(EXTRAS)),$(BIN)/python -m pip install -q $(PIP_FLAGS) "torch==2.13.0",)
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e ".[$(EXTRAS)]"
 	touch $@
 
