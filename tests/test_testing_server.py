@@ -456,7 +456,7 @@ def test_concurrency_32_threads_with_latency() -> None:
                 _, data, _ = _post(conn, _chat_body(f"item-{i}: text"))
                 results[i] = _content(data)
                 conn.close()
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
@@ -491,7 +491,7 @@ def test_64_concurrent_keep_alive_connections() -> None:
                     _, data, resp = _post(conns[i], _chat_body(f"{i}-{j}"))
                     assert _content(data) == f"{i}-{j}"
                     assert resp.headers["Connection"] == "keep-alive"
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_conn)]

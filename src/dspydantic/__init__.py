@@ -20,6 +20,7 @@ from .errors import (
     LMError,
     MissingExtraError,
     PersistenceError,
+    SchemaDriftWarning,
 )
 
 __version__ = "0.2.0"
@@ -35,6 +36,7 @@ __all__ = [
     "MissingExtraError",
     "PersistenceError",
     "Prompter",
+    "SchemaDriftWarning",
     "Usage",
     "__version__",
     "get_evaluator",

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +100,11 @@ class Prompter:
     @state.setter
     def state(self, value: PromptState) -> None:
         self._state = value
+        self._renderer = None
+
+    def set_base_schema(self, schema: dict[str, Any]) -> None:
+        """Show the LM exactly this (saved) schema instead of the one generated from the model class."""
+        self._base_schema = schema
         self._renderer = None
 
     @property
@@ -415,7 +421,7 @@ class Prompter:
 
         return evaluate_prompter(self, examples, evaluator=evaluator, **kwargs)
 
-    def save(self, path: str) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write this prompter to a versioned directory of JSON (atomic; no secrets)."""
         from ._persist import save_prompter
 
@@ -423,7 +429,11 @@ class Prompter:
 
     @classmethod
     def load(
-        cls, path: str, model: type[BaseModel] | None = None, model_id: str | None = None, **kwargs: Any
+        cls,
+        path: str | os.PathLike[str],
+        model: type[BaseModel] | None = None,
+        model_id: str | None = None,
+        **kwargs: Any,
     ) -> Prompter:
         """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
         from ._persist import load_prompter

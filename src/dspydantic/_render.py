@@ -35,6 +35,17 @@ class Demo:
     input: str | list[dict[str, Any]]
     output: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        # dates, decimals, enums, models: stored JSON-safe, so rendering and saving never fail on them
+        from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+        try:
+            object.__setattr__(self, "output", to_jsonable_python(self.output))
+        except PydanticSerializationError as exc:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(f"a demo's output must be JSON-serializable: {exc}") from None
+
     def to_json(self) -> dict[str, Any]:
         return {"input": self.input, "output": self.output}
 

@@ -56,6 +56,10 @@ class PersistenceError(DspydanticError):
     """A prompter directory could not be saved or loaded."""
 
 
+class SchemaDriftWarning(UserWarning):
+    """The model given to ``Prompter.load`` differs from the saved one in a compatible way."""
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Remove every given secret from ``text`` (used on anything that may be shown)."""
     for s in secrets:

@@ -9,6 +9,7 @@ import asyncio
 import ssl
 import weakref
 from collections import deque
+from collections.abc import AsyncGenerator
 
 
 class AsyncHTTPError(OSError):
@@ -26,6 +27,14 @@ class _Conn:
         self.writer.close()
 
 
+async def _closer(idle: deque[_Conn]) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        while idle:
+            idle.pop().close()
+
+
 class AsyncPool:
     """Keep-alive connections to one host, per event loop."""
 
@@ -37,19 +46,27 @@ class AsyncPool:
         self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, deque[_Conn]] = (
             weakref.WeakKeyDictionary()
         )
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if https else None
 
-    async def _open(self) -> _Conn:
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self._ssl, limit=1 << 22
-        )
-        return _Conn(reader, writer)
-
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        loop = asyncio.get_running_loop()
+    async def _idle_for(self, loop: asyncio.AbstractEventLoop) -> deque[_Conn]:
         idle = self._idle.get(loop)
         if idle is None:
             idle = self._idle[loop] = deque()
+            # an async generator started in this loop is closed by the loop's shutdown (asyncio.run does
+            # it): that is when the idle keep-alive connections of this loop get closed
+            closer = self._closers[loop] = _closer(idle)
+            await closer.__anext__()
+        return idle
+
+    async def _open(self) -> _Conn:
+        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl, limit=1 << 22)
+        return _Conn(reader, writer)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        idle = await self._idle_for(asyncio.get_running_loop())
         head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

@@ -1,10 +1,9 @@
 """Any OpenAI-compatible chat-completions server: OpenAI itself, vLLM, llama.cpp server, LM Studio, a fake.
 
-Both paths are lean keep-alive HTTP/1.1 clients on the standard library: one connection per thread for
-sync calls, an asyncio connection pool per event loop for async calls (native async, no threads).
-Structured output uses
-``response_format={"type": "json_schema", ...}``; a server that rejects it is retried once with JSON mode and
-remembered.
+Both paths are lean keep-alive HTTP/1.1 clients on the standard library: a shared pool of ``http.client``
+connections for sync calls (any thread), an asyncio connection pool per event loop for async calls (native
+async, no threads). Structured output uses ``response_format={"type": "json_schema", ...}``; a server that
+rejects it is retried once with JSON mode and remembered.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import http.client
 import json
 import os
 import threading
+import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,7 +66,10 @@ class OpenAICompatBackend:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
-        self._local = threading.local()
+        # idle keep-alive connections shared by every thread (LIFO: the warmest first)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._idle)
         self._apool: Any = None
 
     def __repr__(self) -> str:  # never shows the key
@@ -134,32 +137,34 @@ class OpenAICompatBackend:
         return False
 
     # -- sync --------------------------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=self.timeout), False
 
     def _post(self, payload: bytes) -> tuple[int, bytes]:
         for attempt in (0, 1):
-            conn = self._connection()
-            reused = conn.sock is not None
+            conn, reused = self._connection()
             try:
                 conn.request("POST", self._path, body=payload, headers=self._headers)
                 resp = conn.getresponse()
-                return resp.status, resp.read()
+                status, data = resp.status, resp.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
-                self._local.conn = None
                 if reused and attempt == 0:  # a keep-alive connection the server had closed
                     continue
                 raise LMError(f"connection to {self.base_url} failed: {exc!r}", retryable=True) from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                self._local.conn = None
                 raise LMError(f"connection to {self.base_url} failed: {exc!r}", retryable=True) from None
+            if resp.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+            return status, data
         raise AssertionError("unreachable")
 
     def complete(self, request: LMRequest) -> LMResponse:
@@ -192,9 +197,12 @@ class OpenAICompatBackend:
             raise
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._lock:
+            _close_all(self._idle)
         if self._apool is not None:
             self._apool.close()
+
+
+def _close_all(conns: list[http.client.HTTPConnection]) -> None:
+    while conns:
+        conns.pop().close()
