@@ -239,9 +239,19 @@ def resolve_model_file(name: str) -> tuple[Path, str, str | None]:
     if path.suffix.lower() == ".gguf" or path.exists() or os.sep in name:
         if not path.is_file():
             raise ConfigurationError(f"local model file not found: {path}")
-        return path.resolve(), path.stem.lower(), None
+        path = path.resolve()
+        for known_model in KNOWN_MODELS.values():  # a bundled file named by its path keeps its identity
+            if isinstance(known_model, PackagedModel):
+                try:
+                    if packaged_model_path(known_model).resolve() == path:
+                        return path, known_model.label, None
+                except MissingExtraError:
+                    pass
+        return path, path.stem.lower(), None
     known = ", ".join(sorted(KNOWN_MODELS))
-    raise ConfigurationError(f"unknown local model {name!r}; use one of {known} or 'local:/path/to/model.gguf'")
+    raise ConfigurationError(
+        f"unknown local model {name!r}; use one of {known} or 'local:/path/to/model.gguf'"
+    )
 
 
 def fingerprint(path: Path) -> str:

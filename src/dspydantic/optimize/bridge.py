@@ -1,0 +1,643 @@
+"""The DSPy bridge: the Prompter's own backend as a ``dspy.LM``, the renderer as a DSPy adapter, and budgets.
+
+Every LM request an optimization makes (the student's extractions, the optimizers' proposer prompts, the
+LLM judge) goes through one :class:`Gateway`: it counts requests and tokens against the run's hard
+budgets, then calls ``prompter._call`` so the Prompter's cache and transport retries apply. DSPy sees that
+gateway as a ``dspy.LM`` with a custom engine (the 3.4 ``complete(Request) -> Response`` contract) and
+``cache=False`` (DSPy's cache keys ignore the endpoint; ours don't).
+
+The student is a one-predictor ``dspy.Module``. Its ``forward`` scopes :class:`RendererAdapter` with
+``dspy.context(adapter=...)``, so DSPy formats the student's prompt with exactly the renderer inference uses
+(the signature's instructions are the instruction prompt, DSPy's demos become our :class:`Demo`\\ s) while
+the optimizers' own proposer prompts keep DSPy's default adapter.
+
+``dspy`` is imported inside functions only: this module is imported by :mod:`dspydantic.optimize.run`
+when an optimization starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .._example import Example
+from .._render import (
+    DEFAULT_INSTRUCTION_PROMPT,
+    Demo,
+    OutputParseError,
+    PromptState,
+    Renderer,
+    template_placeholders,
+)
+from ..lm._base import LMRequest, LMResponse
+
+if TYPE_CHECKING:
+    from .._prompter import Prompter
+
+INPUT_FIELD = "document"
+OUTPUT_FIELD = "extraction"
+BRIDGE_MODEL = "dspydantic/bridge"
+
+
+class BudgetExhausted(BaseException):  # a control-flow signal, not an error
+    """Raised inside the run when ``max_lm_calls`` / ``max_tokens`` would be exceeded.
+
+    A ``BaseException`` on purpose: DSPy's evaluators and GEPA catch ``Exception`` per example and would
+    score a refused call as a wrong answer; this must instead unwind to :func:`optimize_prompter`, which
+    returns the best result scored so far.
+    """
+
+
+class CandidateRejected(ValueError):
+    """A proposed instruction added or dropped a ``{placeholder}``: the candidate scores 0."""
+
+
+# --------------------------------------------------------------------------------------------------
+# budget and the gateway every request goes through
+# --------------------------------------------------------------------------------------------------
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """A rough prompt-token estimate (4 characters a token; images count 256) used before a call."""
+    chars = 0
+    images = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type") == "text":
+                    chars += len(str(part.get("text", "")))
+                else:
+                    images += 1
+    return math.ceil(chars / 4) + 256 * images
+
+
+@dataclass
+class Budget:
+    """Thread-safe meter of one run. ``requests`` counts every request made (cache hits included, so a
+    rerun from the cache stops at the same point); ``calls``/``billed_*`` count only real LM calls.
+
+    ``ceiling_requests`` / ``ceiling_tokens`` are the limits of the current phase (the optimization phase
+    leaves a reserve for scoring the final candidate); ``max_requests`` / ``max_tokens`` are the hard ones.
+    """
+
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    ceiling_requests: int | None = None
+    ceiling_tokens: int | None = None
+    requests: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    billed_prompt_tokens: int = 0
+    billed_completion_tokens: int = 0
+    exhausted: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ceiling_requests is None:
+            self.ceiling_requests = self.max_requests
+        if self.ceiling_tokens is None:
+            self.ceiling_tokens = self.max_tokens
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def set_phase(self, *, requests: int | None, tokens: int | None) -> None:
+        with self._lock:
+            self.ceiling_requests = requests
+            self.ceiling_tokens = tokens
+
+    def lift(self) -> None:
+        """Back to the hard limits (for the final scoring)."""
+        self.set_phase(requests=self.max_requests, tokens=self.max_tokens)
+
+    def reserve(self, estimated_prompt_tokens: int) -> None:
+        with self._lock:
+            if self.ceiling_requests is not None and self.requests >= self.ceiling_requests:
+                self.exhausted = True
+                raise BudgetExhausted(f"LM request budget reached ({self.requests} requests)")
+            if self.ceiling_tokens is not None and self.tokens + estimated_prompt_tokens > self.ceiling_tokens:
+                self.exhausted = True
+                raise BudgetExhausted(f"token budget reached ({self.tokens} tokens)")
+            self.requests += 1
+
+    def settle(self, response: LMResponse, hit: bool) -> None:
+        with self._lock:
+            self.prompt_tokens += response.prompt_tokens
+            self.completion_tokens += response.completion_tokens
+            if hit:
+                self.cache_hits += 1
+            else:
+                self.calls += 1
+                self.billed_prompt_tokens += response.prompt_tokens
+                self.billed_completion_tokens += response.completion_tokens
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "lm_calls": self.calls,
+                "cache_hits": self.cache_hits,
+                "prompt_tokens": self.billed_prompt_tokens,
+                "completion_tokens": self.billed_completion_tokens,
+                "max_lm_calls": self.max_requests,
+                "max_tokens": self.max_tokens,
+            }
+
+
+class Gateway:
+    """The one door to the LM during a run: budget check, then ``prompter._call`` (cache + retries).
+
+    ``vary=True`` (proposer prompts) gives the k-th identical request at temperature > 0 the sampling
+    ``seed`` k, so that with the Prompter's cache on, n proposals are n different cached answers while a
+    rerun still replays them in the same order.
+    """
+
+    def __init__(
+        self,
+        prompter: Prompter,
+        budget: Budget,
+        on_call: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.prompter = prompter
+        self.budget = budget
+        self.on_call = on_call
+        self._seen: dict[str, int] = {}
+        self._seen_lock = threading.Lock()
+        self.closed = False
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    def close(self, wait: float = 120.0) -> None:
+        """Refuse every further request (raises :class:`BudgetExhausted` in whoever still calls) and wait
+        up to ``wait`` seconds for the requests already sent (by worker threads an optimizer left running)."""
+        with self._idle:
+            self.closed = True
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=wait)
+
+    def call(self, request: LMRequest, *, vary: bool = False) -> tuple[LMResponse, bool]:
+        with self._idle:
+            if self.closed:
+                raise BudgetExhausted("this phase of the run is over")
+            self._inflight += 1
+        try:
+            return self._call(request, vary=vary)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _call(self, request: LMRequest, *, vary: bool) -> tuple[LMResponse, bool]:
+        if vary and self.prompter.cache is not None and (request.temperature or 0) > 0:
+            key = hashlib.sha256(
+                json.dumps([request.messages, request.temperature], sort_keys=True, default=str).encode()
+            ).hexdigest()
+            with self._seen_lock:
+                k = self._seen.get(key, 0)
+                self._seen[key] = k + 1
+            if k:
+                request = LMRequest(
+                    messages=request.messages,
+                    json_schema=request.json_schema,
+                    schema_name=request.schema_name,
+                    temperature=request.temperature,
+                    max_tokens=request.max_tokens,
+                    logprobs=request.logprobs,
+                    extra={**request.extra, "seed": k},
+                )
+        self.budget.reserve(estimate_tokens(request.messages))
+        response, hit = self.prompter._call(request)
+        self.budget.settle(response, hit)
+        if self.on_call is not None:
+            self.on_call(self.budget.snapshot())
+        return response, hit
+
+    def complete_text(self, messages: list[dict[str, Any]], *, temperature: float | None = None) -> str:
+        """A free-text completion (reflection and proposer prompts)."""
+        request = LMRequest(messages=messages, temperature=temperature, max_tokens=self.prompter.max_tokens)
+        return self.call(request, vary=True)[0].text
+
+
+class GatewayBackend:
+    """The gateway as an :class:`~dspydantic.lm.LMBackend`, for the LLM judge of unlabelled examples."""
+
+    context_window: int | None = None
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.cache_id = gateway.prompter.backend.cache_id
+        self.context_window = getattr(gateway.prompter.backend, "context_window", None)
+
+    def complete(self, request: LMRequest) -> LMResponse:
+        return self.gateway.call(request)[0]
+
+    async def acomplete(self, request: LMRequest) -> LMResponse:
+        return await asyncio.to_thread(self.complete, request)
+
+    def close(self) -> None:
+        return None
+
+
+def budgeted_prompter(prompter: Prompter, state: PromptState, gateway: Gateway) -> Prompter:
+    """A shallow copy of ``prompter`` serving ``state`` whose LM calls go through ``gateway``.
+
+    It runs the Prompter's own extraction plan (renderer, re-asks, validation): a candidate is scored
+    exactly as it will be served.
+    """
+    import copy
+
+    clone = copy.copy(prompter)
+    clone.state = state
+    clone.optimization_result = None
+    # instance attribute shadows the method: the plan drivers call self._call(request)
+    clone._call = gateway.call  # type: ignore[method-assign]
+    return clone
+
+
+# --------------------------------------------------------------------------------------------------
+# documents: DSPy carries a string per example; the adapter maps it back to the real content
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocEntry:
+    content: str | list[dict[str, Any]]
+    variables: Mapping[str, Any] | None
+    text: str
+
+
+class DocRegistry:
+    """Maps the string DSPy carries as the ``document`` input back to message content and variables."""
+
+    def __init__(self, prompter: Prompter) -> None:
+        self._prompter = prompter
+        self._docs: dict[str, DocEntry] = {}
+
+    def add(self, example: Example) -> str:
+        doc = self._prompter._input(example)
+        content = doc.as_content()
+        variables = doc.variables
+        if isinstance(content, str):
+            key = content
+        else:
+            n = sum(1 for p in content if p.get("type") != "text")
+            key = f"{doc.text}\n[{n} image(s); document {doc.fingerprint[:12]}]"
+        self._docs[key] = DocEntry(content=content, variables=variables, text=doc.text)
+        return key
+
+    def get(self, key: str) -> DocEntry:
+        entry = self._docs.get(key)
+        return entry if entry is not None else DocEntry(content=key, variables=None, text=key)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DocRegistry:
+        return self
+
+
+def normalized_output(prompter: Prompter, expected: Mapping[str, Any]) -> dict[str, Any]:
+    """A label as the model would answer it (validated and dumped), or as given if it does not validate."""
+    try:
+        return dict(prompter.model.model_validate(dict(expected)).model_dump(mode="json"))
+    except Exception:  # a partial label is still a usable demo
+        return dict(expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# the student: context shared by all copies of the program
+# --------------------------------------------------------------------------------------------------
+
+#: the exact request the renderer built for the current student call (read by the engine)
+_EXACT_REQUEST: contextvars.ContextVar[LMRequest | None] = contextvars.ContextVar(
+    "dspydantic_exact_request", default=None
+)
+
+
+class StudentContext:
+    """What the adapter needs to render a candidate: the model, the base prompt state (field descriptions
+    and system prompt of the candidate) and the document registry. Shared, never deep-copied."""
+
+    def __init__(self, prompter: Prompter, base_state: PromptState, registry: DocRegistry) -> None:
+        self.prompter = prompter
+        self.base_state = base_state
+        self.registry = registry
+        original = base_state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT
+        self.original_instruction = original
+        self.instruction_placeholders = template_placeholders(original)
+        self._renderers: dict[tuple[str, str], Renderer] = {}
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> StudentContext:
+        return self
+
+    def demos_from_dspy(self, demos: Sequence[Any]) -> tuple[Demo, ...]:
+        out: list[Demo] = []
+        for d in demos:
+            getter = d.get if hasattr(d, "get") else (lambda k, _d=d: getattr(_d, k, None))
+            doc = getter(INPUT_FIELD)
+            output = getter(OUTPUT_FIELD)
+            if not isinstance(doc, str) or not isinstance(output, Mapping):
+                continue  # an unlabelled example cannot be a demo
+            out.append(Demo(input=self.registry.get(doc).content, output=dict(output)))
+        return tuple(out)
+
+    def state_for(self, instructions: str, demos: Sequence[Any]) -> PromptState:
+        if template_placeholders(instructions) != self.instruction_placeholders:
+            raise CandidateRejected(
+                "the proposed instruction changes the template placeholders "
+                f"{sorted(self.instruction_placeholders)} -> {sorted(template_placeholders(instructions))}"
+            )
+        instruction: str | None = instructions
+        if instructions == DEFAULT_INSTRUCTION_PROMPT and self.base_state.instruction_prompt is None:
+            instruction = None
+        return self.base_state.replace(instruction_prompt=instruction, demos=self.demos_from_dspy(demos))
+
+    def renderer_for(self, instructions: str, demos: Sequence[Any]) -> Renderer:
+        key = (instructions, _demos_key(demos))
+        with self._lock:
+            r = self._renderers.get(key)
+        if r is None:
+            state = self.state_for(instructions, demos)
+            r = Renderer(self.prompter.model, state, base_schema=self.prompter._base_schema)
+            with self._lock:
+                if len(self._renderers) > 256:
+                    self._renderers.clear()
+                self._renderers[key] = r
+        return r
+
+    def request(self, renderer: Renderer, messages: list[dict[str, Any]]) -> LMRequest:
+        """The request inference would send for these messages (same fields, so the same cache key)."""
+        p = self.prompter
+        return LMRequest(
+            messages=messages,
+            json_schema=renderer.schema,
+            schema_name=renderer.schema_name,
+            temperature=p.temperature,
+            max_tokens=p.max_tokens,
+            logprobs=p.logprobs,
+        )
+
+
+def _demos_key(demos: Sequence[Any]) -> str:
+    items = []
+    for d in demos:
+        getter = d.get if hasattr(d, "get") else (lambda k, _d=d: getattr(_d, k, None))
+        items.append([getter(INPUT_FIELD), getter(OUTPUT_FIELD)])
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _lm15_body(request: LMRequest, model: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": request.messages}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
+        }
+    if request.logprobs:
+        body["logprobs"] = True
+    return body
+
+
+def _from_lm15(request: Any) -> LMRequest:
+    """An lm15 ``Request`` (a proposer prompt) as our provider-neutral request."""
+    from dspy.clients.lm15_boundary import request_kwargs
+
+    body = request_kwargs(request, "chat")
+    fmt = body.get("response_format")
+    schema = None
+    name = "output"
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        js = fmt.get("json_schema") or {}
+        schema = js.get("schema")
+        name = str(js.get("name") or name)
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    return LMRequest(
+        messages=list(body.get("messages") or []),
+        json_schema=schema,
+        schema_name=name,
+        temperature=body.get("temperature"),
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
+        logprobs=bool(body.get("logprobs")),
+    )
+
+
+class BridgeEngine:
+    """``dspy.LM`` custom engine: answers DSPy's canonical requests through the :class:`Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def complete(self, request: Any) -> Any:
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        exact = _EXACT_REQUEST.get()
+        if exact is not None:
+            response, _ = self.gateway.call(exact)
+        else:
+            response, _ = self.gateway.call(_from_lm15(request), vary=True)
+        finish = "length" if response.finish_reason == "length" else "stop"
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart(response.text or "")]),
+            finish_reason=finish,
+            usage=Usage(
+                input_tokens=response.prompt_tokens,
+                output_tokens=response.completion_tokens,
+                total_tokens=response.prompt_tokens + response.completion_tokens,
+            ),
+        )
+
+    def stream(self, request: Any) -> Any:
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        return None
+
+
+class AsyncBridgeEngine:
+    def __init__(self, sync: BridgeEngine) -> None:
+        self.sync = sync
+
+    async def complete(self, request: Any) -> Any:
+        return await asyncio.to_thread(self.sync.complete, request)
+
+    async def stream(self, request: Any) -> Any:
+        for event in self.sync.stream(request):
+            yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make_lm(gateway: Gateway) -> Any:
+    """The gateway as a ``dspy.LM`` (custom engine, DSPy cache and retries off: ours apply)."""
+    import dspy
+
+    engine = BridgeEngine(gateway)
+    return dspy.LM(BRIDGE_MODEL, engine=engine, async_engine=AsyncBridgeEngine(engine), cache=False, num_retries=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# DSPy classes (defined on first use so that importing this module does not import dspy)
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def dspy_classes() -> tuple[type[Any], type[Any]]:
+    """``(RendererAdapter, ExtractionProgram)``."""
+    import dspy
+    from dspy.adapters import Adapter
+    from dspy.utils.exceptions import AdapterParseError
+
+    class RendererAdapter(Adapter):
+        """DSPy adapter whose prompt is exactly :meth:`Renderer.messages` and whose parser is
+        :meth:`Renderer.parse` (with the same re-asks as inference)."""
+
+        def __init__(self, ctx: StudentContext) -> None:
+            super().__init__()
+            self.ctx = ctx
+
+        def format(self, signature: Any, demos: list[Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+            renderer = self.ctx.renderer_for(signature.instructions, demos)
+            entry = self.ctx.registry.get(str(inputs.get(INPUT_FIELD, "")))
+            return renderer.messages(entry.content, entry.variables)
+
+        def parse(self, signature: Any, completion: str) -> dict[str, Any]:
+            renderer = self.ctx.renderer_for(signature.instructions, [])
+            try:
+                data = renderer.parse(completion)
+            except OutputParseError as exc:
+                raise AdapterParseError(
+                    adapter_name=type(self).__name__,
+                    signature=signature,
+                    lm_response=completion,
+                    message=exc.feedback,
+                ) from exc
+            return {OUTPUT_FIELD: data.model_dump(mode="json")}
+
+        def __call__(
+            self,
+            lm: Any,
+            lm_kwargs: dict[str, Any],
+            signature: Any,
+            demos: list[Any],
+            inputs: dict[str, Any],
+        ) -> list[dict[str, Any]]:
+            from dspy.lm15 import request_from_openai_chat
+
+            renderer = self.ctx.renderer_for(signature.instructions, demos)
+            messages = self.format(signature, demos, inputs)
+            attempts = self.ctx.prompter.max_retries + 1
+            for attempt in range(1, attempts + 1):
+                exact = self.ctx.request(renderer, messages)
+                token = _EXACT_REQUEST.set(exact)
+                try:
+                    response = lm(request_from_openai_chat(_lm15_body(exact, lm.model)))
+                finally:
+                    _EXACT_REQUEST.reset(token)
+                text = response.text or ""
+                try:
+                    return [self.parse(signature, text)]
+                except AdapterParseError as exc:
+                    cause = exc.__cause__
+                    if attempt == attempts or not isinstance(cause, OutputParseError):
+                        raise
+                    messages = renderer.reask(messages, text, cause)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        async def acall(
+            self,
+            lm: Any,
+            lm_kwargs: dict[str, Any],
+            signature: Any,
+            demos: list[Any],
+            inputs: dict[str, Any],
+        ) -> list[dict[str, Any]]:
+            return await asyncio.to_thread(self.__call__, lm, lm_kwargs, signature, demos, inputs)
+
+    class ExtractionProgram(dspy.Module):
+        """One ``dspy.Predict`` (document -> extraction) rendered by :class:`RendererAdapter`."""
+
+        def __init__(self, ctx: StudentContext, instructions: str) -> None:
+            super().__init__()
+            self.ctx = ctx
+            signature = dspy.Signature(
+                {
+                    INPUT_FIELD: (str, dspy.InputField(desc="the document to extract from")),
+                    OUTPUT_FIELD: (dict, dspy.OutputField(desc="the extracted fields as a JSON object")),
+                },
+                instructions,
+            )
+            self.extract = dspy.Predict(signature)
+
+        def forward(self, document: str) -> Any:
+            with dspy.context(adapter=RendererAdapter(self.ctx)):
+                try:
+                    return self.extract(**{INPUT_FIELD: document})
+                except (AdapterParseError, CandidateRejected) as exc:
+                    # a wrong answer, not a crash: the metric scores it 0
+                    return dspy.Prediction(**{OUTPUT_FIELD: None}, error=str(exc)[:500])
+
+    return RendererAdapter, ExtractionProgram
+
+
+def build_program(ctx: StudentContext) -> Any:
+    _, program_cls = dspy_classes()
+    return program_cls(ctx, ctx.original_instruction)
+
+
+def program_state(ctx: StudentContext, program: Any) -> PromptState:
+    """The prompt state a compiled program stands for (raises :class:`CandidateRejected`)."""
+    predictor = program.extract
+    return ctx.state_for(predictor.signature.instructions, list(predictor.demos or []))
+
+
+def to_dspy_examples(registry: DocRegistry, prompter: Prompter, examples: Sequence[Example]) -> list[Any]:
+    """Our examples as ``dspy.Example``\\ s: the ``document`` input, the ``extraction`` label (normalised,
+    used for demos) when labelled, and ``example_index`` (the metric scores against the original label)."""
+    import dspy
+
+    out = []
+    for i, ex in enumerate(examples):
+        key = registry.add(ex)
+        expected = ex.expected_dict()
+        data: dict[str, Any] = {INPUT_FIELD: key, "example_index": i}
+        if expected is not None:
+            data[OUTPUT_FIELD] = normalized_output(prompter, expected)
+        out.append(dspy.Example(**data).with_inputs(INPUT_FIELD))
+    return out
+
+
+def demos_to_dspy(registry: DocRegistry, demos: Sequence[Demo]) -> list[Any]:
+    """The Prompter's current demos as ``dspy.Example``\\ s (so instruction-only optimizers keep them)."""
+    import dspy
+
+    out = []
+    for d in demos:
+        if isinstance(d.input, str):
+            key = d.input
+            registry._docs.setdefault(key, DocEntry(content=d.input, variables=None, text=d.input))
+        else:
+            text = "\n".join(str(p.get("text", "")) for p in d.input if p.get("type") == "text")
+            key = f"{text}\n[demo document {hashlib.sha256(repr(d.input).encode()).hexdigest()[:12]}]"
+            registry._docs.setdefault(key, DocEntry(content=d.input, variables=None, text=text))
+        out.append(dspy.Example(**{INPUT_FIELD: key, OUTPUT_FIELD: dict(d.output)}).with_inputs(INPUT_FIELD))
+    return out

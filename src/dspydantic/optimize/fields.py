@@ -1,0 +1,528 @@
+"""GEPA over named texts: every field path's description, the system prompt and the instruction prompt.
+
+No built-in DSPy optimizer edits a field's description, so this stage runs ``gepa.optimize`` with its own
+``GEPAAdapter``. A candidate is a dict of named texts (``field:<path>``, ``system_prompt``,
+``instruction_prompt``); it is scored by running the Prompter's own extraction plan with those texts
+(the same renderer as inference) on training examples, and the per-field feedback of
+:func:`~dspydantic.optimize.scoring.score_output` ("total: expected 120.0, got 12.0") is what the
+reflection LM reads to propose new texts.
+
+Every field path is its own component: a nested class used at two paths gets two independent
+descriptions. Proposed prompts must keep exactly the ``{placeholders}`` of the text they replace; a
+proposal that drops or adds one is repaired once (asked again, naming the problem) and otherwise
+rejected. ``gepa`` is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._example import Example
+from .._render import (
+    DEFAULT_INSTRUCTION_PROMPT,
+    DEFAULT_SYSTEM_PROMPT,
+    PromptState,
+    extract_json,
+    template_placeholders,
+)
+from .._schema import iter_field_paths
+from .bridge import Gateway, budgeted_prompter
+from .report import ExampleOutcome, ExampleScorer, score_examples
+
+log = logging.getLogger("dspydantic")
+
+FIELD = "field:"
+SYSTEM = "system_prompt"
+INSTRUCTION = "instruction_prompt"
+PROMPTS = (SYSTEM, INSTRUCTION)
+_INDEX = re.compile(r"\[\d*\]|\{\}")
+
+_FIELDS_TEMPLATE = """An LLM extracts data from documents into JSON. It is told what each field means by the field \
+descriptions below; some answers were wrong.
+
+Current field descriptions (JSON, field path -> description):
+```
+{current}
+```
+
+Documents, the answers given for these fields, and what was wrong:
+```
+{records}
+```
+
+Write improved descriptions for these fields so that the LLM extracts them correctly from any similar \
+document. Say what the value is, where it is found, the exact format to use (as in the expected values), and \
+when to use null. Keep each description to one to three sentences, general rather than about one document.
+Answer with only a JSON object mapping each of these field paths to its new description: {paths}"""
+
+_PROMPT_TEMPLATE = """I gave an assistant the following {what} to extract structured data from documents:
+```
+<curr_param>
+```
+
+The following are documents it was given, the answers it produced and feedback on what was wrong:
+```
+<side_info>
+```
+
+Write a new {what} for the assistant. Identify the input format and the task, and include the specific, \
+generalizable rules the feedback shows are needed (formats, normalisations, when a value is absent).{keep}
+
+Provide the new {what} within ``` blocks."""
+
+
+def segments(path: str) -> tuple[str, ...]:
+    return tuple(s for s in _INDEX.sub("", path).split(".") if s)
+
+
+def related(component_path: str, scored_path: str) -> bool:
+    """A scored leaf lies below the field (or the field below a scored dict leaf)."""
+    a, b = segments(component_path), segments(scored_path)
+    return b[: len(a)] == a or a[: len(b)] == b
+
+
+def field_components(schema: dict[str, Any], include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[str]:
+    """Every field path that is scored (after ``include_fields``/``exclude_fields``), parents first."""
+    out = []
+    for f in iter_field_paths(schema):
+        seg = segments(f.path)
+        if exclude and any(seg[: len(segments(p))] == segments(p) for p in exclude):
+            continue
+        if include and not any(
+            seg[: len(segments(p))] == segments(p) or segments(p)[: len(seg)] == seg for p in include
+        ):
+            continue
+        out.append(f.path)
+    return out
+
+
+def seed_candidate(
+    descriptions: Mapping[str, str], state: PromptState, paths: Sequence[str], prompts: Sequence[str]
+) -> dict[str, str]:
+    cand = {FIELD + p: descriptions.get(p, "") for p in paths}
+    if SYSTEM in prompts:
+        cand[SYSTEM] = state.system_prompt or DEFAULT_SYSTEM_PROMPT
+    if INSTRUCTION in prompts:
+        cand[INSTRUCTION] = state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT
+    return cand
+
+
+def apply_candidate(state: PromptState, candidate: Mapping[str, str], descriptions: Mapping[str, str]) -> PromptState:
+    """``state`` with the candidate's texts (a description equal to the current one is not stored)."""
+    fd = dict(state.field_descriptions)
+    for name, text in candidate.items():
+        if name.startswith(FIELD):
+            path = name[len(FIELD):]
+            if text != descriptions.get(path, "") or path in fd:
+                fd[path] = text
+    changes: dict[str, Any] = {"field_descriptions": fd}
+    if SYSTEM in candidate:
+        s = candidate[SYSTEM]
+        changes["system_prompt"] = None if s == DEFAULT_SYSTEM_PROMPT and state.system_prompt is None else s
+    if INSTRUCTION in candidate:
+        s = candidate[INSTRUCTION]
+        changes["instruction_prompt"] = (
+            None if s == DEFAULT_INSTRUCTION_PROMPT and state.instruction_prompt is None else s
+        )
+    return state.replace(**changes)
+
+
+def _values_at(obj: Any, seg: Sequence[str]) -> Any:
+    if not seg:
+        return obj
+    if isinstance(obj, list):
+        return [_values_at(x, seg) for x in obj]
+    if isinstance(obj, Mapping):
+        return _values_at(obj.get(seg[0]), seg[1:])
+    return None
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + " … [truncated]"
+
+
+def _lines_for(path: str, feedback: Sequence[str]) -> list[str]:
+    out = []
+    for line in feedback:
+        head = line.split(":", 1)[0]
+        if related(path, head):
+            out.append(line)
+    return out
+
+
+@dataclass
+class TextsResult:
+    state: PromptState
+    score: float | None
+    rejected: int = 0
+    iterations: int = 0
+    metric_calls: int = 0
+
+
+@dataclass
+class _Best:
+    score: float = -1.0
+    candidate: dict[str, str] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class TextsAdapter:
+    """The ``GEPAAdapter``: evaluates candidates with the Prompter's plan, builds per-component
+    reflective datasets from the per-field feedback, and proposes new texts (placeholders checked)."""
+
+    propose_new_texts: Callable[..., dict[str, str]] | None
+
+    def __init__(
+        self,
+        *,
+        prompter: Any,
+        base_state: PromptState,
+        descriptions: Mapping[str, str],
+        gateway: Gateway,
+        scorer: ExampleScorer,
+        reflect: Callable[[list[dict[str, Any]]], str],
+        full_size: int,
+        num_threads: int = 4,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        max_input_chars: int = 1500,
+    ) -> None:
+        self.prompter = prompter
+        self.base_state = base_state
+        self.descriptions = dict(descriptions)
+        self.gateway = gateway
+        self.scorer = scorer
+        self.reflect = reflect
+        self.full_size = full_size
+        self.num_threads = num_threads
+        self.on_event = on_event
+        self.max_input_chars = max_input_chars
+        self.best = _Best()
+        self.rejected = 0
+        self.propose_new_texts = self._propose
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def state_for(self, candidate: Mapping[str, str]) -> PromptState:
+        return apply_candidate(self.base_state, candidate, self.descriptions)
+
+    def evaluate(self, batch: list[Example], candidate: dict[str, str], capture_traces: bool = False) -> Any:
+        from gepa import EvaluationBatch
+
+        clone = budgeted_prompter(self.prompter, self.state_for(candidate), self.gateway)
+        outcomes = score_examples(clone, batch, self.scorer, num_threads=self.num_threads)
+        scores = [o.score.score for o in outcomes]
+        if len(batch) == self.full_size and not capture_traces:
+            mean = sum(scores) / len(scores) if scores else 0.0
+            with self.best.lock:
+                if mean > self.best.score:
+                    self.best.score = mean
+                    self.best.candidate = dict(candidate)
+            if self.on_event is not None:
+                self.on_event({"event": "candidate", "stage": "gepa", "score": mean})
+        return EvaluationBatch(
+            outputs=[o.predicted for o in outcomes],
+            scores=scores,
+            trajectories=list(outcomes) if capture_traces else None,
+        )
+
+    # -- reflection -----------------------------------------------------------------------------------
+    def _doc(self, ex: Example) -> str:
+        text = ex.text if isinstance(ex.text, str) else json.dumps(ex.text, ensure_ascii=False, default=str)
+        if text is None:
+            text = "(an image or PDF document)"
+        return _short(text, self.max_input_chars)
+
+    def make_reflective_dataset(
+        self, candidate: dict[str, str], eval_batch: Any, components_to_update: list[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        outcomes: list[ExampleOutcome] = list(eval_batch.trajectories or [])
+        out: dict[str, list[dict[str, Any]]] = {}
+        for comp in components_to_update:
+            records: list[dict[str, Any]] = []
+            if comp.startswith(FIELD):
+                path = comp[len(FIELD):]
+                seg = segments(path)
+                ok: list[dict[str, Any]] = []
+                for o in outcomes:
+                    lines = _lines_for(path, o.score.feedback)
+                    if o.predicted is None:
+                        lines = list(o.score.feedback)
+                    record = {
+                        "Document": self._doc(o.example),
+                        "Answer": json.dumps(_values_at(o.predicted, seg), ensure_ascii=False, default=str),
+                        "Feedback": "\n".join(lines) if lines else f"{path}: correct",
+                    }
+                    (records if lines else ok).append(record)
+                records.extend(ok[: max(1, 3 - len(records))])
+            else:
+                for o in outcomes:
+                    records.append(
+                        {
+                            "Document": self._doc(o.example),
+                            "Answer": json.dumps(o.predicted, ensure_ascii=False, default=str)
+                            if o.predicted is not None
+                            else "(no valid answer)",
+                            "Feedback": "\n".join(o.score.feedback) or "All fields correct.",
+                        }
+                    )
+            out[comp] = records
+        return out
+
+    def _propose(
+        self,
+        candidate: dict[str, str],
+        reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
+        components_to_update: list[str],
+    ) -> dict[str, str]:
+        new: dict[str, str] = {}
+        fields = [c for c in components_to_update if c.startswith(FIELD)]
+        if fields:
+            new.update(self._propose_fields(candidate, reflective_dataset, fields))
+        for comp in components_to_update:
+            if comp in PROMPTS:
+                new[comp] = self._propose_prompt(candidate[comp], comp, reflective_dataset.get(comp, []))
+        if self.on_event is not None:
+            self.on_event({"event": "proposal", "stage": "gepa", "components": list(new)})
+        return new
+
+    def _propose_fields(
+        self,
+        candidate: Mapping[str, str],
+        dataset: Mapping[str, Sequence[Mapping[str, Any]]],
+        comps: list[str],
+    ) -> dict[str, str]:
+        paths = [c[len(FIELD):] for c in comps]
+        current = {p: candidate[FIELD + p] for p in paths}
+        seen: set[str] = set()
+        blocks = []
+        for comp in comps:
+            for rec in dataset.get(comp, []):
+                key = json.dumps(rec, sort_keys=True, default=str)
+                if key in seen:
+                    continue
+                seen.add(key)
+                blocks.append(
+                    f"Field {comp[len(FIELD):]}\nDocument: {rec.get('Document')}\nAnswer: {rec.get('Answer')}\n"
+                    f"Feedback: {rec.get('Feedback')}"
+                )
+        prompt = _FIELDS_TEMPLATE.format(
+            current=json.dumps(current, indent=2, ensure_ascii=False),
+            records="\n\n".join(blocks[:24]),
+            paths=", ".join(paths),
+        )
+        text = self.reflect([{"role": "user", "content": prompt}])
+        data = extract_json(text)
+        out: dict[str, str] = {}
+        if isinstance(data, Mapping):
+            for p in paths:
+                value = data.get(p)
+                if isinstance(value, str) and value.strip():
+                    out[FIELD + p] = value.strip()
+        if len(paths) == 1 and not out:
+            # a single field: accept a plain-text answer too
+            from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+            plain = InstructionProposalSignature.output_extractor(text)["new_instruction"].strip()
+            if plain and extract_json(plain) is None:
+                out[comps[0]] = plain
+        return out
+
+    def _propose_prompt(self, current: str, comp: str, records: Sequence[Mapping[str, Any]]) -> str:
+        from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+        what = "system prompt" if comp == SYSTEM else "instruction"
+        names = template_placeholders(current)
+        keep = ""
+        if names:
+            keep = (
+                " The text is a template: keep the placeholders "
+                + ", ".join("{" + n + "}" for n in sorted(names))
+                + " exactly as written, add no other {name} placeholder, and write any literal brace as {{ or }}."
+            )
+        template = _PROMPT_TEMPLATE.format(what=what, keep=keep)
+        rendered = InstructionProposalSignature.prompt_renderer(
+            {"current_instruction_doc": current, "dataset_with_feedback": list(records), "prompt_template": template}
+        )
+        messages = rendered if isinstance(rendered, list) else [{"role": "user", "content": rendered}]
+        for attempt in range(2):
+            text = self.reflect(messages)
+            proposal = InstructionProposalSignature.output_extractor(text)["new_instruction"].strip()
+            problem = placeholder_problem(current, proposal)
+            if proposal and problem is None:
+                return proposal
+            if not proposal:
+                problem = "the answer was empty"
+            log.info("rejected a proposed %s (%s)%s", what, problem, "; asking again" if attempt == 0 else "")
+            messages = [
+                *messages,
+                {"role": "assistant", "content": text},
+                {
+                    "role": "user",
+                    "content": f"That {what} cannot be used: {problem}. Write it again within ``` blocks, keeping "
+                    "every placeholder of the original exactly and adding none.",
+                },
+            ]
+        self.rejected += 1
+        return current
+
+
+def placeholder_problem(original: str, proposal: str) -> str | None:
+    """Why ``proposal`` cannot replace ``original`` as a template (``None``: it can)."""
+    before, after = template_placeholders(original), template_placeholders(proposal)
+    dropped, added = sorted(before - after), sorted(after - before)
+    if not dropped and not added:
+        return None
+    parts = []
+    if dropped:
+        parts.append("it dropped " + ", ".join("{" + n + "}" for n in dropped))
+    if added:
+        parts.append("it added " + ", ".join("{" + n + "}" for n in added))
+    return " and ".join(parts)
+
+
+class ErrorDrivenSelector:
+    """GEPA component selector: the fields that were wrong on the minibatch (all of them with
+    ``parallel_fields``, else the most frequently wrong one), and every third step a prompt."""
+
+    def __init__(self, parallel_fields: bool) -> None:
+        self.parallel_fields = parallel_fields
+        self.step = 0
+
+    def __call__(
+        self,
+        state: Any,
+        trajectories: list[Any],
+        subsample_scores: list[float],
+        candidate_idx: int,
+        candidate: dict[str, str],
+    ) -> list[str]:
+        self.step += 1
+        prompts = [c for c in PROMPTS if c in candidate]
+        counts: dict[str, int] = {}
+        for o in trajectories or []:
+            if not isinstance(o, ExampleOutcome):
+                continue
+            for comp in candidate:
+                if not comp.startswith(FIELD):
+                    continue
+                path = comp[len(FIELD):]
+                if o.predicted is not None and any(
+                    s < 1.0 and related(path, p) for p, s in o.score.fields.items()
+                ):
+                    counts[comp] = counts.get(comp, 0) + 1
+        if prompts and (not counts or self.step % 3 == 0):
+            return [prompts[(self.step // 3) % len(prompts)]]
+        if not counts:
+            return [sorted(candidate)[self.step % len(candidate)]]
+        ranked = sorted(counts, key=lambda c: (-counts[c], -len(segments(c)), c))
+        if self.parallel_fields:
+            # the deepest wrong field explains its parents' errors: prefer leaves, keep parents too
+            return ranked
+        return [ranked[(self.step // 3) % len(ranked)]]
+
+
+class _GepaLog:
+    def log(self, message: str) -> None:
+        log.debug("gepa: %s", message)
+
+
+def run_texts(
+    *,
+    prompter: Any,
+    state: PromptState,
+    trainset: list[Example],
+    gateway: Gateway,
+    scorer: ExampleScorer,
+    paths: Sequence[str],
+    prompts: Sequence[str],
+    reflect: Callable[[list[dict[str, Any]]], str],
+    max_metric_calls: int,
+    seed: int,
+    parallel_fields: bool,
+    num_threads: int,
+    minibatch_size: int = 3,
+    pareto_size: int = 32,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    adapter_box: list[TextsAdapter] | None = None,
+    **gepa_kwargs: Any,
+) -> TextsResult:
+    """One ``gepa.optimize`` run over the given components, starting from ``state``.
+
+    Reflection minibatches come from the whole training split; candidates are compared (GEPA's Pareto
+    front) on its first ``pareto_size`` examples. The validation split is never seen here.
+    """
+    import gepa
+
+    stoppers = list(gepa_kwargs.pop("stop_callbacks", None) or [])
+    stoppers.append(gepa.ScoreThresholdStopper(1.0))  # nothing left to learn from the training split
+    pareto = trainset[: max(1, pareto_size)]
+    descriptions = {**_defaults(prompter), **dict(state.field_descriptions)}
+    seed_cand = seed_candidate(descriptions, state, paths, prompts)
+    adapter = TextsAdapter(
+        prompter=prompter,
+        base_state=state,
+        descriptions=descriptions,
+        gateway=gateway,
+        scorer=scorer,
+        reflect=reflect,
+        full_size=len(pareto),
+        num_threads=num_threads,
+        on_event=on_event,
+    )
+    if adapter_box is not None:
+        adapter_box.append(adapter)
+    result = gepa.optimize(
+        seed_candidate=seed_cand,
+        trainset=trainset,
+        valset=pareto,
+        adapter=adapter,
+        module_selector=ErrorDrivenSelector(parallel_fields),
+        max_metric_calls=max_metric_calls,
+        reflection_minibatch_size=max(1, min(minibatch_size, len(trainset))),
+        seed=seed,
+        logger=_GepaLog(),
+        display_progress_bar=False,
+        track_best_outputs=False,
+        raise_on_exception=True,
+        stop_callbacks=stoppers,
+        **gepa_kwargs,
+    )
+    best = dict(result.best_candidate) if isinstance(result.best_candidate, dict) else seed_cand
+    score = result.val_aggregate_scores[result.best_idx] if result.val_aggregate_scores else None
+    return TextsResult(
+        state=adapter.state_for(best),
+        score=score,
+        rejected=adapter.rejected,
+        iterations=len(result.candidates),
+        metric_calls=int(result.total_metric_calls or 0),
+    )
+
+
+def best_so_far(adapter: TextsAdapter) -> PromptState | None:
+    cand = adapter.best.candidate
+    return adapter.state_for(cand) if cand is not None else None
+
+
+def _defaults(prompter: Any) -> dict[str, str]:
+    from .._schema import default_descriptions
+
+    return default_descriptions(prompter._base_schema)
+
+
+def field_groups(paths: Sequence[str], parallel_fields: bool) -> list[list[str]]:
+    """Sequential mode: deepest fields first; one group per depth (``parallel_fields``) or per field."""
+    by_depth: dict[int, list[str]] = {}
+    for p in paths:
+        by_depth.setdefault(len(segments(p)), []).append(p)
+    groups: list[list[str]] = []
+    for depth in sorted(by_depth, reverse=True):
+        if parallel_fields:
+            groups.append(by_depth[depth])
+        else:
+            groups.extend([p] for p in by_depth[depth])
+    return groups
