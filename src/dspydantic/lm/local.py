@@ -38,7 +38,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dspydantic.errors import ConfigurationError, LMError, MissingExtraError
 from dspydantic.lm._assemble import DEFAULT_MODEL, fingerprint, resolve_model_file
@@ -429,7 +429,8 @@ class _SharedModel:
             if covered < len(live) - _MIN_SAVE_TOKENS:
                 self._save_live()
         if best is not None and best_common >= live_common + _MIN_RESTORE_GAIN:
-            self._saved.remove(best)
+            # by identity (saving the live state above may already have evicted it from the LRU)
+            self._saved[:] = [s for s in self._saved if s is not best]
             self._saved.append(best)
             self._restore(best)
             return best_common
@@ -451,6 +452,18 @@ def _strict_json_chars(gbnf: str) -> str:
 
 _models: dict[tuple[str, int], _SharedModel] = {}
 _models_lock = threading.Lock()
+#: pid of the process in which llama.cpp computed; its OpenMP thread pool does not survive fork()
+_compute_pid: int | None = None
+
+
+def _check_not_forked() -> None:
+    if _compute_pid is not None and _compute_pid != os.getpid():
+        raise LMError(
+            "the local model already ran in the parent of this forked process; llama.cpp's OpenMP thread "
+            "pool does not survive fork(), so it would hang here. Load and use the model only after the "
+            "fork (e.g. create the Prompter inside the worker; Celery: --pool=solo/threads or "
+            "worker_process_init), or start workers with the 'spawn' method."
+        )
 
 
 def _acquire_model(path: Path, n_ctx: int, n_threads: int, max_saved_states: int) -> _SharedModel:
@@ -487,7 +500,7 @@ def _default_threads() -> int:
 # ------------------------------------------------------------------------------------------- backend
 
 
-@dataclass
+@dataclass(eq=False)
 class LocalBackend:
     """The embedded llama.cpp backend (see the module docs).
 
@@ -504,6 +517,8 @@ class LocalBackend:
     max_saved_states: int = 4
     #: greedy constrained decoding checks the grammar on the top token only (same output, faster)
     lazy_grammar: bool = True
+    #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
+    cheap_logprobs: ClassVar[bool] = True
     cache_id: str = field(init=False)
     context_window: int | None = field(init=False)
     model_path: Path = field(init=False)
@@ -523,7 +538,9 @@ class LocalBackend:
     # -- protocol -----------------------------------------------------------------------------------
 
     def complete(self, request: LMRequest) -> LMResponse:
+        global _compute_pid
         messages = _messages_to_text(request.messages)  # refuses images before anything is loaded
+        _check_not_forked()
         shared = self._model()
         schema = None
         if request.json_schema is not None:
@@ -557,6 +574,7 @@ class LocalBackend:
             extra_stop = options.pop("stop", None)
             if extra_stop:
                 stop = stop + ([extra_stop] if isinstance(extra_stop, str) else list(extra_stop))
+            _compute_pid = os.getpid()
             try:
                 out: Any = shared.llama.create_completion(
                     prompt=tokens,
@@ -613,8 +631,9 @@ class LocalBackend:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters of the shared model: calls, prompt tokens, prompt tokens actually evaluated
-        (the rest came from the KV cache), state saves and restores."""
+        """Counters of the shared model: calls, prompt tokens, prompt tokens actually evaluated (the rest
+        came from the KV cache), prefix state saves and restores, and constrained decoding steps with how
+        many of them needed the full-vocabulary grammar mask."""
         shared = self._model()
         with shared.lock:
             return dict(vars(shared.stats))

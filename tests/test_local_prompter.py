@@ -1,0 +1,82 @@
+"""The public API on the real embedded model (Qwen2.5-Coder-0.5B via llama.cpp): run, confidence, async,
+batch, optimize, save/load. Slow-ish (a few seconds per extraction on 2 cores) but run in CI too."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.local,
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs dspydantic[local]"),
+]
+
+from dspydantic import Example, Prompter  # noqa: E402
+from dspydantic.demo import Invoice, load_records  # noqa: E402
+
+EASY = {"email-web-studio", "text-roofer", "invoice-office-supply", "email-garden-clearance"}
+
+
+@pytest.fixture(scope="module")
+def prompter() -> Prompter:
+    return Prompter(model=Invoice, model_id="local")
+
+
+@pytest.fixture(scope="module")
+def easy() -> list:  # type: ignore[type-arg]
+    return [r for r in load_records() if r.id in EASY]
+
+
+def test_a_handful_of_invoices_extracted_correctly(prompter: Prompter, easy: list) -> None:  # type: ignore[type-arg]
+    assert len(easy) == 4
+    right = 0
+    for record in easy:
+        res = prompter.predict_with_confidence(record.text)
+        inv = res.data
+        assert isinstance(inv, Invoice)  # constrained decoding: always parses and validates
+        assert res.attempts == 1 and res.usage.calls == 1 and res.usage.prompt_tokens > 0
+        assert res.confidence_source == "logprobs" and 0.0 < res.confidence <= 1.0
+        exp = record.expected
+        right += (
+            inv.currency.value if hasattr(inv.currency, "value") else inv.currency
+        ) == exp["currency"] and abs(inv.total - exp["total"]) < 0.01
+    assert right >= 3, f"only {right} of 4 easy invoices had the right total and currency"
+
+
+def test_async_and_batch_on_the_local_model(prompter: Prompter, easy: list) -> None:  # type: ignore[type-arg]
+    texts = [r.text for r in easy[:2]]
+    sync = prompter.predict_batch(texts, max_workers=2)
+
+    async def main() -> list:  # type: ignore[type-arg]
+        return await prompter.apredict_batch(texts, max_workers=2)
+
+    out = asyncio.run(main())
+    assert [type(x) for x in out] == [Invoice, Invoice]
+    assert [x.model_dump() for x in out] == [x.model_dump() for x in sync]  # greedy: same answers
+
+
+def test_optimize_save_load_on_the_local_model(prompter: Prompter, tmp_path: Path) -> None:
+    records = load_records()
+    train = [r.example() for r in records[:6]]
+    p = Prompter(model=Invoice, model_id="local")
+    result = p.optimize(train, optimizer="bootstrap", max_lm_calls=14, seed=0, num_threads=1)
+    assert result.lm_calls + result.cache_hits <= 14
+    assert result.n_train + result.n_val == 6
+    if result.accepted:
+        assert result.optimized_score > result.baseline_score
+    else:
+        assert p.state == p._original_state
+    p.save(tmp_path / "p")
+    loaded = Prompter.load(tmp_path / "p", model=Invoice, model_id="local")
+    assert loaded.state == p.state
+    doc = records[-1].text
+    assert loaded.run(doc) == p.run(doc)
+
+
+def test_example_list_for_evaluate_on_the_local_model(prompter: Prompter) -> None:
+    held_out = [Example(text=r.text, expected_output=r.expected) for r in load_records()[-2:]]
+    report = prompter.evaluate(held_out, num_threads=1)
+    assert report.n == 2 and 0.0 <= report.score <= 1.0 and "vendor" in report.per_field
