@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 
-from dspydantic.errors import ConfigurationError, MissingExtraError
+from dspydantic.errors import ConfigurationError, LMError, MissingExtraError
 from dspydantic.lm._assemble import QWEN, SplitModel, ensure_split_model
 from dspydantic.lm._base import LMBackend, LMRequest
 from dspydantic.lm.local import LocalBackend, bound_string_lengths, local_model_path, resolve_local
@@ -266,6 +266,7 @@ def test_backend_identity(qwen: LocalBackend) -> None:
 @pytest.mark.local
 def test_constrained_json_parses_validates_and_extracts(qwen: LocalBackend) -> None:
     schema = Invoice.model_json_schema()
+    texts = []
     for document, vendor, total in INVOICES:
         r = qwen.complete(LMRequest(messages=_messages(document), json_schema=schema))
         invoice = Invoice.model_validate_json(r.text)  # always parses and validates
@@ -273,6 +274,11 @@ def test_constrained_json_parses_validates_and_extracts(qwen: LocalBackend) -> N
         assert r.prompt_tokens > 50 and r.completion_tokens > 5
         assert vendor.lower() in invoice.vendor.lower(), r.text
         assert invoice.total == pytest.approx(total), r.text
+        texts.append(r.text)
+    # the lazy grammar check picks exactly the tokens the full per-token grammar mask picks
+    full = LocalBackend(lazy_grammar=False)
+    r = full.complete(LMRequest(messages=_messages(INVOICES[2][0]), json_schema=schema))
+    assert r.text == texts[2]
 
 
 @pytest.mark.local
@@ -408,3 +414,30 @@ def test_smollm2_loads_from_its_package_and_answers() -> None:
         by_path.close()
     finally:
         small.close()
+
+
+@pytest.mark.local
+def test_forked_child_gets_an_error_instead_of_hanging(qwen: LocalBackend) -> None:
+    request = LMRequest(messages=_messages("Say hi."), max_tokens=2)
+    qwen.complete(request)  # llama.cpp has computed in this process: its thread pool won't survive a fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            qwen.complete(request)
+            code = 1
+        except LMError as exc:
+            code = 0 if "fork" in str(exc) else 2
+        except BaseException:
+            code = 3
+        os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -83,6 +83,15 @@ _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
 
 
+def _reset_locks_after_fork() -> None:  # a lock held by another thread at fork time would never be released
+    global _process_locks_guard
+    _process_locks.clear()
+    _process_locks_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
 def model_dir() -> Path:
     """The directory assembled models are cached in (``$DSPYDANTIC_MODEL_DIR`` overrides the default)."""
     env = os.environ.get("DSPYDANTIC_MODEL_DIR")

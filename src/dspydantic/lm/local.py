@@ -432,6 +432,7 @@ class _SharedModel:
             # by identity (saving the live state above may already have evicted it from the LRU)
             self._saved[:] = [s for s in self._saved if s is not best]
             self._saved.append(best)
+            del self._saved[: max(0, len(self._saved) - self.max_saved_states)]
             self._restore(best)
             return best_common
         return live_common
