@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", action="store_true", help="use the Prompter cache (reruns are then free)")
+    ap.add_argument("--fallback", choices=["original", "baseline"], default="original",
+                    help="what the Prompter serves when the candidate does not beat the baseline")
     args = ap.parse_args()
 
     n_train = args.n_train or (10 if args.quick else 40)
@@ -210,7 +212,7 @@ def main() -> None:
         try:
             result = prompter.optimize(
                 train, optimizer=name, evaluator=evaluator, seed=args.seed, num_threads=threads,
-                max_lm_calls=budget, verbose=True, **kwargs,
+                max_lm_calls=budget, verbose=True, fallback=args.fallback, **kwargs,
             )
         except Exception as exc:  # report and go on with the next optimizer
             print(f"{name}: FAILED {type(exc).__name__}: {exc}\n")

@@ -633,3 +633,20 @@ def test_unlabelled_examples_in_optimize_are_judged_through_the_budgeted_backend
     assert judged, "the LLM judge scored the unlabelled examples"
     assert result.baseline_score == 1.0
     assert result.requests == srv.request_count
+
+
+def test_fallback_baseline_serves_the_baseline_as_scored(srv: FakeLLMServer) -> None:
+    srv.set_responder(person_responder(lambda i, body: i % 2 == 1))  # demos do not help: no winner
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    original = p.state
+    result = p.optimize(PERSON_EXAMPLES[:10], optimizer="bootstrap", max_bootstrapped_demos=0, max_labeled_demos=2,
+                        fallback="baseline")
+    assert result.accepted is False
+    assert len(result.baseline_state.demos) == 2 and result.baseline_state != original
+    assert p.state == result.state == result.baseline_state
+    assert result.optimized_score == result.baseline_score
+    assert "serving the baseline as scored" in result.message
+
+    q = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    kept = q.optimize(PERSON_EXAMPLES[:10], optimizer="bootstrap", max_bootstrapped_demos=0, max_labeled_demos=2)
+    assert kept.accepted is False and q.state == original and "result.baseline_state" in kept.message

@@ -331,7 +331,8 @@ class OptimizationResult:
     for the prompts the Prompter had, given the same number of few-shot demos the candidate may use
     (plain labelled training examples; see ``baseline_state``), ``candidate_*`` for the best candidate
     the optimizer found, rendered exactly as it is served. ``accepted`` says whether the candidate beat
-    the baseline and was adopted; if not the Prompter keeps its original prompts (``state``).
+    the baseline and was adopted; if not the Prompter keeps its original prompts (``state``), or, with
+    ``fallback="baseline"``, serves the baseline exactly as it was scored.
 
     Usage counts this run only: ``lm_calls`` are real LM calls (cache hits in ``cache_hits``),
     ``requests`` is both (what ``max_lm_calls`` limits), tokens are those of real calls and

@@ -110,6 +110,7 @@ _OWN_KWARGS = frozenset(
         "optimize_prompts",
         "optimize_descriptions",
         "gepa_val_size",
+        "fallback",
     }
 )
 _GEPA_PRESETS = {"light": 6, "medium": 12, "heavy": 24}
@@ -720,10 +721,12 @@ def optimize_prompter(
             ``metric_threshold`` (score a bootstrapped demo needs; 1.0), ``reflection_lm`` /
             ``prompt_model`` (an LM for proposals instead of the Prompter's), ``max_metric_calls`` /
             ``max_full_evals`` / ``auto`` (GEPA budget; "light" by default), ``min_improvement`` (0),
-            ``optimize_descriptions`` (GEPA: the field descriptions; True), ``optimize_prompts`` (GEPA:
-            the system and instruction prompts — True, False or a list of ``"system_prompt"`` /
-            ``"instruction_prompt"``), ``gepa_val_size`` (GEPA compares candidates on this many training
-            examples; 32), ``reflection_minibatch_size`` (3), and any argument
+            ``fallback`` (what the Prompter serves when the candidate does not win: ``"original"`` — its
+            prompts as they were — or ``"baseline"`` — the baseline as scored, i.e. with the plain
+            training demos it was given), ``optimize_descriptions`` (GEPA: the field descriptions; True),
+            ``optimize_prompts`` (GEPA: the system and instruction prompts — True, False or a list of
+            ``"system_prompt"`` / ``"instruction_prompt"``), ``gepa_val_size`` (GEPA compares candidates
+            on this many training examples; 32), ``reflection_minibatch_size`` (3), and any argument
             of the chosen DSPy teleprompter's constructor or ``compile``.
     """
     started = time.perf_counter()
@@ -760,6 +763,9 @@ def optimize_prompter(
             )
         own["optimize_prompts"] = names
     min_improvement = float(own.get("min_improvement", 0.0))
+    fallback = own.get("fallback", "original")
+    if fallback not in ("original", "baseline"):
+        raise ConfigurationError(f"fallback must be 'original' or 'baseline', got {fallback!r}")
     n_val = len(split.val)
     unlabelled_val = sum(1 for ex in split.val if ex.expected_output is None)
     from .._schema import iter_field_paths
@@ -879,25 +885,34 @@ def optimize_prompter(
             and candidate is not baseline
             and candidate.score > baseline.score + min_improvement
         )
+        added = len(baseline_state.demos) - len(original.demos)
+        adopted = candidate_state if accepted and candidate_state is not None else original
+        serve_baseline = not accepted and baseline is not None and added > 0 and fallback == "baseline"
+        if serve_baseline:
+            adopted = baseline_state
+            kept = f"serving the baseline as scored: the original prompts with {added} plain training demo(s)"
+        else:
+            kept = "kept the original prompts"
         if baseline is None:
             message = "the budget ran out while scoring the baseline; nothing changed"
         elif candidate is None:
-            message = "the candidate could not be scored within the budget; kept the original prompts"
+            message = f"the candidate could not be scored within the budget; {kept}"
         elif candidate is baseline:
-            message = "the optimizer proposed nothing new; kept the original prompts"
+            message = f"the optimizer proposed nothing new; {kept}"
         elif accepted:
             message = f"accepted: validation score {baseline.score:.3f} -> {candidate.score:.3f}"
         else:
             message = (
                 f"not accepted: the candidate scored {candidate.score:.3f}, not above the baseline "
-                f"{baseline.score:.3f}; kept the original prompts"
+                f"{baseline.score:.3f}; {kept}"
             )
-        added = len(baseline_state.demos) - len(original.demos)
-        if baseline is not None and added > 0:
-            message += f" (the baseline had {added} plain training demo(s), the candidate's demo budget)"
+        if baseline is not None and added > 0 and not serve_baseline:
+            message += f" (the baseline had {added} plain training demo(s), the candidate's demo budget"
+            if not accepted:
+                message += "; to serve it as scored: prompter.state = result.baseline_state, or fallback='baseline'"
+            message += ")"
         if run.notes:
             message += ". " + "; ".join(run.notes)
-        adopted = candidate_state if accepted and candidate_state is not None else original
         snap = budget.snapshot()
         result = OptimizationResult(
             baseline_score=baseline.score if baseline is not None else float("nan"),
@@ -935,7 +950,7 @@ def optimize_prompter(
         )
         log.info("optimize: %s", message)
         progress.emit({"event": "done", "accepted": accepted, "message": message, **snap})
-    if accepted:
+    if adopted != original:
         prompter.state = adopted
     prompter.optimization_result = result
     return result
