@@ -46,3 +46,24 @@ class LMBackend(Protocol):
     async def acomplete(self, request: LMRequest) -> LMResponse: ...
 
     def close(self) -> None: ...
+
+
+def chat_params(request: LMRequest, *, structured: str = "json_schema") -> dict[str, Any]:
+    """The OpenAI chat-completions parameters of a request besides model and messages (every backend that
+    speaks that dialect builds its call from this). ``structured``: ``"json_schema"``, ``"json_object"``
+    or ``"none"``."""
+    params: dict[str, Any] = {}
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        params["max_tokens"] = request.max_tokens
+    if request.json_schema is not None and structured == "json_schema":
+        params["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
+        }
+    elif request.json_schema is not None and structured == "json_object":
+        params["response_format"] = {"type": "json_object"}
+    if request.logprobs:
+        params["logprobs"] = True
+    return params

@@ -6,7 +6,7 @@ import warnings
 from typing import Any
 
 from ..errors import LMError
-from ._base import LMRequest, LMResponse
+from ._base import LMRequest, LMResponse, chat_params
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -29,22 +29,6 @@ class DSPyLMBackend:
         return f"DSPyLMBackend(model={getattr(self.lm, 'model', '?')!r})"
 
     @staticmethod
-    def _kwargs(request: LMRequest) -> dict[str, Any]:
-        kw: dict[str, Any] = {}
-        if request.temperature is not None:
-            kw["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            kw["max_tokens"] = request.max_tokens
-        if request.json_schema is not None:
-            kw["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
-            }
-        if request.logprobs:
-            kw["logprobs"] = True
-        return kw
-
-    @staticmethod
     def _response(resp: Any) -> LMResponse:
         choices = _get(resp, "choices") or []
         if not choices:
@@ -65,7 +49,7 @@ class DSPyLMBackend:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
-                resp = self.lm.forward(messages=request.messages, **self._kwargs(request))
+                resp = self.lm.forward(messages=request.messages, **chat_params(request))
             except LMError:
                 raise
             except Exception as exc:
@@ -76,7 +60,7 @@ class DSPyLMBackend:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
-                resp = await self.lm.aforward(messages=request.messages, **self._kwargs(request))
+                resp = await self.lm.aforward(messages=request.messages, **chat_params(request))
             except Exception as exc:
                 raise LMError(f"{self!r} failed: {type(exc).__name__}: {exc}", retryable=False) from None
         return self._response(resp)

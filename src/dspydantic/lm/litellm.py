@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import LMError, MissingExtraError, redact
-from ._base import LMRequest, LMResponse
+from ._base import LMRequest, LMResponse, chat_params
 
 
 def _litellm() -> Any:
@@ -43,18 +43,12 @@ class LiteLLMBackend:
         return f"LiteLLMBackend(model_id={self.model_id!r})"
 
     def _args(self, request: LMRequest) -> dict[str, Any]:
-        args: dict[str, Any] = {"model": self.model_id, "messages": request.messages, **self._kwargs}
-        if request.temperature is not None:
-            args["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            args["max_tokens"] = request.max_tokens
-        if request.json_schema is not None:
-            args["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
-            }
-        if request.logprobs:
-            args["logprobs"] = True
+        args: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": request.messages,
+            **self._kwargs,
+            **chat_params(request),
+        }
         args.update(request.extra)
         return args
 

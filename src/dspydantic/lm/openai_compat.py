@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, LMError, redact
-from ._base import LMRequest, LMResponse
+from ._base import LMRequest, LMResponse, chat_params
 
 OPENAI_BASE = "https://api.openai.com/v1"
 _RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -78,20 +78,11 @@ class OpenAICompatBackend:
     # -- request/response bodies -------------------------------------------------------------------
     def body(self, request: LMRequest) -> dict[str, Any]:
         """The JSON body of the request, without sending it (provider batch jobs use this too)."""
-        body: dict[str, Any] = {"model": self.model, "messages": request.messages}
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        if request.json_schema is not None and self.structured_output == "json_schema":
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
-            }
-        elif request.json_schema is not None and self.structured_output == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        if request.logprobs:
-            body["logprobs"] = True
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.messages,
+            **chat_params(request, structured=self.structured_output),
+        }
         body.update(self.extra_body)
         body.update(request.extra)
         return body

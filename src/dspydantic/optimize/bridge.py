@@ -37,7 +37,7 @@ from .._render import (
     Renderer,
     template_placeholders,
 )
-from ..lm._base import LMRequest, LMResponse
+from ..lm._base import LMRequest, LMResponse, chat_params
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
@@ -398,19 +398,7 @@ def _demos_key(demos: Sequence[Any]) -> str:
 
 
 def _lm15_body(request: LMRequest, model: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": request.messages}
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.json_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
-        }
-    if request.logprobs:
-        body["logprobs"] = True
-    return body
+    return {"model": model, "messages": request.messages, **chat_params(request)}
 
 
 def _from_lm15(request: Any) -> LMRequest:

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time
@@ -636,16 +635,6 @@ class PredefinedScoreEvaluator(Evaluator):
 # --------------------------------------------------------------------------------------------------
 
 
-def _dspy_configured_lm() -> Any:
-    dspy = sys.modules.get("dspy")
-    if dspy is None:
-        return None
-    try:
-        return dspy.settings.lm
-    except AttributeError:
-        return None
-
-
 def _as_backend(lm: Any) -> LMBackend:
     if hasattr(lm, "complete"):
         return lm
@@ -685,7 +674,9 @@ class _Judge(Evaluator):
     def __init__(self, config: dict[str, Any] | None = None, lm: Any = None) -> None:
         super().__init__(config, lm)
         if self.lm is None:
-            self.lm = _dspy_configured_lm()
+            from ..lm import _configured_dspy_lm
+
+            self.lm = _configured_dspy_lm()
         if self.lm is None:
             raise ConfigurationError(
                 f"the {self.name} evaluator needs an LM: pass lm= (an LMBackend or dspy.LM), "
