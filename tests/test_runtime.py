@@ -213,7 +213,9 @@ async def test_async_is_native_not_threads(srv: FakeLLMServer) -> None:
 def test_sync_batch_uses_all_workers(srv: FakeLLMServer) -> None:
     srv.latency = 0.05
     srv.set_responder(lambda body: GOOD)
-    assert len(make(srv).predict_batch(["x"] * 64, max_workers=32)) == 64
+    seen: list[tuple[int, int]] = []
+    assert len(make(srv).predict_batch(["x"] * 64, max_workers=32, on_progress=lambda d, n: seen.append((d, n)))) == 64
+    assert sorted(seen) == [(i, 64) for i in range(1, 65)]
     assert 24 <= srv.max_in_flight <= 32  # bounded by max_workers, and (nearly) all of them busy at once
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -356,18 +357,17 @@ class Prompter:
         items = list(inputs)
         workers = _workers(max_concurrency or max_workers, on_error)
         results: list[Any] = [None] * len(items)
-        done = 0
+        done = itertools.count(1)  # next() on a count is atomic: safe from the worker threads
 
         def one(i: int) -> None:
-            nonlocal done
             try:
                 res = self._run_plan(items[i])
                 results[i] = res if with_confidence else res.data
             except Exception as exc:
                 results[i] = _tag(exc, i)
-            done += 1
+            finished = next(done)
             if on_progress is not None:
-                on_progress(done, len(items))
+                on_progress(finished, len(items))
 
         if workers == 1 or len(items) <= 1:
             for i in range(len(items)):
