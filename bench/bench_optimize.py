@@ -203,6 +203,7 @@ def main() -> None:
           f" F1 {before.f1:.3f}; {before.usage.calls} calls, {time.perf_counter() - t0:.0f} s)\n")
 
     rows = []
+    fair_cache: dict[str, float] = {}
     for name in [o.strip() for o in args.optimizers.split(",") if o.strip()]:
         prompter = make_prompter(args, model, system_prompt)
         kwargs: dict[str, Any] = {}
@@ -220,16 +221,24 @@ def main() -> None:
             continue
         opt_s = time.perf_counter() - t
         after = prompter.evaluate(test, evaluator=evaluator, num_threads=threads)
+        # the fair comparison on the test split: the same prompts with the candidate's demo budget as plain demos
+        key = repr(result.baseline_state)
+        if key not in fair_cache:
+            fair = make_prompter(args, model, system_prompt)
+            fair.state = result.baseline_state
+            fair_cache[key] = fair.evaluate(test, evaluator=evaluator, num_threads=threads).score
         print(result.summary())
-        print(f"test: {before.score:.3f} -> {after.score:.3f}\n")
+        print(f"test: {before.score:.3f} (as configured) / {fair_cache[key]:.3f} (fair baseline: "
+              f"{len(result.baseline_state.demos)} plain demos) -> {after.score:.3f}\n")
         cand = f"{result.candidate_score:.3f}" if result.candidate_score is not None else "n/a"
         rows.append((
             name, result.optimizer, f"{result.baseline_score:.3f}->{cand}", "yes" if result.accepted else "no",
-            f"{before.score:.3f}->{after.score:.3f}", str(result.lm_calls),
+            f"{before.score:.3f} / {fair_cache[key]:.3f} -> {after.score:.3f}", str(result.lm_calls),
             str(result.prompt_tokens + result.completion_tokens), f"{opt_s:.0f}",
         ))
 
-    header = ("optimizer", "picked", "val base->cand", "accepted", "test before->after", "LM calls", "tokens", "s")
+    header = ("optimizer", "picked", "val base->cand", "accepted", "test zero-shot / fair baseline -> after",
+              "LM calls", "tokens", "s")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
