@@ -292,6 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
         if extra_headers:
             lines.extend(f"{k}: {v}" for k, v in extra_headers.items())
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # the request stops counting as in flight before its answer leaves: a client that has read the
+        # answer then never sees it still counted (max_in_flight / in_flight are race-free for tests)
+        self._finish_request()
         try:
             self.wfile.write(head + payload)
         except OSError:
@@ -332,9 +335,18 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     # ------------------------------------------------------------------ methods
+    def _start_request(self) -> None:
+        self._in_flight_counted = True
+        self.server.owner._enter()
+
+    def _finish_request(self) -> None:
+        if getattr(self, "_in_flight_counted", False):
+            self._in_flight_counted = False
+            self.server.owner._leave()
+
     def do_GET(self) -> None:
         owner = self.server.owner
-        owner._enter()
+        self._start_request()
         try:
             path = self._path()
             self._record(path, {})
@@ -351,15 +363,15 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(404, _error_body(404, f"Unknown path: GET {path}"))
         finally:
-            owner._leave()
+            self._finish_request()
 
     def do_POST(self) -> None:
         owner = self.server.owner
-        owner._enter()
+        self._start_request()
         try:
             self._handle_post(owner)
         finally:
-            owner._leave()
+            self._finish_request()
 
     def _handle_post(self, owner: FakeLLMServer) -> None:
         try:
