@@ -42,7 +42,6 @@ from pydantic import BaseModel
 
 from ._render import Demo, PromptState
 from ._schema import (
-    _children,
     _strip_titles,
     _type_hint,
     default_descriptions,
@@ -50,6 +49,7 @@ from ._schema import (
     fingerprint,
     inline_schema,
     model_schema,
+    walk_fields,
 )
 from .errors import ConfigurationError, PersistenceError, SchemaDriftWarning
 
@@ -807,25 +807,7 @@ def _read_legacy(directory: Path) -> SavedPrompter:
 
 def _field_nodes(schema: dict[str, Any]) -> dict[str, tuple[dict[str, Any], bool]]:
     """path -> (schema node, required) for every field of an inlined object schema."""
-    out: dict[str, tuple[dict[str, Any], bool]] = {}
-
-    def visit(obj: dict[str, Any], prefix: str) -> None:
-        required = set(obj.get("required", []))
-        for name, sub in (obj.get("properties") or {}).items():
-            if not isinstance(sub, dict):
-                continue
-            path = f"{prefix}{name}"
-            out[path] = (sub, name in required)
-            for suffix, child in _children(sub):
-                if "properties" in child:
-                    visit(child, f"{path}{suffix}.")
-                else:
-                    for s2, c2 in _children(child):
-                        if "properties" in c2:
-                            visit(c2, f"{path}{suffix}{s2}.")
-
-    visit(schema, "")
-    return out
+    return {path: (node, required) for path, node, required in walk_fields(schema)}
 
 
 def _variants(node: Any) -> list[dict[str, Any]]:

@@ -77,7 +77,6 @@ class Prompter:
         self.lm_retries = lm_retries
         self.retry_backoff = retry_backoff
         self.logprobs = bool(getattr(self.backend, "cheap_logprobs", False)) if logprobs is None else logprobs
-        self._cache_spec = cache
         self.cache = resolve_cache(cache)
         self._base_schema = model_schema(self.model)
         self._state = PromptState(

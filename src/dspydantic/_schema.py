@@ -9,14 +9,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
 from .errors import ConfigurationError
-
-FREE_TEXT_FIELD = "output"
 
 
 def ensure_model(model: Any) -> type[BaseModel]:
@@ -104,25 +103,34 @@ def _type_hint(node: dict[str, Any]) -> str:
     return str(t)
 
 
-def iter_field_paths(schema: dict[str, Any]) -> list[FieldPath]:
-    """Every field path of an (inlined) object schema, parents before children."""
-    out: list[FieldPath] = []
+def walk_fields(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """``(path, node, required)`` for every field of an (inlined) object schema, parents before children;
+    looks through ``Optional``/unions, list items (``[]``) and dict values (``{}``)."""
 
-    def visit(obj: dict[str, Any], prefix: str) -> None:
+    def visit(obj: dict[str, Any], prefix: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
         required = set(obj.get("required", []))
-        for name, sub in obj.get("properties", {}).items():
+        for name, sub in (obj.get("properties") or {}).items():
+            if not isinstance(sub, dict):
+                continue
             path = f"{prefix}{name}"
-            out.append(FieldPath(path, sub.get("description"), _type_hint(sub), name in required))
+            yield path, sub, name in required
             for suffix, child in _children(sub):
-                if child.get("type") == "object" and "properties" in child:
-                    visit(child, f"{path}{suffix}.")
-                else:
+                if "properties" in child:
+                    yield from visit(child, f"{path}{suffix}.")
+                else:  # list of lists, dict of lists, ...
                     for s2, c2 in _children(child):
                         if "properties" in c2:
-                            visit(c2, f"{path}{suffix}{s2}.")
+                            yield from visit(c2, f"{path}{suffix}{s2}.")
 
-    visit(schema, "")
-    return out
+    yield from visit(schema, "")
+
+
+def iter_field_paths(schema: dict[str, Any]) -> list[FieldPath]:
+    """Every field path of an (inlined) object schema, parents before children."""
+    return [
+        FieldPath(path, node.get("description"), _type_hint(node), required)
+        for path, node, required in walk_fields(schema)
+    ]
 
 
 def apply_descriptions(schema: dict[str, Any], descriptions: dict[str, str]) -> dict[str, Any]:
@@ -130,21 +138,9 @@ def apply_descriptions(schema: dict[str, Any], descriptions: dict[str, str]) -> 
     if not descriptions:
         return schema
     out = copy.deepcopy(schema)
-
-    def visit(obj: dict[str, Any], prefix: str) -> None:
-        for name, sub in obj.get("properties", {}).items():
-            path = f"{prefix}{name}"
-            if path in descriptions:
-                sub["description"] = descriptions[path]
-            for suffix, child in _children(sub):
-                if "properties" in child:
-                    visit(child, f"{path}{suffix}.")
-                else:
-                    for s2, c2 in _children(child):
-                        if "properties" in c2:
-                            visit(c2, f"{path}{suffix}{s2}.")
-
-    visit(out, "")
+    for path, node, _ in walk_fields(out):
+        if path in descriptions:
+            node["description"] = descriptions[path]
     return out
 
 
