@@ -35,7 +35,7 @@ def system_text(body: dict[str, Any]) -> str:
 
 def is_extraction(body: dict[str, Any]) -> bool:
     fmt = body.get("response_format") or {}
-    return fmt.get("type") == "json_schema" and fmt.get("json_schema", {}).get("name") not in ("judgement",)
+    return fmt.get("type") == "json_schema" and fmt.get("json_schema", {}).get("name") not in ("judgement", "proposal")
 
 
 def dspy_reply(body: dict[str, Any], value: str = "Extract every field exactly; use null when absent.") -> str | None:
@@ -310,6 +310,51 @@ def test_max_lm_calls_stops_dspy_optimizers_cleanly(srv: FakeLLMServer) -> None:
     assert result.requests == srv.request_count
 
 
+def _reflection_callable(docs: list[tuple[str, dict[str, Any]]], calls: list[str]) -> Callable[[str], str]:
+    """A user's own reflection LM as a plain callable (answers like the contract responder)."""
+    responder = contract_responder(docs)
+
+    def reflection_lm(text: str) -> str:
+        calls.append(text)
+        out = responder({"messages": [{"role": "user", "content": text}]})
+        return out if isinstance(out, str) else json.dumps(out)
+
+    return reflection_lm
+
+
+def test_a_users_reflection_lm_proposes_and_is_counted_in_the_run(srv: FakeLLMServer) -> None:
+    docs = contract_docs(10)
+    srv.set_responder(contract_responder(docs))
+    calls: list[str] = []
+    p = Prompter(Contract, model_id="openai/fake", api_base=srv.base_url, api_key="k", cache=False)
+    result = p.optimize([Example(text=t, expected_output=e) for t, e in docs], optimizer="gepa",
+                        max_metric_calls=40, reflection_lm=_reflection_callable(docs, calls))
+    assert calls and any("Current field descriptions" in c for c in calls)
+    # the Prompter's own LM answered no reflection prompt
+    assert not any("Current field descriptions" in last_user_text(r.body) for r in srv.requests)
+    assert result.accepted and "ISO 8601" in result.optimized_descriptions["buyer.date"]
+    assert result.requests == result.lm_calls == srv.request_count + len(calls)
+
+
+def test_max_lm_calls_counts_the_users_reflection_lm(srv: FakeLLMServer) -> None:
+    docs = contract_docs(10)
+    srv.set_responder(contract_responder(docs))
+    calls: list[str] = []
+    p = Prompter(Contract, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    result = p.optimize([Example(text=t, expected_output=e) for t, e in docs], optimizer="gepa",
+                        max_metric_calls=500, max_lm_calls=25, reflection_lm=_reflection_callable(docs, calls))
+    assert calls
+    assert srv.request_count + len(calls) == result.requests <= 25
+    assert result.budget_exhausted is True
+
+
+def test_an_unusable_reflection_lm_fails_before_any_request(srv: FakeLLMServer) -> None:
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    with pytest.raises(ConfigurationError, match="reflection_lm"):
+        p.optimize(PERSON_EXAMPLES, optimizer="gepa", reflection_lm=42)
+    assert srv.request_count == 0
+
+
 def test_max_tokens_budget(srv: FakeLLMServer) -> None:
     docs = contract_docs(8)
     srv.set_responder(contract_responder(docs))
@@ -402,6 +447,14 @@ def test_gepa_optimizes_each_path_of_a_nested_class_used_twice(srv: FakeLLMServe
     d = result.optimized_descriptions
     assert d != before and "ISO 8601" in d["buyer.date"] and "ISO 8601" in d["seller.date"]
     assert d["buyer.date"] != d["seller.date"]  # one class (Party) at two paths: two descriptions
+    # the reflection answer is constrained to JSON with exactly the fields asked about (small models need that)
+    asks = [r.body for r in srv.requests if "Current field descriptions" in last_user_text(r.body)]
+    assert asks
+    for body in asks:
+        schema = body["response_format"]["json_schema"]["schema"]
+        current = json.loads(re.search(r"```\n(.*?)\n```", last_user_text(body), re.S).group(1))
+        assert schema["required"] == list(current) and set(schema["properties"]) == set(current)
+        assert all(prop["maxLength"] > 0 for prop in schema["properties"].values())
     assert p.field_descriptions["seller.date"] == d["seller.date"]
     # the adopted prompter serves the new descriptions
     srv.reset()
@@ -481,6 +534,42 @@ def test_dspy_optimizers_score_through_the_renderer(srv: FakeLLMServer, name: st
         assert proposer, "the proposer prompts go through the Prompter's own backend"
     assert result.candidate_state is not None
     assert result.requests == srv.request_count
+
+
+def test_dspy_console_output_stays_out_of_the_terminal_but_not_other_threads(
+    srv: FakeLLMServer, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import threading
+    import time
+
+    from dspydantic.optimize._quiet import QuietStream
+
+    srv.set_responder(person_responder(lambda i, body: i % 3 == 0))
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    caplog.set_level(logging.DEBUG, logger="dspydantic.dspy")
+    stop = threading.Event()
+
+    def another_part_of_the_app() -> None:
+        while not stop.is_set():
+            print("app thread still prints")
+            time.sleep(0.002)
+
+    chatter = threading.Thread(target=another_part_of_the_app)
+    chatter.start()
+    try:
+        result = p.optimize(PERSON_EXAMPLES, optimizer="miprov2", train_split=0.67)
+    finally:
+        stop.set()
+        chatter.join()
+    assert result.stages == ["miprov2"]
+    out, err = capsys.readouterr()
+    for noise in ("Bootstrapped", "Average Metric", "STEP 1", "it/s]", "mipro_optimizer_v2"):
+        assert noise not in out and noise not in err, noise
+    assert "app thread still prints" in out
+    kept = " ".join(r.getMessage() for r in caplog.records if r.name == "dspydantic.dspy")
+    assert "STEP 1" in kept and "Bootstrapped" in kept  # not lost: on the debug log
+    assert not isinstance(sys.stdout, QuietStream) and not isinstance(sys.stderr, QuietStream)
 
 
 def test_a_teleprompter_instance_gets_our_metric(srv: FakeLLMServer) -> None:

@@ -171,10 +171,14 @@ class Gateway:
         prompter: Prompter,
         budget: Budget,
         on_call: Callable[[dict[str, Any]], None] | None = None,
+        target: Callable[[LMRequest], LMResponse] | None = None,
     ) -> None:
         self.prompter = prompter
         self.budget = budget
         self.on_call = on_call
+        #: another LM (a user's ``reflection_lm`` / ``prompt_model``) answering instead of the Prompter's
+        #: backend: it is counted against the same budget but bypasses the Prompter's cache
+        self.target = target
         self._seen: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self.closed = False
@@ -219,16 +223,76 @@ class Gateway:
                     extra={**request.extra, "seed": k},
                 )
         self.budget.reserve(estimate_tokens(request.messages))
-        response, hit = self.prompter._call(request)
+        if self.target is not None:
+            response, hit = self.target(request), False
+        else:
+            response, hit = self.prompter._call(request)
         self.budget.settle(response, hit)
         if self.on_call is not None:
             self.on_call(self.budget.snapshot())
         return response, hit
 
-    def complete_text(self, messages: list[dict[str, Any]], *, temperature: float | None = None) -> str:
-        """A free-text completion (reflection and proposer prompts)."""
-        request = LMRequest(messages=messages, temperature=temperature, max_tokens=self.prompter.max_tokens)
+    def complete_text(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> str:
+        """A completion for a reflection or proposer prompt: free text, or JSON following ``json_schema``
+        (constrained decoding where the backend has it)."""
+        request = LMRequest(
+            messages=messages,
+            json_schema=json_schema,
+            schema_name="proposal",
+            temperature=temperature,
+            max_tokens=self.prompter.max_tokens,
+        )
         return self.call(request, vary=True)[0].text
+
+
+def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
+    """A user's proposal LM as a gateway target: an :class:`~dspydantic.lm.LMBackend`, a ``dspy.LM``
+    (called with the messages; usage read from its history when it reports it) or a plain callable
+    ``str -> str`` (given the messages' text)."""
+    if hasattr(lm, "complete") and hasattr(lm, "cache_id"):  # an LMBackend
+        return lambda request: lm.complete(request)
+    if hasattr(lm, "forward") or hasattr(lm, "kwargs"):  # a dspy.LM
+
+        def call_dspy(request: LMRequest) -> LMResponse:
+            kwargs: dict[str, Any] = {}
+            if request.temperature is not None:
+                kwargs["temperature"] = request.temperature
+            if "seed" in request.extra:
+                kwargs["rollout_id"] = request.extra["seed"]
+            out = lm(messages=request.messages, **kwargs)
+            first = out[0] if isinstance(out, list) and out else out
+            text = str(first.get("text", "") if isinstance(first, dict) else first)
+            usage: Mapping[str, Any] = {}
+            history = getattr(lm, "history", None)
+            if isinstance(history, list) and history and isinstance(history[-1], Mapping):
+                usage = history[-1].get("usage") or {}
+            return LMResponse(
+                text=text,
+                prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(request.messages)),
+                completion_tokens=int(usage.get("completion_tokens") or math.ceil(len(text) / 4)),
+            )
+
+        return call_dspy
+    if callable(lm):
+
+        def call_plain(request: LMRequest) -> LMResponse:
+            text = str(lm("\n\n".join(str(m.get("content", "")) for m in request.messages)))
+            return LMResponse(
+                text=text,
+                prompt_tokens=estimate_tokens(request.messages),
+                completion_tokens=math.ceil(len(text) / 4),
+            )
+
+        return call_plain
+    from ..errors import ConfigurationError
+
+    raise ConfigurationError(f"reflection_lm / prompt_model must be a dspy.LM, an LMBackend or a callable, got {lm!r}")
 
 
 class GatewayBackend:

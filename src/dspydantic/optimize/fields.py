@@ -42,6 +42,8 @@ SYSTEM = "system_prompt"
 INSTRUCTION = "instruction_prompt"
 PROMPTS = (SYSTEM, INSTRUCTION)
 _INDEX = re.compile(r"\[\d*\]|\{\}")
+#: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
+_MAX_DESCRIPTION = 400
 
 _FIELDS_TEMPLATE = """An LLM extracts data from documents into JSON. It is told what each field means by the field \
 descriptions below; some answers were wrong.
@@ -186,7 +188,7 @@ class TextsAdapter:
         descriptions: Mapping[str, str],
         gateway: Gateway,
         scorer: ExampleScorer,
-        reflect: Callable[[list[dict[str, Any]]], str],
+        reflect: Callable[[list[dict[str, Any]], dict[str, Any] | None], str],
         full_size: int,
         num_threads: int = 4,
         on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -315,7 +317,13 @@ class TextsAdapter:
             records="\n\n".join(blocks[:24]),
             paths=", ".join(paths),
         )
-        text = self.reflect([{"role": "user", "content": prompt}])
+        schema = {
+            "type": "object",
+            "properties": {p: {"type": "string", "maxLength": _MAX_DESCRIPTION} for p in paths},
+            "required": list(paths),
+            "additionalProperties": False,
+        }
+        text = self.reflect([{"role": "user", "content": prompt}], schema)
         data = extract_json(text)
         out: dict[str, str] = {}
         if isinstance(data, Mapping):
@@ -350,7 +358,7 @@ class TextsAdapter:
         )
         messages = rendered if isinstance(rendered, list) else [{"role": "user", "content": rendered}]
         for attempt in range(2):
-            text = self.reflect(messages)
+            text = self.reflect(messages, None)
             proposal = InstructionProposalSignature.output_extractor(text)["new_instruction"].strip()
             problem = placeholder_problem(current, proposal)
             if proposal and problem is None:
@@ -440,7 +448,7 @@ def run_texts(
     scorer: ExampleScorer,
     paths: Sequence[str],
     prompts: Sequence[str],
-    reflect: Callable[[list[dict[str, Any]]], str],
+    reflect: Callable[[list[dict[str, Any]], dict[str, Any] | None], str],
     max_metric_calls: int,
     seed: int,
     parallel_fields: bool,

@@ -56,7 +56,8 @@ class Progress:
                     MofNCompleteColumn(),
                     TextColumn("LM requests"),
                     TimeElapsedColumn(),
-                    console=Console(stderr=True),
+                    # the stream as it is now: DSPy's output is filtered out of sys.stderr later (see _quiet)
+                    console=Console(file=sys.stderr),
                     transient=not self.verbose,
                 )
                 self._bar.start()

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 from .._example import Example
 from .._render import Demo, PromptState, template_placeholders
 from ..errors import ConfigurationError
+from ._quiet import MARK as QUIET_MARK
+from ._quiet import quiet
 from .bridge import (
     Budget,
     BudgetExhausted,
@@ -47,6 +49,7 @@ from .bridge import (
     Gateway,
     GatewayBackend,
     budgeted_prompter,
+    external_target,
     normalized_output,
 )
 from .progress import Progress
@@ -390,6 +393,7 @@ class _Run:
         self.exclude_fields = exclude_fields
         self.own = own
         self.notes: list[str] = []
+        self._proposers: dict[int, Gateway] = {}
 
     # -- scoring on the validation split ---------------------------------------------------------------
     def score(self, state: PromptState, what: str) -> EvaluationReport:
@@ -401,6 +405,18 @@ class _Run:
         return report
 
     # -- stages ----------------------------------------------------------------------------------------
+    def run_stages(self, state: PromptState, done: list[str]) -> PromptState:
+        """Every stage in order, each from the previous one's result; a spent budget ends the run with the
+        interrupted stage's best so far. ``done`` collects the names of the stages that finished."""
+        for stage in self.plan.stages:
+            try:
+                state = self.run_stage(stage, state)
+                done.append(stage.name)
+            except BudgetExhausted:
+                self.notes.append(f"the budget ran out during {stage.name}; kept the best candidate seen so far")
+                return self.best_so_far(stage, state)
+        return state
+
     def run_stage(self, stage: _Stage, state: PromptState) -> PromptState:
         self.progress.emit({"event": "stage", "stage": stage.name if stage.name != "custom" else self.plan.name})
         if stage.name == "gepa":
@@ -426,29 +442,32 @@ class _Run:
                 return state.replace(demos=demos)
         return state
 
-    def _reflect(self) -> Callable[[list[dict[str, Any]]], str]:
-        lm = self.own.get("reflection_lm")
-        temperature = self.own.get("reflection_temperature", 1.0)
+    def proposer(self, key: str = "reflection_lm") -> Gateway:
+        """The door for proposal prompts: the user's ``reflection_lm`` / ``prompt_model`` when given (counted
+        against the same budget), else the optimization gateway (the Prompter's own LM)."""
+        lm = self.own.get(key) or self.own.get("reflection_lm") or self.own.get("prompt_model")
         if lm is None:
-            return lambda messages: self.gateway.complete_text(messages, temperature=temperature)
-        if hasattr(lm, "complete") and hasattr(lm, "cache_id"):  # an LMBackend
-            from ..lm._base import LMRequest
+            return self.gateway
+        door = self._proposers.get(id(lm))
+        if door is None:
+            door = Gateway(self.prompter, self.budget, on_call=self.gateway.on_call, target=external_target(lm))
+            self._proposers[id(lm)] = door
+        return door
 
-            return lambda messages: str(lm.complete(LMRequest(messages=messages, temperature=temperature)).text)
-        if hasattr(lm, "forward") or hasattr(lm, "kwargs"):  # a dspy.LM
-            def call_dspy(messages: list[dict[str, Any]]) -> str:
-                out = lm(messages=messages)
-                first = out[0] if isinstance(out, list) and out else out
-                return str(first.get("text", "") if isinstance(first, dict) else first)
+    def close(self) -> None:
+        """Close every door of the optimization phase (see :meth:`Gateway.close`)."""
+        self.gateway.close()
+        for door in self._proposers.values():
+            door.close()
 
-            return call_dspy
-        if callable(lm):
-            def call_plain(messages: list[dict[str, Any]]) -> str:
-                text = "\n\n".join(str(m.get("content", "")) for m in messages)
-                return str(lm(text))
+    def _reflect(self) -> Callable[[list[dict[str, Any]], dict[str, Any] | None], str]:
+        door = self.proposer("reflection_lm")
+        temperature = self.own.get("reflection_temperature", 1.0)
 
-            return call_plain
-        raise ConfigurationError(f"reflection_lm must be a dspy.LM, an LMBackend or a callable, got {lm!r}")
+        def reflect(messages: list[dict[str, Any]], json_schema: dict[str, Any] | None = None) -> str:
+            return door.complete_text(messages, temperature=temperature, json_schema=json_schema)
+
+        return reflect
 
     def _gepa(self, stage: _Stage, state: PromptState) -> PromptState:
         from .fields import INSTRUCTION, PROMPTS, SYSTEM, field_components, field_groups, run_texts
@@ -549,7 +568,7 @@ class _Run:
         is_gepa = stage.name == "custom" and type(stage.teleprompter).__name__ == "GEPA"
         metric = self._metric(feedback=is_gepa)
         n = len(trainset)
-        with dspy.context(lm=lm):
+        with dspy.context(lm=lm, **{QUIET_MARK: True}):
             if stage.name == "custom":
                 tp = stage.teleprompter
                 for attr in ("metric", "metric_fn"):
@@ -579,11 +598,14 @@ class _Run:
             return ctx.state_for(ctx.original_instruction, list(predictor.demos or []))
 
     def _compile_named(self, stage: _Stage, program: Any, trainset: list[Any], metric: Any, lm: Any) -> Any:
+        from .bridge import make_lm
+
         cls = _dspy_class(stage.name)
         init = dict(stage.init_kwargs)
         comp = dict(stage.compile_kwargs)
         n = len(trainset)
-        prompt_model = self.own.get("prompt_model") or self.own.get("reflection_lm") or lm
+        door = self.proposer("prompt_model")
+        prompt_model = lm if door is self.gateway else make_lm(door)
         if stage.name == "bootstrap":
             init.setdefault("max_rounds", 1)
             tp = cls(metric=metric, **init)
@@ -762,6 +784,9 @@ def optimize_prompter(
                 f"optimize_prompts takes True, False or 'system_prompt' / 'instruction_prompt', got {bad}"
             )
         own["optimize_prompts"] = names
+    for key in ("reflection_lm", "prompt_model"):
+        if own.get(key) is not None:
+            external_target(own[key])  # a ConfigurationError now for an unusable LM
     min_improvement = float(own.get("min_improvement", 0.0))
     fallback = own.get("fallback", "original")
     if fallback not in ("original", "baseline"):
@@ -854,18 +879,10 @@ def optimize_prompter(
                 )
             state = original
             try:
-                for stage in plan.stages:
-                    try:
-                        state = run.run_stage(stage, state)
-                        stages_done.append(stage.name)
-                    except BudgetExhausted:
-                        state = run.best_so_far(stage, state)
-                        run.notes.append(
-                            f"the budget ran out during {stage.name}; kept the best candidate seen so far"
-                        )
-                        break
+                with quiet():
+                    state = run.run_stages(state, stages_done)
             finally:
-                gateway.close()
+                run.close()
             candidate_state = state
             # -- 5. candidate ----------------------------------------------------------------------------
             budget.lift()
