@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None, help="examples given to optimize()")
     ap.add_argument("--n-test", type=int, default=None, help="held-out test examples")
     ap.add_argument("--max-lm-calls", type=int, default=None, help="budget per optimize() run")
+    ap.add_argument("--train-split", type=float, default=0.8,
+                    help="optimize()'s train_split (the rest of its examples is its validation split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", action="store_true", help="use the Prompter cache (reruns are then free)")
@@ -195,7 +197,8 @@ def main() -> None:
     overlap = {json.dumps(e.text) for e in train} & {json.dumps(e.text) for e in test}
     assert not overlap, f"{len(overlap)} test texts are in the training examples"
     print(f"dataset {args.dataset}: {len(train)} examples for optimize(), {len(test)} test; {info}")
-    print(f"model {args.model}; budget max_lm_calls={budget} per run; threads {threads}; seed {args.seed}\n")
+    print(f"model {args.model}; budget max_lm_calls={budget} per run; threads {threads}; seed {args.seed}; "
+          f"train_split {args.train_split}\n")
 
     t0 = time.perf_counter()
     before = make_prompter(args, model, system_prompt).evaluate(test, evaluator=evaluator, num_threads=threads)
@@ -213,6 +216,7 @@ def main() -> None:
         try:
             result = prompter.optimize(
                 train, optimizer=name, evaluator=evaluator, seed=args.seed, num_threads=threads,
+                train_split=args.train_split,
                 max_lm_calls=budget, verbose=True, fallback=args.fallback, **kwargs,
             )
         except Exception as exc:  # report and go on with the next optimizer

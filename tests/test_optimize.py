@@ -145,8 +145,8 @@ def contract_responder(docs: list[tuple[str, dict[str, Any]]], *, iso_hurts: Cal
         text = last_user_text(body)
         if "Current field descriptions" in text:
             current = json.loads(re.search(r"```\n(.*?)\n```", text, re.S).group(1))
-            return {p: (f"Date of the {p.split('.')[0]} signature; use ISO 8601 (YYYY-MM-DD)."
-                        if p.endswith("date") else (d or f"The {p}.")) for p, d in current.items()}
+            return {f"{p} description": (f"Date of the {p.split('.')[0]} signature; use ISO 8601 (YYYY-MM-DD)."
+                                         if p.endswith("date") else (d or f"The {p}.")) for p, d in current.items()}
         if not is_extraction(body):
             return "```\nExtract the contract fields.\n```"
         system = system_text(body)
@@ -453,7 +453,8 @@ def test_gepa_optimizes_each_path_of_a_nested_class_used_twice(srv: FakeLLMServe
     for body in asks:
         schema = body["response_format"]["json_schema"]["schema"]
         current = json.loads(re.search(r"```\n(.*?)\n```", last_user_text(body), re.S).group(1))
-        assert schema["required"] == list(current) and set(schema["properties"]) == set(current)
+        keys = [f"{path} description" for path in current]  # not bare paths: they read like an extraction
+        assert schema["required"] == keys and set(schema["properties"]) == set(keys)
         assert all(prop["maxLength"] > 0 for prop in schema["properties"].values())
     assert p.field_descriptions["seller.date"] == d["seller.date"]
     # the adopted prompter serves the new descriptions

@@ -45,23 +45,28 @@ _INDEX = re.compile(r"\[\d*\]|\{\}")
 #: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
 _MAX_DESCRIPTION = 400
 
-_FIELDS_TEMPLATE = """An LLM extracts data from documents into JSON. It is told what each field means by the field \
-descriptions below; some answers were wrong.
+_FIELDS_TEMPLATE = """You document the fields of a JSON extraction schema so that an assistant extracts them \
+correctly. With the current field descriptions some of its answers were wrong.
 
 Current field descriptions (JSON, field path -> description):
 ```
 {current}
 ```
 
-Documents, the answers given for these fields, and what was wrong:
+Documents, the assistant's answers for these fields and what was wrong:
 ```
 {records}
 ```
 
-Write improved descriptions for these fields so that the LLM extracts them correctly from any similar \
-document. Say what the value is, where it is found, the exact format to use (as in the expected values), and \
-when to use null. Keep each description to one to three sentences, general rather than about one document.
-Answer with only a JSON object mapping each of these field paths to its new description: {paths}"""
+For each field, write a better description: what it holds, where it is found, the exact form of its values \
+(copy the style of the expected values above) and when it must be null. One to three sentences per field, \
+general rather than about one document. Write descriptions, not values.
+Answer with a JSON object with one key per field, "<field path> description", whose value is the new \
+description: {keys}"""
+
+#: the key of a field's new description in the reflection answer (a bare path as key reads like an extraction
+#: to a small model, which then answers with values)
+_KEY = "{} description"
 
 _PROMPT_TEMPLATE = """I gave an assistant the following {what} to extract structured data from documents:
 ```
@@ -312,23 +317,25 @@ class TextsAdapter:
                     f"Field {comp[len(FIELD):]}\nDocument: {rec.get('Document')}\nAnswer: {rec.get('Answer')}\n"
                     f"Feedback: {rec.get('Feedback')}"
                 )
+        keys = [_KEY.format(p) for p in paths]
         prompt = _FIELDS_TEMPLATE.format(
             current=json.dumps(current, indent=2, ensure_ascii=False),
             records="\n\n".join(blocks[:24]),
-            paths=", ".join(paths),
+            keys=", ".join(json.dumps(k) for k in keys),
         )
         schema = {
             "type": "object",
-            "properties": {p: {"type": "string", "maxLength": _MAX_DESCRIPTION} for p in paths},
-            "required": list(paths),
+            "properties": {k: {"type": "string", "maxLength": _MAX_DESCRIPTION} for k in keys},
+            "required": keys,
             "additionalProperties": False,
         }
         text = self.reflect([{"role": "user", "content": prompt}], schema)
+        log.debug("gepa: proposed descriptions for %s: %s", paths, _short(text, 2000))
         data = extract_json(text)
         out: dict[str, str] = {}
         if isinstance(data, Mapping):
             for p in paths:
-                value = data.get(p)
+                value = data.get(_KEY.format(p), data.get(p))
                 if isinstance(value, str) and value.strip():
                     out[FIELD + p] = value.strip()
         if len(paths) == 1 and not out:
