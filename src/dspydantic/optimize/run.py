@@ -118,6 +118,8 @@ _OWN_KWARGS = frozenset(
 )
 _GEPA_PRESETS = {"light": 6, "medium": 12, "heavy": 24}
 _DEFAULT_DEMOS = 4
+#: below this many validation examples the result message says the decision is noisy
+_FEW_VAL = 5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -853,6 +855,12 @@ def optimize_prompter(
             exclude_fields=exclude_fields,
             own=own,
         )
+        if n_val < _FEW_VAL:
+            log.warning("optimize: only %d validation example(s): the accept/reject decision is noisy", n_val)
+            run.notes.append(
+                f"only {n_val} validation example(s) decided this (one example moves the score by "
+                f"{1 / n_val:.2f}); give more examples or valset= for a firmer decision"
+            )
         original = prompter.state
         descriptions_before = dict(prompter.renderer.descriptions)
         baseline_state = _plain_demos(prompter, original, split.train, plan.demo_budget)
