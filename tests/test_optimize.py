@@ -356,6 +356,19 @@ def test_an_unusable_reflection_lm_fails_before_any_request(srv: FakeLLMServer) 
     assert srv.request_count == 0
 
 
+def test_a_spent_budget_in_miprov2_returns_the_best_program_it_had_evaluated(srv: FakeLLMServer) -> None:
+    # odd records lose their age without demos; an unbounded MIPROv2 run here makes 76 requests
+    srv.set_responder(person_responder(lambda i, body: i % 2 == 1 and n_demos_body(body) == 0))
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k", cache=False)
+    result = p.optimize(PERSON_EXAMPLES, optimizer="miprov2", train_split=0.67, max_lm_calls=50)
+    assert result.budget_exhausted is True and srv.request_count <= 50
+    assert "the budget ran out during miprov2" in result.message
+    assert "best so far: a program that scored 1.000" in result.message
+    # MIPROv2 keeps its best in local variables: this is the program it had scored best, with its demos
+    assert result.candidate_state is not None and len(result.candidate_state.demos) > 0
+    assert result.candidate_score == 1.0
+
+
 def test_max_tokens_budget(srv: FakeLLMServer) -> None:
     docs = contract_docs(8)
     srv.set_responder(contract_responder(docs))

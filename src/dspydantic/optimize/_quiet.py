@@ -47,20 +47,31 @@ def _quiet_here() -> bool:
 
 
 class QuietStream:
-    """A text stream that drops the optimizing threads' writes (to the debug log) and forwards the rest."""
+    """A text stream that drops the optimizing threads' writes (to the debug log) and forwards the rest.
+
+    After the run it is *retired*, not forgotten: a tqdm bar or handler that captured it during the run
+    may still write through it (a bar closed while an exception unwinds, or collected later); writes from
+    the run's threads stay dropped."""
 
     def __init__(self, wrapped: TextIO) -> None:
         self._wrapped = wrapped
+        self.owners: set[int] = set()  # every thread that ran an optimization while this was installed
+        self.retired = False
+
+    def _quiet(self) -> bool:
+        if self.retired:
+            return threading.get_ident() in self.owners or _dspy_marked()
+        return _quiet_here()
 
     def write(self, text: str) -> int:
-        if _quiet_here():
+        if self._quiet():
             if text.strip() and "\r" not in text and not text.startswith("\x1b"):
                 log.debug("%s", text.rstrip())
             return len(text)
         return self._wrapped.write(text)
 
     def flush(self) -> None:
-        if not _quiet_here():
+        if not self._quiet():
             self._wrapped.flush()
 
     def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, rich_proxied_file, ...
@@ -77,8 +88,10 @@ def quiet(enabled: bool = True) -> Iterator[None]:
     with _lock:
         if not _installed:
             _installed["stdout"], _installed["stderr"] = sys.stdout, sys.stderr
-            sys.stdout = cast(TextIO, QuietStream(sys.stdout))
-            sys.stderr = cast(TextIO, QuietStream(sys.stderr))
+            _installed["quiet"] = (QuietStream(sys.stdout), QuietStream(sys.stderr))
+            sys.stdout, sys.stderr = (cast(TextIO, q) for q in _installed["quiet"])
+        for q in _installed["quiet"]:
+            q.owners.add(me)
         _owners[me] = _owners.get(me, 0) + 1
     try:
         yield
@@ -93,4 +106,6 @@ def quiet(enabled: bool = True) -> Iterator[None]:
                     sys.stdout = _installed["stdout"]
                 if isinstance(sys.stderr, QuietStream):
                     sys.stderr = _installed["stderr"]
+                for q in _installed["quiet"]:
+                    q.retired = True
                 _installed.clear()

@@ -453,6 +453,52 @@ class StudentContext:
         )
 
 
+#: attribute of a student prediction naming the program that made it: ``(instructions, demos)``
+CANDIDATE_ATTR = "_dspydantic_candidate"
+
+
+class CandidateLedger:
+    """Scores of every student program the DSPy optimizers evaluated, from our metric's calls.
+
+    DSPy's optimizers keep their best-so-far in local variables; when the budget stops one mid-run, the
+    ledger still knows which (instruction, demos) pair scored best on the most examples it was evaluated on.
+    Only evaluation-mode metric calls count (``trace is None``), not bootstrapping.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scores: dict[tuple[str, str], dict[int, float]] = {}
+        self._programs: dict[tuple[str, str], tuple[str, list[Any]]] = {}
+
+    def record(self, prediction: Any, example_index: int, score: float) -> None:
+        program = getattr(prediction, CANDIDATE_ATTR, None)
+        if program is None:
+            return
+        instructions, demos = program
+        key = (instructions, _demos_key(demos))
+        with self._lock:
+            self._programs.setdefault(key, (instructions, list(demos)))
+            self._scores.setdefault(key, {})[example_index] = score
+
+    def best(self) -> tuple[str, list[Any], float, int] | None:
+        """``(instructions, demos, mean score, examples)`` of the best program among those evaluated on the
+        most distinct examples (the first one recorded wins a tie), or ``None``."""
+        with self._lock:
+            if not self._scores:
+                return None
+            coverage = max(len(v) for v in self._scores.values())
+            best_key, best_mean = None, -1.0
+            for key, scores in self._scores.items():  # insertion order: first recorded first
+                if len(scores) < coverage:
+                    continue
+                mean = sum(scores.values()) / len(scores)
+                if mean > best_mean:
+                    best_key, best_mean = key, mean
+            assert best_key is not None
+            instructions, demos = self._programs[best_key]
+            return instructions, demos, best_mean, coverage
+
+
 def _demos_key(demos: Sequence[Any]) -> str:
     items = []
     for d in demos:
@@ -641,12 +687,15 @@ def dspy_classes() -> tuple[type[Any], type[Any]]:
             self.extract = dspy.Predict(signature)
 
         def forward(self, document: str) -> Any:
+            program = (self.extract.signature.instructions, list(self.extract.demos or []))
             with dspy.context(adapter=RendererAdapter(self.ctx)):
                 try:
-                    return self.extract(**{INPUT_FIELD: document})
+                    prediction = self.extract(**{INPUT_FIELD: document})
                 except (AdapterParseError, CandidateRejected) as exc:
                     # a wrong answer, not a crash: the metric scores it 0
-                    return dspy.Prediction(**{OUTPUT_FIELD: None}, error=str(exc)[:500])
+                    prediction = dspy.Prediction(**{OUTPUT_FIELD: None}, error=str(exc)[:500])
+            setattr(prediction, CANDIDATE_ATTR, program)  # for the CandidateLedger (not a prediction field)
+            return prediction
 
     return RendererAdapter, ExtractionProgram
 

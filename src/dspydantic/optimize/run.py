@@ -44,6 +44,7 @@ from ._quiet import quiet
 from .bridge import (
     Budget,
     BudgetExhausted,
+    CandidateLedger,
     CandidateRejected,
     DocRegistry,
     Gateway,
@@ -396,6 +397,7 @@ class _Run:
         self.own = own
         self.notes: list[str] = []
         self._proposers: dict[int, Gateway] = {}
+        self.ledger = CandidateLedger()
 
     # -- scoring on the validation split ---------------------------------------------------------------
     def score(self, state: PromptState, what: str) -> EvaluationReport:
@@ -436,12 +438,24 @@ class _Run:
                 if candidate is not None and adapter.best.score >= 0:
                     best = candidate
             return best if best is not None else state
-        tp = stage.live
-        traces = getattr(tp, "name2traces", None)
-        if isinstance(traces, Mapping) and traces.get("extract") and getattr(self, "_ctx", None) is not None:
-            demos = self._ctx.demos_from_dspy(list(traces["extract"]))[: max(1, stage.demo_budget)]
-            if demos:
-                return state.replace(demos=demos)
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:
+            return state
+        evaluated = self.ledger.best()  # the best program the optimizer evaluated (MIPROv2, COPRO, SIMBA, ...)
+        if evaluated is not None:
+            instructions, program_demos, score, n = evaluated
+            try:
+                found: PromptState | None = ctx.state_for(instructions, program_demos)
+            except CandidateRejected:
+                found = None
+            if found is not None:
+                self.notes.append(f"best so far: a program that scored {score:.3f} on {n} training example(s)")
+                return found
+        traces = getattr(stage.live, "name2traces", None)  # BootstrapFewShot: the demos bootstrapped so far
+        if isinstance(traces, Mapping) and traces.get("extract"):
+            bootstrapped = ctx.demos_from_dspy(list(traces["extract"]))[: max(1, stage.demo_budget)]
+            if bootstrapped:
+                return state.replace(demos=bootstrapped)
         return state
 
     def proposer(self, key: str = "reflection_lm") -> Gateway:
@@ -540,12 +554,16 @@ class _Run:
         threshold = 1.0 if threshold is None else float(threshold)
         scorer = self.scorer
 
+        ledger = self.ledger
+
         def metric(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
             idx = example.get("example_index") if hasattr(example, "get") else None
             if not isinstance(idx, int) or not 0 <= idx < len(train):
                 return 0.0
             predicted = pred.get("extraction") if hasattr(pred, "get") else getattr(pred, "extraction", None)
             s = scorer.score(train[idx], predicted if isinstance(predicted, Mapping) else None)
+            if trace is None:
+                ledger.record(pred, idx, s.score)
             if feedback:
                 return dspy.Prediction(score=s.score, feedback="\n".join(s.feedback) or "All fields correct.")
             if trace is not None:
@@ -856,7 +874,7 @@ def optimize_prompter(
             own=own,
         )
         if n_val < _FEW_VAL:
-            log.warning("optimize: only %d validation example(s): the accept/reject decision is noisy", n_val)
+            log.info("optimize: only %d validation example(s): the accept/reject decision is noisy", n_val)
             run.notes.append(
                 f"only {n_val} validation example(s) decided this (one example moves the score by "
                 f"{1 / n_val:.2f}); give more examples or valset= for a firmer decision"
@@ -886,11 +904,11 @@ def optimize_prompter(
                     tokens=max(0, max_tokens - math.ceil(1.25 * budget.tokens)),
                 )
             state = original
-            try:
-                with quiet():
+            with quiet():  # (closing waits for DSPy's leftover worker threads: they stay quiet too)
+                try:
                     state = run.run_stages(state, stages_done)
-            finally:
-                run.close()
+                finally:
+                    run.close()
             candidate_state = state
             # -- 5. candidate ----------------------------------------------------------------------------
             budget.lift()
