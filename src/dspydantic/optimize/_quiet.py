@@ -3,8 +3,8 @@ terminal during ``optimize()``; our progress bar and ``on_progress`` events say 
 
 While a run is inside its optimizer stages, ``sys.stdout`` / ``sys.stderr`` are wrapped by a stream that
 drops what the *optimizing* threads write and passes everything else through: the thread that called
-``optimize()`` and DSPy's worker threads, which inherit the ``dspy.context`` marker set by
-:func:`mark` (DSPy copies its context into every thread of its ``ParallelExecutor``). Other threads of
+``optimize()`` and DSPy's worker threads, which inherit the :data:`MARK` key the run sets with
+``dspy.context`` (DSPy copies its context into every thread of its ``ParallelExecutor``). Other threads of
 the process (a web server, the user's own prints) are untouched. Dropped lines go to the
 ``dspydantic.dspy`` logger at DEBUG, so nothing is lost for someone who wants it. DSPy's log handler
 writes to ``sys.stderr`` at call time, so its log lines are covered by the same stream.
