@@ -337,6 +337,32 @@ def test_a_users_reflection_lm_proposes_and_is_counted_in_the_run(srv: FakeLLMSe
     assert result.requests == result.lm_calls == srv.request_count + len(calls)
 
 
+@pytest.mark.parametrize("kind", ["dspy.LM", "backend"])
+def test_a_reflection_lm_on_another_endpoint_answers_every_proposal(srv: FakeLLMServer, kind: str) -> None:
+    docs = contract_docs(10)
+    srv.set_responder(contract_responder(docs))
+    with FakeLLMServer() as other:
+        other.set_responder(contract_responder(docs))
+        if kind == "dspy.LM":
+            import dspy
+
+            reflection: Any = dspy.LM("openai/reflector", api_base=other.base_url, api_key="k2", cache=False,
+                                      num_retries=0)
+        else:
+            reflection = Prompter(Contract, model_id="openai/reflector", api_base=other.base_url,
+                                  api_key="k2").backend
+        p = Prompter(Contract, model_id="openai/fake", api_base=srv.base_url, api_key="k", cache=False)
+        result = p.optimize([Example(text=t, expected_output=e) for t, e in docs], optimizer="gepa",
+                            max_metric_calls=40, reflection_lm=reflection)
+        asked = [r for r in other.requests if "Current field descriptions" in last_user_text(r.body)]
+        assert asked and len(asked) == other.request_count
+        assert not any("Current field descriptions" in last_user_text(r.body) for r in srv.requests)
+        assert all(r.body["model"] == "reflector" for r in other.requests)
+        assert result.accepted and "ISO 8601" in result.optimized_descriptions["seller.date"]
+        assert result.requests == srv.request_count + other.request_count
+        assert result.prompt_tokens == sum(approx_tokens(r) for r in srv.requests + other.requests)
+
+
 def test_max_lm_calls_counts_the_users_reflection_lm(srv: FakeLLMServer) -> None:
     docs = contract_docs(10)
     srv.set_responder(contract_responder(docs))
