@@ -503,6 +503,25 @@ def test_gepa_optimizes_each_path_of_a_nested_class_used_twice(srv: FakeLLMServe
     assert "ISO 8601" in field_desc(system_text(srv.requests[0].body), "buyer.date")
 
 
+def test_reflection_prompts_fit_the_reflection_lms_context_window(srv: FakeLLMServer) -> None:
+    boiler = " This agreement is governed by the laws of the land and both parties accept its terms." * 6
+    docs = [(text + boiler, label) for text, label in contract_docs(10)]
+    srv.set_responder(contract_responder(docs))
+    window = 1800
+    p = Prompter(Contract, model_id="openai/fake", api_base=srv.base_url, api_key="k", context_window=window)
+    result = p.optimize([Example(text=t, expected_output=e) for t, e in docs], optimizer="gepa",
+                        max_metric_calls=60)
+    reflections = [r.body for r in srv.requests if not is_extraction(r.body)]
+    assert any("Current field descriptions" in last_user_text(b) for b in reflections)
+    for body in reflections:
+        prompt_chars = sum(len(message_text(m.get("content"))) for m in body["messages"])
+        assert prompt_chars / 3 + body["max_tokens"] <= window, (prompt_chars, body["max_tokens"])
+        if "Current field descriptions" in last_user_text(body):  # room for every field's description
+            n_fields = len(body["response_format"]["json_schema"]["schema"]["required"])
+            assert body["max_tokens"] >= 100 * n_fields
+    assert result.accepted and "ISO 8601" in result.optimized_descriptions["buyer.date"]
+
+
 def test_gepa_sequential_field_by_field(srv: FakeLLMServer) -> None:
     docs = contract_docs(8)
     srv.set_responder(contract_responder(docs))

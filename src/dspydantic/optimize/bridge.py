@@ -238,15 +238,16 @@ class Gateway:
         *,
         temperature: float | None = None,
         json_schema: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
     ) -> str:
         """A completion for a reflection or proposer prompt: free text, or JSON following ``json_schema``
-        (constrained decoding where the backend has it)."""
+        (constrained decoding where the backend has it); ``max_tokens`` defaults to the Prompter's."""
         request = LMRequest(
             messages=messages,
             json_schema=json_schema,
             schema_name="proposal",
             temperature=temperature,
-            max_tokens=self.prompter.max_tokens,
+            max_tokens=max_tokens if max_tokens is not None else self.prompter.max_tokens,
         )
         return self.call(request, vary=True)[0].text
 

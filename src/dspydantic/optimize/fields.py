@@ -44,6 +44,10 @@ PROMPTS = (SYSTEM, INSTRUCTION)
 _INDEX = re.compile(r"\[\d*\]|\{\}")
 #: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
 _MAX_DESCRIPTION = 400
+#: reply room for a field-description reflection (tokens per field; a description is at most ~100 tokens)
+_REPLY_TOKENS_PER_FIELD = 120
+#: reply room for a proposed system / instruction prompt (tokens)
+_PROMPT_REPLY_TOKENS = 1024
 
 _FIELDS_TEMPLATE = """You document the fields of a JSON extraction schema so that an assistant extracts them \
 correctly. With the current field descriptions some of its answers were wrong.
@@ -193,11 +197,12 @@ class TextsAdapter:
         descriptions: Mapping[str, str],
         gateway: Gateway,
         scorer: ExampleScorer,
-        reflect: Callable[[list[dict[str, Any]], dict[str, Any] | None], str],
+        reflect: Callable[[list[dict[str, Any]], dict[str, Any] | None, int | None], str],
         full_size: int,
         num_threads: int = 4,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         max_input_chars: int = 1500,
+        reflect_window: int | None = None,
     ) -> None:
         self.prompter = prompter
         self.base_state = base_state
@@ -209,6 +214,7 @@ class TextsAdapter:
         self.num_threads = num_threads
         self.on_event = on_event
         self.max_input_chars = max_input_chars
+        self.reflect_window = reflect_window  # the reflection LM's context window (tokens), when known
         self.best = _Best()
         self.rejected = 0
         self.propose_new_texts = self._propose
@@ -280,6 +286,29 @@ class TextsAdapter:
             out[comp] = records
         return out
 
+    def _char_budget(self, reply_tokens: int) -> int | None:
+        """Characters a reflection prompt may have to leave room for the reply in the reflection LM's window
+        (``None``: unknown window, no limit). Three characters a token: on the safe side for English."""
+        if self.reflect_window is None:
+            return None
+        return max(0, (self.reflect_window - reply_tokens - 64) * 3)
+
+    def _fit(self, blocks: list[str], fixed_chars: int, reply_tokens: int) -> list[str]:
+        """The leading blocks that fit the reflection LM's window (at least one, shortened if need be)."""
+        budget = self._char_budget(reply_tokens)
+        if budget is None:
+            return blocks
+        room = budget - fixed_chars
+        out: list[str] = []
+        for block in blocks:
+            if len(block) + 2 > room:
+                break
+            out.append(block)
+            room -= len(block) + 2
+        if not out and blocks:
+            out.append(_short(blocks[0], max(200, room)))
+        return out
+
     def _propose(
         self,
         candidate: dict[str, str],
@@ -318,18 +347,23 @@ class TextsAdapter:
                     f"Feedback: {rec.get('Feedback')}"
                 )
         keys = [_KEY.format(p) for p in paths]
-        prompt = _FIELDS_TEMPLATE.format(
-            current=json.dumps(current, indent=2, ensure_ascii=False),
-            records="\n\n".join(blocks[:24]),
-            keys=", ".join(json.dumps(k) for k in keys),
-        )
+        reply_tokens = _REPLY_TOKENS_PER_FIELD * len(paths) + 64
+
+        def render(records: Sequence[str]) -> str:
+            return _FIELDS_TEMPLATE.format(
+                current=json.dumps(current, indent=2, ensure_ascii=False),
+                records="\n\n".join(records),
+                keys=", ".join(json.dumps(k) for k in keys),
+            )
+
+        prompt = render(self._fit(blocks[:24], len(render([])), reply_tokens))
         schema = {
             "type": "object",
             "properties": {k: {"type": "string", "maxLength": _MAX_DESCRIPTION} for k in keys},
             "required": keys,
             "additionalProperties": False,
         }
-        text = self.reflect([{"role": "user", "content": prompt}], schema)
+        text = self.reflect([{"role": "user", "content": prompt}], schema, reply_tokens)
         log.debug("gepa: proposed descriptions for %s: %s", paths, _short(text, 2000))
         data = extract_json(text)
         out: dict[str, str] = {}
@@ -360,12 +394,21 @@ class TextsAdapter:
                 + " exactly as written, add no other {name} placeholder, and write any literal brace as {{ or }}."
             )
         template = _PROMPT_TEMPLATE.format(what=what, keep=keep)
-        rendered = InstructionProposalSignature.prompt_renderer(
-            {"current_instruction_doc": current, "dataset_with_feedback": list(records), "prompt_template": template}
-        )
-        messages = rendered if isinstance(rendered, list) else [{"role": "user", "content": rendered}]
+
+        def render(recs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+            rendered = InstructionProposalSignature.prompt_renderer(
+                {"current_instruction_doc": current, "dataset_with_feedback": list(recs), "prompt_template": template}
+            )
+            return rendered if isinstance(rendered, list) else [{"role": "user", "content": rendered}]
+
+        kept = list(records)
+        messages = render(kept)
+        limit = self._char_budget(_PROMPT_REPLY_TOKENS)
+        while limit is not None and len(kept) > 1 and len(json.dumps(messages)) > limit:
+            kept.pop()  # the records come wrong-first: keep the most informative
+            messages = render(kept)
         for attempt in range(2):
-            text = self.reflect(messages, None)
+            text = self.reflect(messages, None, _PROMPT_REPLY_TOKENS)
             proposal = InstructionProposalSignature.output_extractor(text)["new_instruction"].strip()
             problem = placeholder_problem(current, proposal)
             if proposal and problem is None:
@@ -455,7 +498,7 @@ def run_texts(
     scorer: ExampleScorer,
     paths: Sequence[str],
     prompts: Sequence[str],
-    reflect: Callable[[list[dict[str, Any]], dict[str, Any] | None], str],
+    reflect: Callable[[list[dict[str, Any]], dict[str, Any] | None, int | None], str],
     max_metric_calls: int,
     seed: int,
     parallel_fields: bool,
@@ -464,6 +507,7 @@ def run_texts(
     pareto_size: int = 32,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     adapter_box: list[TextsAdapter] | None = None,
+    reflect_window: int | None = None,
     **gepa_kwargs: Any,
 ) -> TextsResult:
     """One ``gepa.optimize`` run over the given components, starting from ``state``.
@@ -488,6 +532,7 @@ def run_texts(
         full_size=len(pareto),
         num_threads=num_threads,
         on_event=on_event,
+        reflect_window=reflect_window,
     )
     if adapter_box is not None:
         adapter_box.append(adapter)

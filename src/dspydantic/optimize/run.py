@@ -476,14 +476,26 @@ class _Run:
         for door in self._proposers.values():
             door.close()
 
-    def _reflect(self) -> Callable[[list[dict[str, Any]], dict[str, Any] | None], str]:
+    def _reflect(self) -> Callable[[list[dict[str, Any]], dict[str, Any] | None, int | None], str]:
         door = self.proposer("reflection_lm")
         temperature = self.own.get("reflection_temperature", 1.0)
+        floor = self.prompter.max_tokens
 
-        def reflect(messages: list[dict[str, Any]], json_schema: dict[str, Any] | None = None) -> str:
-            return door.complete_text(messages, temperature=temperature, json_schema=json_schema)
+        def reflect(
+            messages: list[dict[str, Any]], json_schema: dict[str, Any] | None = None, max_tokens: int | None = None
+        ) -> str:
+            if max_tokens is not None and floor is not None:
+                max_tokens = max(max_tokens, floor)
+            return door.complete_text(messages, temperature=temperature, json_schema=json_schema, max_tokens=max_tokens)
 
         return reflect
+
+    def reflect_window(self) -> int | None:
+        """The context window (tokens) of the LM that answers reflection prompts, when it is known."""
+        lm = self.own.get("reflection_lm") or self.own.get("prompt_model")
+        backend = self.prompter.backend if lm is None else lm
+        window = getattr(backend, "context_window", None)
+        return window if isinstance(window, int) and window > 0 else None
 
     def _gepa(self, stage: _Stage, state: PromptState) -> PromptState:
         from .fields import INSTRUCTION, PROMPTS, SYSTEM, field_components, field_groups, run_texts
@@ -533,6 +545,7 @@ class _Run:
                 pareto_size=int(self.own.get("gepa_val_size", 32)),
                 on_event=self.progress.emit,
                 adapter_box=stage.live,
+                reflect_window=self.reflect_window(),
             )
             rejected += result.rejected
             state = result.state
