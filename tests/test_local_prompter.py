@@ -76,6 +76,26 @@ def test_optimize_save_load_on_the_local_model(prompter: Prompter, tmp_path: Pat
     assert loaded.run(doc) == p.run(doc)
 
 
+def test_gepa_reflection_on_the_local_model_yields_field_descriptions() -> None:
+    """The 0.5B model answers GEPA's field-description reflection in a usable form (JSON under a schema,
+    keyed "<path> description"): before that it answered with extracted values and nothing was proposed."""
+    records = load_records()
+    train = [r.example() for r in records[:5]]
+    proposals: list[list[str]] = []
+
+    def on_progress(event: dict) -> None:  # type: ignore[type-arg]
+        if event["event"] == "proposal":
+            proposals.append(list(event["components"]))
+
+    p = Prompter(model=Invoice, model_id="local", cache=False)
+    result = p.optimize(train, optimizer="gepa", optimize_prompts=False, max_metric_calls=10, max_lm_calls=20,
+                        num_threads=1, seed=0, on_progress=on_progress)
+    assert proposals, "GEPA never reflected"
+    assert any(c.startswith("field:") for comps in proposals for c in comps), proposals
+    assert result.lm_calls + result.cache_hits <= 20
+    assert result.candidate_state is not None
+
+
 def test_example_list_for_evaluate_on_the_local_model(prompter: Prompter) -> None:
     held_out = [Example(text=r.text, expected_output=r.expected) for r in load_records()[-2:]]
     report = prompter.evaluate(held_out, num_threads=1)

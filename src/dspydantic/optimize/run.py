@@ -417,8 +417,9 @@ class _Run:
                 state = self.run_stage(stage, state)
                 done.append(stage.name)
             except BudgetExhausted:
-                self.notes.append(f"the budget ran out during {stage.name}; kept the best candidate seen so far")
-                return self.best_so_far(stage, state)
+                best, what = self.best_so_far(stage, state)
+                self.notes.append(f"the budget ran out during {stage.name}; kept {what}")
+                return best
         return state
 
     def run_stage(self, stage: _Stage, state: PromptState) -> PromptState:
@@ -427,36 +428,37 @@ class _Run:
             return self._gepa(stage, state)
         return self._dspy(stage, state)
 
-    def best_so_far(self, stage: _Stage, state: PromptState) -> PromptState:
-        """After a spent budget: the best the interrupted stage had fully scored (or its input)."""
+    def best_so_far(self, stage: _Stage, state: PromptState) -> tuple[PromptState, str]:
+        """After a spent budget: the best the interrupted stage had fully scored (or its input), and what
+        that is in words."""
         from .fields import best_so_far
 
+        seen = "the best candidate seen so far"
         if stage.name == "gepa":
             best = None
             for adapter in stage.live or []:
                 candidate = best_so_far(adapter)
                 if candidate is not None and adapter.best.score >= 0:
                     best = candidate
-            return best if best is not None else state
+            return (best, seen) if best is not None else (state, "the prompts it started from")
         ctx = getattr(self, "_ctx", None)
         if ctx is None:
-            return state
+            return state, "the prompts it started from"
         evaluated = self.ledger.best()  # the best program the optimizer evaluated (MIPROv2, COPRO, SIMBA, ...)
         if evaluated is not None:
             instructions, program_demos, score, n = evaluated
             try:
-                found: PromptState | None = ctx.state_for(instructions, program_demos)
+                return ctx.state_for(instructions, program_demos), (
+                    f"the best program it had evaluated ({score:.3f} on {n} training example(s))"
+                )
             except CandidateRejected:
-                found = None
-            if found is not None:
-                self.notes.append(f"best so far: a program that scored {score:.3f} on {n} training example(s)")
-                return found
+                pass
         traces = getattr(stage.live, "name2traces", None)  # BootstrapFewShot: the demos bootstrapped so far
         if isinstance(traces, Mapping) and traces.get("extract"):
             bootstrapped = ctx.demos_from_dspy(list(traces["extract"]))[: max(1, stage.demo_budget)]
             if bootstrapped:
-                return state.replace(demos=bootstrapped)
-        return state
+                return state.replace(demos=bootstrapped), f"the {len(bootstrapped)} demo(s) bootstrapped so far"
+        return state, "the prompts it started from"
 
     def proposer(self, key: str = "reflection_lm") -> Gateway:
         """The door for proposal prompts: the user's ``reflection_lm`` / ``prompt_model`` when given (counted
