@@ -124,7 +124,10 @@ def test_optimize_with_image_and_pdf_examples_then_save_and_load(
         Example(text="Corner Cafe 6.40", expected_output=ANSWER),
         Example(text="Corner Cafe, six forty", expected_output=ANSWER),
     ]
-    result = p.optimize(examples, optimizer="bootstrap", max_lm_calls=40, seed=0, fallback="baseline")
+    # every answer is right, so nothing wins: serve the baseline (its plain demos hold images) without
+    # comparing it with the original prompts (which it only ties)
+    result = p.optimize(examples, optimizer="bootstrap", max_lm_calls=40, seed=0, fallback="baseline",
+                        compare_original=False)
     assert result.n_train + result.n_val == 6
     p.save(tmp_path / "saved")
     loaded = Prompter.load(tmp_path / "saved", model=Receipt, model_id="openai/vision", api_base=srv.base_url)

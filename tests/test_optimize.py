@@ -784,7 +784,8 @@ def test_unlabelled_examples_in_optimize_are_judged_through_the_budgeted_backend
 
 
 def test_fallback_baseline_serves_the_baseline_as_scored(srv: FakeLLMServer) -> None:
-    srv.set_responder(person_responder(lambda i, body: i % 2 == 1))  # demos do not help: no winner
+    # any demos fix the odd records: the baseline beats the original prompts, the candidate only ties it
+    srv.set_responder(person_responder(lambda i, body: i % 2 == 1 and n_demos_body(body) == 0))
     p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
     original = p.state
     result = p.optimize(PERSON_EXAMPLES[:10], optimizer="bootstrap", max_bootstrapped_demos=0, max_labeled_demos=2,
@@ -793,8 +794,63 @@ def test_fallback_baseline_serves_the_baseline_as_scored(srv: FakeLLMServer) -> 
     assert len(result.baseline_state.demos) == 2 and result.baseline_state != original
     assert p.state == result.state == result.baseline_state
     assert result.optimized_score == result.baseline_score
+    assert result.original_score is not None and result.original_score < result.baseline_score
     assert "serving the baseline as scored" in result.message
 
     q = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
     kept = q.optimize(PERSON_EXAMPLES[:10], optimizer="bootstrap", max_bootstrapped_demos=0, max_labeled_demos=2)
     assert kept.accepted is False and q.state == original and "result.baseline_state" in kept.message
+
+
+class _FewerDemos:
+    """A teleprompter whose program keeps only the first ``k`` training examples as demos, while it declares
+    a demo budget of 4 (so the fair baseline gets 4 plain demos)."""
+
+    max_labeled_demos = 4
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.metric = None
+
+    def compile(self, student: Any, *, trainset: list[Any]) -> Any:
+        program = student.deepcopy()
+        program.extract.demos = list(trainset[: self.k])
+        return program
+
+
+def _more_demos_hurt(i: int, body: dict[str, Any]) -> bool:
+    """Odd records lose their age with 4 demos, every fourth record with 1-3 demos, none without demos."""
+    k = n_demos_body(body)
+    return (k >= 4 and i % 2 == 1) or (1 <= k < 4 and i % 4 == 1)
+
+
+def test_a_candidate_must_also_beat_the_original_prompts_as_they_were(srv: FakeLLMServer) -> None:
+    srv.set_responder(person_responder(_more_demos_hurt))
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    original = p.state
+    val = PERSON_EXAMPLES[:8]
+    result = p.optimize(PERSON_EXAMPLES[8:], valset=val, optimizer=_FewerDemos(2))
+    assert len(result.baseline_state.demos) == 4 and result.candidate_state is not None
+    assert result.original_score == 1.0  # no demos: every age right
+    assert result.baseline_score == 0.75 and result.candidate_score == 0.875  # 4 demos hurt more than 2
+    assert result.accepted is False and p.state == original
+    assert "above the baseline 0.750 but not above the original prompts as they were (1.000)" in result.message
+    assert result.optimized_score == 1.0 and result.per_field_after == result.original_per_field
+    # every validation item was scored three times: baseline, original, candidate
+    assert result.requests == srv.request_count == 3 * len(val)
+
+    # fallback="baseline" does not serve a baseline that scored below the original prompts
+    q = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    kept = q.optimize(PERSON_EXAMPLES[8:], valset=val, optimizer=_FewerDemos(2), fallback="baseline")
+    assert q.state == original
+    assert "kept the original prompts: they scored 1.000, not below the baseline" in kept.message
+    assert "to serve it as scored" not in kept.message
+
+
+def test_compare_original_false_compares_with_the_fair_baseline_only(srv: FakeLLMServer) -> None:
+    srv.set_responder(person_responder(_more_demos_hurt))
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    result = p.optimize(PERSON_EXAMPLES[8:], valset=PERSON_EXAMPLES[:8], optimizer=_FewerDemos(2),
+                        compare_original=False)
+    assert result.original_score is None and result.accepted is True
+    assert len(p.state.demos) == 2 and result.requests == 2 * 8

@@ -368,6 +368,11 @@ class OptimizationResult:
     field_descriptions_before: dict[str, str] = field(default_factory=dict)
     baseline_report: EvaluationReport | None = field(default=None, repr=False)
     candidate_report: EvaluationReport | None = field(default=None, repr=False)
+    #: the original prompts as they were, scored on the same validation split when the baseline had demos
+    #: they lack (``compare_original=True``); ``None`` when baseline and original are the same prompts
+    original_score: float | None = None
+    original_per_field: dict[str, float] = field(default_factory=dict)
+    original_report: EvaluationReport | None = field(default=None, repr=False)
 
     # -- the adopted prompts (dspydantic 0.1 names) --------------------------------------------------
     @property
@@ -397,8 +402,12 @@ class OptimizationResult:
 
     @property
     def per_field_after(self) -> dict[str, float]:
-        """Per-field scores of what the prompter serves now (the baseline's when not accepted)."""
-        return dict(self.candidate_per_field if self.accepted else self.baseline_per_field)
+        """Per-field scores of what the prompter serves now (the baseline's when that was not scored)."""
+        if self.accepted:
+            return dict(self.candidate_per_field)
+        if self.state != self.baseline_state and self.original_per_field:
+            return dict(self.original_per_field)
+        return dict(self.baseline_per_field)
 
     @property
     def improvement(self) -> float:
@@ -415,6 +424,7 @@ class OptimizationResult:
             "baseline_score": self.baseline_score,
             "optimized_score": self.optimized_score,
             "candidate_score": self.candidate_score,
+            "original_score": self.original_score,
             "improvement": self.improvement,
             "accepted": self.accepted,
             "optimizer": self.optimizer,
@@ -441,6 +451,7 @@ class OptimizationResult:
             "candidate_score", "baseline_per_field", "candidate_per_field", "n_train", "n_val", "n_examples",
             "lm_calls", "requests", "cache_hits", "prompt_tokens", "completion_tokens", "estimated_cost_usd",
             "wall_time_s", "budget_exhausted", "seed", "stages", "demo_budget", "field_descriptions_before",
+            "original_score", "original_per_field",
         ):
             value = getattr(self, name)
             if isinstance(value, float) and value != value:  # NaN is not JSON
@@ -474,6 +485,7 @@ class OptimizationResult:
         lines = [
             f"{self.optimizer}: baseline {self.baseline_score:.3f} -> candidate "
             + (f"{self.candidate_score:.3f}" if self.candidate_score is not None else "n/a")
+            + (f", original prompts {self.original_score:.3f}" if self.original_score is not None else "")
             + f" ({verdict}); train {self.n_train}, validation {self.n_val}",
             f"{self.lm_calls} LM calls ({self.cache_hits} cache hits), {self.prompt_tokens} prompt + "
             f"{self.completion_tokens} completion tokens"

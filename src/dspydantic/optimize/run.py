@@ -16,7 +16,9 @@ The run, top to bottom:
    teleprompter instance) optimize the instruction and demos of a one-predictor program whose prompt is
    rendered by our renderer (:mod:`.bridge`). Stages run in order, each from the previous one's result.
 5. **Candidate** scored on the same validation items with the same renderer; it is adopted only if it
-   beats the baseline (``result.accepted``), else the Prompter keeps its original prompts.
+   beats the baseline (``result.accepted``) and the original prompts as they were (scored too when the
+   baseline's demos make it differ from them: demos can hurt a small model), else the Prompter keeps its
+   original prompts.
 
 ``max_lm_calls`` / ``max_tokens`` are hard budgets over every request of the run (cache hits included,
 so a rerun from the cache stops at the same point). The optimization phase leaves a reserve to score the
@@ -115,6 +117,7 @@ _OWN_KWARGS = frozenset(
         "optimize_descriptions",
         "gepa_val_size",
         "fallback",
+        "compare_original",
     }
 )
 _GEPA_PRESETS = {"light": 6, "medium": 12, "heavy": 24}
@@ -686,6 +689,73 @@ class _Run:
 
 
 # --------------------------------------------------------------------------------------------------
+# the decision
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Verdict:
+    accepted: bool
+    serve_baseline: bool
+    message: str
+    served_score: float  # validation score of what the Prompter serves (the baseline's when unknown)
+
+
+def _decide(
+    baseline: EvaluationReport | None,
+    original: EvaluationReport | None,
+    candidate: EvaluationReport | None,
+    min_improvement: float,
+    fallback: str,
+    added: int,
+) -> _Verdict:
+    """Adopt the candidate only if it beats the fair baseline and the original prompts as they were (when
+    those were scored: the baseline has demos they lack); else keep the original prompts, or with
+    ``fallback="baseline"`` serve the baseline if it scored above the original."""
+    if baseline is None:
+        return _Verdict(False, False, "the budget ran out while scoring the baseline; nothing changed", float("nan"))
+    beats_baseline = candidate is not None and candidate.score > baseline.score + min_improvement
+    beats_original = candidate is not None and (original is None or candidate.score > original.score + min_improvement)
+    fresh = candidate is not None and candidate is not baseline and candidate is not original
+    if fresh and beats_baseline and beats_original and candidate is not None:
+        message = f"accepted: validation score {baseline.score:.3f} -> {candidate.score:.3f}"
+        if original is not None:
+            message += f" (the original prompts as they were: {original.score:.3f})"
+        if added > 0:
+            message += f" (the baseline had {added} plain training demo(s), the candidate's demo budget)"
+        return _Verdict(True, False, message, candidate.score)
+    baseline_better = original is None or baseline.score > original.score
+    serve_baseline = added > 0 and fallback == "baseline" and baseline_better
+    if serve_baseline:
+        kept = f"serving the baseline as scored: the original prompts with {added} plain training demo(s)"
+    elif added > 0 and fallback == "baseline" and original is not None:
+        kept = f"kept the original prompts: they scored {original.score:.3f}, not below the baseline"
+    else:
+        kept = "kept the original prompts"
+    if candidate is None:
+        message = f"the candidate could not be scored within the budget; {kept}"
+    elif not fresh:
+        message = f"the optimizer proposed nothing new; {kept}"
+    elif beats_baseline and original is not None:
+        message = (
+            f"not accepted: the candidate scored {candidate.score:.3f}, above the baseline {baseline.score:.3f} "
+            f"but not above the original prompts as they were ({original.score:.3f}); {kept}"
+        )
+    else:
+        message = (
+            f"not accepted: the candidate scored {candidate.score:.3f}, not above the baseline "
+            f"{baseline.score:.3f}; {kept}"
+        )
+    if added > 0 and not serve_baseline:
+        message += f" (the baseline had {added} plain training demo(s), the candidate's demo budget"
+        if baseline_better:
+            message += "; to serve it as scored: prompter.state = result.baseline_state, or fallback='baseline'"
+        message += ")"
+    served = original.score if original is not None and not serve_baseline else baseline.score
+    return _Verdict(False, serve_baseline, message, served)
+
+
+# --------------------------------------------------------------------------------------------------
 # cost
 # --------------------------------------------------------------------------------------------------
 
@@ -780,7 +850,10 @@ def optimize_prompter(
             ``max_full_evals`` / ``auto`` (GEPA budget; "light" by default), ``min_improvement`` (0),
             ``fallback`` (what the Prompter serves when the candidate does not win: ``"original"`` — its
             prompts as they were — or ``"baseline"`` — the baseline as scored, i.e. with the plain
-            training demos it was given), ``optimize_descriptions`` (GEPA: the field descriptions; True),
+            training demos it was given, if it scored above the original prompts), ``compare_original``
+            (True: when the baseline has demos the original prompts lack, score the original prompts too,
+            n_val more requests, and adopt a candidate only if it beats both; demos can hurt a small
+            model), ``optimize_descriptions`` (GEPA: the field descriptions; True),
             ``optimize_prompts`` (GEPA: the system and instruction prompts — True, False or a list of
             ``"system_prompt"`` / ``"instruction_prompt"``), ``gepa_val_size`` (GEPA compares candidates
             on this many training examples; 32), ``reflection_minibatch_size`` (3), and any argument
@@ -833,10 +906,18 @@ def optimize_prompter(
     n_fields = max(1, len(iter_field_paths(prompter._base_schema)))
     per_scoring = n_val + unlabelled_val * n_fields
     reserve = per_scoring + max(1, per_scoring // 5)
-    if max_lm_calls is not None and max_lm_calls < per_scoring + reserve:
+    original = prompter.state
+    baseline_state = _plain_demos(prompter, original, split.train, plan.demo_budget)
+    # the baseline has demos the original prompts lack: the original is scored too (a candidate must beat both)
+    compare_original = bool(own.get("compare_original", True)) and baseline_state != original
+    needed = per_scoring * (2 if compare_original else 1) + reserve
+    if max_lm_calls is not None and max_lm_calls < needed:
+        what = "the baseline, the original prompts and one candidate" if compare_original else (
+            "the baseline and one candidate"
+        )
         raise ConfigurationError(
-            f"max_lm_calls={max_lm_calls} cannot score the baseline and one candidate on the {n_val} validation "
-            f"example(s) (that needs about {per_scoring + reserve} requests); raise it or set max_val_examples"
+            f"max_lm_calls={max_lm_calls} cannot score {what} on the {n_val} validation example(s) (that needs "
+            f"about {needed} requests); raise it or set max_val_examples"
         )
     budget = Budget(max_requests=max_lm_calls, max_tokens=max_tokens)
     log.info("optimize: %s (%s); %d training, %d validation examples", plan.name, plan.reason, len(split.train), n_val)
@@ -894,9 +975,7 @@ def optimize_prompter(
                 f"only {n_val} validation example(s) decided this (one example moves the score by "
                 f"{1 / n_val:.2f}); give more examples or valset= for a firmer decision"
             )
-        original = prompter.state
         descriptions_before = dict(prompter.renderer.descriptions)
-        baseline_state = _plain_demos(prompter, original, split.train, plan.demo_budget)
 
         # -- 3. baseline ------------------------------------------------------------------------------
         budget.set_phase(
@@ -904,8 +983,11 @@ def optimize_prompter(
             tokens=None if max_tokens is None else max_tokens // 2,
         )
         baseline: EvaluationReport | None = None
+        as_it_was: EvaluationReport | None = None  # the original prompts, when the baseline differs from them
         try:
             baseline = run.score(baseline_state, "baseline")
+            if compare_original:
+                as_it_was = run.score(original, "original")
         except BudgetExhausted:
             pass
         candidate_state: PromptState | None = None
@@ -929,6 +1011,8 @@ def optimize_prompter(
             budget.lift()
             if candidate_state == baseline_state:
                 candidate = baseline
+            elif candidate_state == original and as_it_was is not None:
+                candidate = as_it_was
             else:
                 try:
                     candidate = run.score(candidate_state, "candidate")
@@ -936,48 +1020,21 @@ def optimize_prompter(
                     run.notes.append("the budget ran out while scoring the candidate")
                     candidate = None
 
-        accepted = (
-            baseline is not None
-            and candidate is not None
-            and candidate_state is not None
-            and candidate is not baseline
-            and candidate.score > baseline.score + min_improvement
-        )
         added = len(baseline_state.demos) - len(original.demos)
-        adopted = candidate_state if accepted and candidate_state is not None else original
-        serve_baseline = not accepted and baseline is not None and added > 0 and fallback == "baseline"
-        if serve_baseline:
+        verdict = _decide(baseline, as_it_was, candidate, min_improvement, fallback, added)
+        accepted = verdict.accepted
+        adopted: PromptState = original
+        if accepted and candidate_state is not None:
+            adopted = candidate_state
+        elif verdict.serve_baseline:
             adopted = baseline_state
-            kept = f"serving the baseline as scored: the original prompts with {added} plain training demo(s)"
-        else:
-            kept = "kept the original prompts"
-        if baseline is None:
-            message = "the budget ran out while scoring the baseline; nothing changed"
-        elif candidate is None:
-            message = f"the candidate could not be scored within the budget; {kept}"
-        elif candidate is baseline:
-            message = f"the optimizer proposed nothing new; {kept}"
-        elif accepted:
-            message = f"accepted: validation score {baseline.score:.3f} -> {candidate.score:.3f}"
-        else:
-            message = (
-                f"not accepted: the candidate scored {candidate.score:.3f}, not above the baseline "
-                f"{baseline.score:.3f}; {kept}"
-            )
-        if baseline is not None and added > 0 and not serve_baseline:
-            message += f" (the baseline had {added} plain training demo(s), the candidate's demo budget"
-            if not accepted:
-                message += "; to serve it as scored: prompter.state = result.baseline_state, or fallback='baseline'"
-            message += ")"
+        message = verdict.message
         if run.notes:
             message += ". " + "; ".join(run.notes)
         snap = budget.snapshot()
         result = OptimizationResult(
             baseline_score=baseline.score if baseline is not None else float("nan"),
-            optimized_score=(
-                candidate.score if accepted and candidate is not None
-                else (baseline.score if baseline is not None else float("nan"))
-            ),
+            optimized_score=verdict.served_score,
             accepted=accepted,
             message=message,
             optimizer=plan.name,
@@ -988,6 +1045,8 @@ def optimize_prompter(
             candidate_score=candidate.score if candidate is not None else None,
             baseline_per_field=dict(baseline.per_field) if baseline is not None else {},
             candidate_per_field=dict(candidate.per_field) if candidate is not None else {},
+            original_score=as_it_was.score if as_it_was is not None else None,
+            original_per_field=dict(as_it_was.per_field) if as_it_was is not None else {},
             n_train=len(split.train),
             n_val=n_val,
             n_examples=len(items),
@@ -1005,6 +1064,7 @@ def optimize_prompter(
             field_descriptions_before=descriptions_before,
             baseline_report=baseline,
             candidate_report=candidate,
+            original_report=as_it_was,
         )
         log.info("optimize: %s", message)
         progress.emit({"event": "done", "accepted": accepted, "message": message, **snap})
