@@ -235,8 +235,9 @@ def main() -> None:
         print(f"test: {before.score:.3f} (as configured) / {fair_cache[key]:.3f} (fair baseline: "
               f"{len(result.baseline_state.demos)} plain demos) -> {after.score:.3f}\n")
         cand = f"{result.candidate_score:.3f}" if result.candidate_score is not None else "n/a"
+        orig = f" (orig {result.original_score:.3f})" if result.original_score is not None else ""
         rows.append((
-            name, result.optimizer, f"{result.baseline_score:.3f}->{cand}", "yes" if result.accepted else "no",
+            name, result.optimizer, f"{result.baseline_score:.3f}->{cand}{orig}", "yes" if result.accepted else "no",
             f"{before.score:.3f} / {fair_cache[key]:.3f} -> {after.score:.3f}", str(result.lm_calls),
             str(result.prompt_tokens + result.completion_tokens), f"{opt_s:.0f}",
         ))
