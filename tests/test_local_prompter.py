@@ -76,9 +76,12 @@ def test_optimize_save_load_on_the_local_model(prompter: Prompter, tmp_path: Pat
     assert loaded.run(doc) == p.run(doc)
 
 
-def test_gepa_reflection_on_the_local_model_yields_field_descriptions() -> None:
-    """The 0.5B model answers GEPA's field-description reflection in a usable form (JSON under a schema,
-    keyed "<path> description"): before that it answered with extracted values and nothing was proposed."""
+def test_gepa_reflection_on_the_local_model_yields_field_descriptions(caplog: pytest.LogCaptureFixture) -> None:
+    """The 0.5B model answers GEPA's field-description reflection in a usable form: JSON under a schema whose
+    keys are "<path> description" (asked with bare paths as keys it answered with extracted values)."""
+    import json
+    import logging
+
     records = load_records()
     train = [r.example() for r in records[:5]]
     proposals: list[list[str]] = []
@@ -87,11 +90,17 @@ def test_gepa_reflection_on_the_local_model_yields_field_descriptions() -> None:
         if event["event"] == "proposal":
             proposals.append(list(event["components"]))
 
+    caplog.set_level(logging.DEBUG, logger="dspydantic")
     p = Prompter(model=Invoice, model_id="local", cache=False)
     result = p.optimize(train, optimizer="gepa", optimize_prompts=False, max_metric_calls=10, max_lm_calls=20,
                         num_threads=1, seed=0, on_progress=on_progress)
-    assert proposals, "GEPA never reflected"
     assert any(c.startswith("field:") for comps in proposals for c in comps), proposals
+    replies = [str(r.args[1]) for r in caplog.records if r.msg.startswith("gepa: proposed descriptions for")]
+    assert replies
+    for reply in replies:
+        data = json.loads(reply)
+        assert data and all(key.endswith(" description") for key in data), data
+        assert all(len(text.split()) >= 3 for text in data.values()), data  # sentences, not single values
     assert result.lm_calls + result.cache_hits <= 20
     assert result.candidate_state is not None
 

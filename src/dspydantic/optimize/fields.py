@@ -364,7 +364,7 @@ class TextsAdapter:
             "additionalProperties": False,
         }
         text = self.reflect([{"role": "user", "content": prompt}], schema, reply_tokens)
-        log.debug("gepa: proposed descriptions for %s: %s", paths, _short(text, 2000))
+        log.debug("gepa: proposed descriptions for %s: %s", paths, text)
         data = extract_json(text)
         out: dict[str, str] = {}
         if isinstance(data, Mapping):
