@@ -76,9 +76,10 @@ def test_split_is_disjoint_and_seeded() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _label_responder(calls: list[str]) -> Any:
+def _label_responder(calls: list[str], *, demos_fix_customer: bool = False) -> Any:
     """Answers each dataset document with its label, except ``customer`` (always null), so the printed
-    numbers are predictable: every field is right but ``customer``, right only where the label is null."""
+    numbers are predictable: every field is right but ``customer``, right only where the label is null.
+    With ``demos_fix_customer`` a prompt with few-shot demos gets the customer right too."""
     labels = {r.text: r.expected for r in load_records()}
 
     def responder(body: dict[str, Any]) -> Any:
@@ -89,7 +90,8 @@ def _label_responder(calls: list[str]) -> Any:
             expected = next((v for k, v in labels.items() if k in text), None)
         if expected is None:
             return "{}"
-        return {**expected, "customer": None}
+        has_demos = any(m.get("role") == "assistant" for m in body.get("messages", []))
+        return expected if demos_fix_customer and has_demos else {**expected, "customer": None}
 
     return responder
 
@@ -174,3 +176,23 @@ def test_run_demo_reports_a_failure_with_a_nonzero_exit_code(
     assert code != 0
     assert "demo failed" in out
     assert not (tmp_path / "p").exists()
+
+
+def test_the_demo_serves_the_fair_baseline_when_it_beats_the_default_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "140")
+    with FakeLLMServer() as srv:
+        srv.set_responder(_label_responder([], demos_fix_customer=True))
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
+        # bootstrap's demos are as good as plain ones here: the candidate only ties the baseline
+        code = run_demo(model_id="openai/fake", optimizer="bootstrap", out=str(tmp_path / "p"), seed=0, quick=True)
+        out = capsys.readouterr().out
+    assert code == 0, out
+    rows = _rows(out)
+    before, plain, after = rows["customer"][:3]
+    assert before != "100.0%" and plain == after == "100.0%", rows["customer"]
+    assert "serving the fair baseline" in out.replace("\n", " ")
+    saved = Prompter.load(str(tmp_path / "p"), model=Invoice, model_id="openai/fake")
+    assert len(saved.demos) == 4

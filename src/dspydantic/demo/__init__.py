@@ -5,7 +5,9 @@ written for this demo: fictional companies, several countries' conventions), spl
 into a training split and a held-out test split, and then
 
 1. scores the un-optimized :class:`~dspydantic.Prompter` on the test split (**before**);
-2. optimizes it on the training split only, within a fixed LM-call budget;
+2. optimizes it on the training split only, within a fixed LM-call budget, with ``fallback="baseline"``:
+   when the optimizer's candidate does not win on validation, the prompter serves the fair baseline
+   (the default prompts with plain training demos) if that scored above the default prompts alone;
 3. scores, as a reference, the optimizer's own fair baseline on the test split: the default prompts with
    as many plain labelled training examples as demos as the optimizer may use (**plain demos**);
 4. saves it, reloads it from disk, and scores the reloaded prompter on the same test split (**after**);
@@ -233,7 +235,7 @@ def _run(console: Console, *, model_id: str, optimizer: str, out: str, seed: int
     reloaded = Prompter.load(out, model=Invoice, model_id=model_id)
     try:
         after = _evaluate(console, reloaded, test_examples, "4/4 saved, reloaded prompter on the test split", threads)
-        _print_table(console, before, plain, after, n_test=len(test), accepted=bool(result.accepted))
+        _print_table(console, before, plain, after, n_test=len(test), served=_served(result))
         _print_samples(console, reloaded, test[: size.n_samples])
     finally:
         reloaded.close()
@@ -310,7 +312,15 @@ def _optimize(
         max_lm_calls=max_lm_calls,
         num_threads=threads,
         on_progress=on_progress,
+        fallback="baseline",
     )
+
+
+def _served(result: Any) -> str:
+    """What the optimized prompter serves: ``"candidate"``, ``"baseline"`` or ``"original"``."""
+    if result.accepted:
+        return "candidate"
+    return "baseline" if result.state == result.baseline_state and result.baseline_state.demos else "original"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,7 +343,12 @@ def _delta(before: float | None, after: float | None) -> str:
 
 
 def _print_optimization(console: Console, result: Any, seconds: float) -> None:
-    verdict = "[green]accepted[/green]" if result.accepted else "[yellow]not accepted: prompts unchanged[/yellow]"
+    verdict = {
+        "candidate": "[green]accepted[/green]",
+        "baseline": "[yellow]not accepted: serving the fair baseline (plain training demos), which scored above "
+        "the default prompts[/yellow]",
+        "original": "[yellow]not accepted: prompts unchanged[/yellow]",
+    }[_served(result)]
     candidate = "n/a" if result.candidate_score is None else f"{result.candidate_score:.3f}"
     console.print(
         f"optimizer [bold]{result.optimizer}[/bold]: validation score {result.baseline_score:.3f} (baseline) -> "
@@ -349,7 +364,7 @@ def _print_optimization(console: Console, result: Any, seconds: float) -> None:
 
 
 def _print_table(
-    console: Console, before: _Measured, plain: _Measured | None, after: _Measured, *, n_test: int, accepted: bool
+    console: Console, before: _Measured, plain: _Measured | None, after: _Measured, *, n_test: int, served: str
 ) -> None:
     from rich.table import Table
 
@@ -363,10 +378,13 @@ def _print_table(
             f"plain demos = the default prompts with {plain.demos} labelled training invoices as demos, as many as the "
             "optimizer may use: the optimizer's own fair baseline, here scored on the test split."
         )
-    lines.append(
-        "after = the optimized prompter, saved to disk and reloaded"
-        + ("." if accepted else " (the optimizer's candidate was not accepted, so these are the default prompts).")
-    )
+    why = {
+        "candidate": ".",
+        "baseline": " (the optimizer's candidate was not accepted; the fair baseline, default prompts + plain "
+        "demos, beat the default prompts on validation, so it is served).",
+        "original": " (the optimizer's candidate was not accepted, so these are the default prompts).",
+    }[served]
+    lines.append("after = the optimized prompter, saved to disk and reloaded" + why)
     lines.append("change = after minus before, in percentage points.")
     lines.append(
         "All columns: the same held-out invoices, exact match per field (dates, amounts and currency by value, "
