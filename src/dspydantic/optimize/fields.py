@@ -405,7 +405,7 @@ class TextsAdapter:
         messages = render(kept)
         limit = self._char_budget(_PROMPT_REPLY_TOKENS)
         while limit is not None and len(kept) > 1 and len(json.dumps(messages)) > limit:
-            kept.pop()  # the records come wrong-first: keep the most informative
+            kept.pop()  # drop records from the end until the prompt fits (one always stays)
             messages = render(kept)
         for attempt in range(2):
             text = self.reflect(messages, None, _PROMPT_REPLY_TOKENS)
