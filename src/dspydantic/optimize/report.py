@@ -8,6 +8,7 @@ score is always the score of the prompt as served. No DSPy import here.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,10 +128,9 @@ def score_examples(
     """
     items = list(examples)
     outcomes: list[ExampleOutcome | None] = [None] * len(items)
-    done = 0
+    done = itertools.count(1)  # next() on a count is atomic: safe from the worker threads (as predict_batch)
 
     def one(i: int) -> None:
-        nonlocal done
         ex = items[i]
         predicted: dict[str, Any] | None = None
         error: str | None = None
@@ -147,9 +147,9 @@ def score_examples(
             index=i, example=ex, predicted=predicted, score=scorer.score(ex, predicted, error), error=error,
             usage=usage,
         )
-        done += 1
+        finished = next(done)
         if on_item is not None:
-            on_item(done, len(items))
+            on_item(finished, len(items))
 
     if num_threads <= 1 or len(items) <= 1:
         for i in range(len(items)):
