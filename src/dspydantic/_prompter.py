@@ -184,6 +184,18 @@ class Prompter:
             return None
         return [c.text for c in split_text(doc.text, max_tokens=budget, overlap_tokens=min(64, budget // 8))]
 
+    def _request(self, renderer: Renderer, messages: list[dict[str, Any]]) -> LMRequest:
+        """The extraction request for rendered ``messages`` (the optimizer's student sends exactly this too,
+        so candidates are scored, and cached, as inference would send them)."""
+        return LMRequest(
+            messages=messages,
+            json_schema=renderer.schema,
+            schema_name=renderer.schema_name,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            logprobs=self.logprobs,
+        )
+
     def _plan_doc(self, doc: InputDoc) -> _Plan:
         renderer = self.renderer
         messages = renderer.messages(doc.as_content(), doc.variables)
@@ -192,15 +204,7 @@ class Prompter:
         raw = ""
         cached_all = True
         for attempt in range(1, self.max_retries + 2):
-            request = LMRequest(
-                messages=messages,
-                json_schema=renderer.schema,
-                schema_name=renderer.schema_name,
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                logprobs=self.logprobs,
-            )
-            response, hit = yield request
+            response, hit = yield self._request(renderer, messages)
             raw = response.text
             if hit:
                 usage.cache_hits += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import hashlib
 import json
@@ -213,15 +214,7 @@ class Gateway:
                 k = self._seen.get(key, 0)
                 self._seen[key] = k + 1
             if k:
-                request = LMRequest(
-                    messages=request.messages,
-                    json_schema=request.json_schema,
-                    schema_name=request.schema_name,
-                    temperature=request.temperature,
-                    max_tokens=request.max_tokens,
-                    logprobs=request.logprobs,
-                    extra={**request.extra, "seed": k},
-                )
+                request = dataclasses.replace(request, extra={**request.extra, "seed": k})
         self.budget.reserve(estimate_tokens(request.messages))
         if self.target is not None:
             response, hit = self.target(request), False
@@ -441,17 +434,6 @@ class StudentContext:
                 self._renderers[key] = r
         return r
 
-    def request(self, renderer: Renderer, messages: list[dict[str, Any]]) -> LMRequest:
-        """The request inference would send for these messages (same fields, so the same cache key)."""
-        p = self.prompter
-        return LMRequest(
-            messages=messages,
-            json_schema=renderer.schema,
-            schema_name=renderer.schema_name,
-            temperature=p.temperature,
-            max_tokens=p.max_tokens,
-            logprobs=p.logprobs,
-        )
 
 
 #: attribute of a student prediction naming the program that made it: ``(instructions, demos)``
@@ -646,7 +628,7 @@ def dspy_classes() -> tuple[type[Any], type[Any]]:
             messages = self.format(signature, demos, inputs)
             attempts = self.ctx.prompter.max_retries + 1
             for attempt in range(1, attempts + 1):
-                exact = self.ctx.request(renderer, messages)
+                exact = self.ctx.prompter._request(renderer, messages)
                 token = _EXACT_REQUEST.set(exact)
                 try:
                     response = lm(request_from_openai_chat(_lm15_body(exact, lm.model)))

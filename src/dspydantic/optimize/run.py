@@ -466,7 +466,7 @@ class _Run:
     def proposer(self, key: str = "reflection_lm") -> Gateway:
         """The door for proposal prompts: the user's ``reflection_lm`` / ``prompt_model`` when given (counted
         against the same budget), else the optimization gateway (the Prompter's own LM)."""
-        lm = self.own.get(key) or self.own.get("reflection_lm") or self.own.get("prompt_model")
+        lm = self._proposal_lm(key)
         if lm is None:
             return self.gateway
         door = self._proposers.get(id(lm))
@@ -474,6 +474,11 @@ class _Run:
             door = Gateway(self.prompter, self.budget, on_call=self.gateway.on_call, target=external_target(lm))
             self._proposers[id(lm)] = door
         return door
+
+    def _proposal_lm(self, key: str) -> Any:
+        """The user's LM for proposals of this kind (``reflection_lm`` and ``prompt_model`` stand in for
+        each other), or ``None`` for the Prompter's own."""
+        return self.own.get(key) or self.own.get("reflection_lm") or self.own.get("prompt_model")
 
     def close(self) -> None:
         """Close every door of the optimization phase (see :meth:`Gateway.close`)."""
@@ -497,7 +502,7 @@ class _Run:
 
     def reflect_window(self) -> int | None:
         """The context window (tokens) of the LM that answers reflection prompts, when it is known."""
-        lm = self.own.get("reflection_lm") or self.own.get("prompt_model")
+        lm = self._proposal_lm("reflection_lm")
         backend = self.prompter.backend if lm is None else lm
         window = getattr(backend, "context_window", None)
         return window if isinstance(window, int) and window > 0 else None
