@@ -1,0 +1,38 @@
+"""``dspydantic demo`` and ``dspydantic model``: the offline demo and the embedded model file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="optimize and run an invoice extractor on the embedded local model (offline, no key)",
+        description="Split the bundled invoice dataset, score the baseline on held-out invoices, optimize, "
+        "save, reload and score again; prints a before/after table.",
+    )
+    demo.add_argument("--model-id", default="local", help="LM to use (default: the embedded local model)")
+    demo.add_argument("--optimizer", default="auto", help="optimizer name (default: auto)")
+    demo.add_argument("--out", default="./demo_invoice_prompter", help="where to save the optimized prompter")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="a smaller run (fewer examples, smaller budget)")
+    demo.set_defaults(handler=_demo)
+
+    model = sub.add_parser("model", help="show (and assemble) the embedded local model file")
+    model.add_argument("name", nargs="?", default="qwen2.5-0.5b", help="qwen2.5-0.5b or smollm2-135m")
+    model.set_defaults(handler=_model)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(model_id=args.model_id, optimizer=args.optimizer, out=args.out, seed=args.seed, quick=args.quick)
+
+
+def _model(args: argparse.Namespace) -> int:
+    from ..lm.local import local_model_path
+
+    print(local_model_path(args.name))
+    return 0
