@@ -491,7 +491,18 @@ def unload_local_models() -> None:
                 shared.llama.close()
 
 
+#: environment variable that sizes llama.cpp's threads when ``n_threads`` is not given; multi-process
+#: launchers (``dspydantic worker --concurrency N``, ``serve --workers N``) set it to cores // N
+THREADS_ENV = "DSPYDANTIC_LOCAL_THREADS"
+
+
 def _default_threads() -> int:
+    """``DSPYDANTIC_LOCAL_THREADS`` when set, else every core this process may run on."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigurationError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+        return int(raw)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -507,6 +518,9 @@ class LocalBackend:
 
     ``model`` is a known model name (``"qwen2.5-0.5b"``, ``"smollm2-135m"``) or a path to a GGUF file.
     The model is loaded once per process per (file, ``n_ctx``) and shared by every backend using it.
+    ``n_threads`` is llama.cpp's thread count; by default ``DSPYDANTIC_LOCAL_THREADS`` when set, else every
+    core. llama.cpp's threads spin: processes that together run more threads than there are cores slow
+    each other down many times over, so several processes should share the cores (cores // processes).
     """
 
     model: str = DEFAULT_MODEL
