@@ -49,7 +49,8 @@ from ._identity import PreparedInput, document_key, input_kwargs, prepare_input,
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
-    from .store import ExtractionStore, StoredDocument
+    from ._store_documents import StoredDocument
+    from .store import ExtractionStore
 
 __all__ = ["TransientLMError", "WorkerPrompters", "WorkerTasks", "make_app", "make_tasks", "threads_per_process"]
 
@@ -207,6 +208,7 @@ def make_tasks(
     stores = _LazyStore(store) if store is not None else None
     options: dict[str, Any] = {
         "bind": True,
+        "shared": False,  # these tasks belong to this app only (Celery would add shared tasks to every app)
         "acks_late": True,
         "reject_on_worker_lost": True,
         "autoretry_for": (TransientLMError,),
@@ -430,7 +432,7 @@ def _from_result(result: Any, name: str, fingerprint: str, key: str) -> dict[str
 
 
 def _from_document(doc: StoredDocument, name: str, *, raise_failed: bool = True) -> dict[str, Any]:
-    from .store import error_from_document
+    from ._store_documents import error_from_document
 
     if doc.status == "failed":
         err = error_from_document(doc)

@@ -17,7 +17,6 @@ once even when several processes race or a worker dies and its task is redeliver
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -25,11 +24,10 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, DspydanticError, LMError, MissingExtraError, PersistenceError
+from ..errors import ConfigurationError, LMError, MissingExtraError, PersistenceError
 
 try:
     import sqlalchemy as sa
@@ -44,6 +42,7 @@ from ._identity import (
     prompter_fingerprint,
     prompter_lm,
 )
+from ._store_documents import StoredDocument, from_row, usage_json, write_jsonl, write_parquet
 from ._store_tables import (
     APPROVED,
     CORRECTED,
@@ -70,44 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["ExtractionStore", "StoredDocument"]
 
 log = logging.getLogger("dspydantic.store")
-
-
-@dataclass(frozen=True)
-class StoredDocument:
-    """One row of the store. ``label`` is what a reviewer vouched for (the correction, else the data)."""
-
-    id: str
-    status: str
-    prompter_name: str
-    prompter_version: str
-    lm: str | None
-    input: dict[str, Any]
-    data: dict[str, Any] | None
-    corrected_data: dict[str, Any] | None
-    confidence: float | None
-    field_confidences: dict[str, float] = field(default_factory=dict)
-    spans: dict[str, Any] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=dict)
-    attempts: int | None = None
-    error_type: str | None = None
-    error: str | None = None
-    input_sha256: str = ""
-    created_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
-    extracted_at: dt.datetime | None = None
-    reviewed_at: dt.datetime | None = None
-
-    @property
-    def label(self) -> dict[str, Any] | None:
-        return self.corrected_data if self.corrected_data is not None else self.data
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            out[name] = value.isoformat() if hasattr(value, "isoformat") else value
-        out["label"] = self.label
-        return out
 
 
 class ExtractionStore:
@@ -342,7 +303,7 @@ class ExtractionStore:
         if isinstance(outcome, BaseException):
             usage = getattr(outcome, "usage", None)
             values.update(status=FAILED, error_type=type(outcome).__name__, error=str(outcome),
-                          usage=_usage_json(usage) if usage is not None else {},
+                          usage=usage_json(usage) if usage is not None else {},
                           attempts=getattr(outcome, "attempts", None))
         else:
             from pydantic_core import to_jsonable_python
@@ -353,7 +314,7 @@ class ExtractionStore:
                 confidence=float(outcome.confidence),
                 field_confidences={k: float(v) for k, v in outcome.field_confidences.items()},
                 spans=to_jsonable_python(outcome.spans),
-                usage=_usage_json(outcome.usage),
+                usage=usage_json(outcome.usage),
                 attempts=outcome.attempts,
                 error_type=None,
                 error=None,
@@ -385,7 +346,7 @@ class ExtractionStore:
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
                 rows = conn.execute(sa.select(docs).where(docs.c.id.in_(ids[start:start + 500]))).mappings()
-                out.update((r["id"], _document(r)) for r in rows)
+                out.update((r["id"], from_row(r)) for r in rows)
         return out
 
     def find_ids(self, prefix: str, limit: int = 2) -> list[str]:
@@ -427,7 +388,7 @@ class ExtractionStore:
             stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
             for row in conn.execute(stmt).mappings():
-                yield _document(row)
+                yield from_row(row)
 
     def counts(self, name: str | None = None) -> dict[str, int]:
         """Number of documents per status."""
@@ -509,12 +470,7 @@ class ExtractionStore:
         rows = [d.to_json() for d in self._iter(status=status, name=name)]
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            if kind == ".jsonl":
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    for row in rows:
-                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            else:
-                _write_parquet(tmp, rows)
+            (write_jsonl if kind == ".jsonl" else write_parquet)(tmp, rows)
             os.replace(tmp, target)
         except OSError as exc:
             raise PersistenceError(f"cannot write {str(target)!r}: {exc}") from None
@@ -552,62 +508,3 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur.execute("PRAGMA busy_timeout=60000")
     finally:
         cur.close()
-
-
-def _usage_json(usage: Any) -> dict[str, int]:
-    return {k: int(getattr(usage, k, 0) or 0) for k in ("calls", "prompt_tokens", "completion_tokens", "cache_hits")}
-
-
-def _document(row: Any) -> StoredDocument:
-    return StoredDocument(
-        id=row["id"],
-        status=row["status"],
-        prompter_name=row["prompter_name"],
-        prompter_version=row["prompter_version"],
-        lm=row["lm"],
-        input=dict(row["input"] or {}),
-        data=row["data"],
-        corrected_data=row["corrected_data"],
-        confidence=row["confidence"],
-        field_confidences=dict(row["field_confidences"] or {}),
-        spans=dict(row["spans"] or {}),
-        usage=dict(row["usage"] or {}),
-        attempts=row["attempts"],
-        error_type=row["error_type"],
-        error=row["error"],
-        input_sha256=row["input_sha256"],
-        created_at=as_utc(row["created_at"]),
-        updated_at=as_utc(row["updated_at"]),
-        extracted_at=as_utc(row["extracted_at"]),
-        reviewed_at=as_utc(row["reviewed_at"]),
-    )
-
-
-def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MissingExtraError("db", "pyarrow") from None
-    nested = ("input", "data", "corrected_data", "label", "field_confidences", "spans", "usage")
-    names = list(rows[0]) if rows else [*StoredDocument.__dataclass_fields__, "label"]
-    columns: dict[str, list[Any]] = {k: [] for k in names}
-    for row in rows:
-        for key in columns:
-            value = row.get(key)
-            columns[key].append(json.dumps(value, ensure_ascii=False) if key in nested else value)
-    pq.write_table(pa.table(columns), str(path))
-
-
-def error_from_document(doc: StoredDocument) -> DspydanticError:
-    """The typed error a failed document holds (the class by name; its message as stored)."""
-    from .. import errors
-
-    cls = getattr(errors, doc.error_type or "", None)
-    message = doc.error or "the extraction failed"
-    if isinstance(cls, type) and issubclass(cls, DspydanticError) and cls is not errors.MissingExtraError:
-        try:
-            return cls(message)
-        except TypeError:
-            pass
-    return DspydanticError(message)
