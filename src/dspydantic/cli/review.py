@@ -4,7 +4,7 @@
 ``optimize --from-store`` lives here as :func:`add_from_store_arguments` + :func:`optimize_from_store`, so
 that the ``optimize`` command (which also takes an examples file) can offer it; :func:`register` adds an
 ``optimize`` command of its own only when no other module has registered one, and otherwise adds
-``--from-store`` to that command when its options allow.
+``--from-store`` (and whichever of its options that command lacks) to it, dispatching on ``--from-store``.
 """
 
 from __future__ import annotations
@@ -56,36 +56,44 @@ def register(sub: Any) -> None:
                              "documents of an ExtractionStore and save the result.")
         add_from_store_arguments(opt, required=True)
         opt.set_defaults(handler=optimize_from_store)
-    else:  # another module owns `optimize`: offer --from-store there when its options leave room
-        try:
-            add_from_store_arguments(existing, required=False)
-        except argparse.ArgumentError:
-            return
-        theirs = existing.get_default("handler")
+        return
+    # another module owns `optimize`: add --from-store (and whichever of our options it lacks) to it
+    add_from_store_arguments(existing, required=False)
+    theirs = existing.get_default("handler")
 
-        def dispatch(args: argparse.Namespace) -> int:
-            if getattr(args, "from_store", None):
-                return optimize_from_store(args)
-            return int(theirs(args) or 0) if theirs is not None else 2
+    def dispatch(args: argparse.Namespace) -> int:
+        if getattr(args, "from_store", None):
+            return optimize_from_store(args)
+        return int(theirs(args) or 0) if theirs is not None else 2
 
-        existing.set_defaults(handler=dispatch)
+    existing.set_defaults(handler=dispatch)
+
+
+#: (flags, dest, keyword arguments) of the options of ``optimize --from-store``
+_FROM_STORE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (("--from-store",), "from_store",
+     {"metavar": "URL", "help": "optimize on the approved and corrected documents of this ExtractionStore"}),
+    (("--prompter",), "prompter", {"metavar": "DIR", "help": "the saved prompter to optimize (with --from-store)"}),
+    (("--out",), "out", {"metavar": "DIR", "help": "where to save the optimized prompter"}),
+    (("--name",), "name", {"help": "the prompter name the documents were stored under (default: the only one)"}),
+    (("--optimizer",), "optimizer", {"default": "auto"}),
+    (("--max-lm-calls",), "max_lm_calls", {"type": int, "default": None}),
+    (("--fallback",), "fallback", {"choices": ("original", "baseline"), "default": "baseline",
+                                   "help": "what to serve when the candidate does not win on validation"}),
+    (("--seed",), "seed", {"type": int, "default": 0}),
+]
 
 
 def add_from_store_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
-    """The options of ``optimize --from-store`` (see :func:`optimize_from_store`)."""
-    p.add_argument("--from-store", required=required, metavar="URL",
-                   help="optimize on the approved and corrected documents of this ExtractionStore")
-    p.add_argument("--prompter", dest="store_prompter", metavar="DIR", required=required,
-                   help="the saved prompter to optimize (with --from-store)")
-    p.add_argument("--name", dest="store_name", default=None,
-                   help="the prompter name the documents were stored under (default: the only one)")
-    p.add_argument("--out", dest="store_out", metavar="DIR", required=required,
-                   help="where to save the optimized prompter (with --from-store)")
-    p.add_argument("--optimizer", dest="store_optimizer", default="auto")
-    p.add_argument("--max-lm-calls", dest="store_max_lm_calls", type=int, default=None)
-    p.add_argument("--fallback", dest="store_fallback", choices=("original", "baseline"), default="baseline",
-                   help="what to serve when the candidate does not win on validation (default: baseline)")
-    p.add_argument("--seed", dest="store_seed", type=int, default=0)
+    """Add the options of ``optimize --from-store`` to ``p``; an option ``p`` has already is left to it (the
+    handler reads the same ``dest`` names: from_store, prompter, out, name, optimizer, max_lm_calls, fallback,
+    seed)."""
+    taken = set(getattr(p, "_option_string_actions", {}))
+    for flags, dest, kwargs in _FROM_STORE_OPTIONS:
+        if taken & set(flags):
+            continue
+        needed = required and dest in ("from_store", "prompter", "out")
+        p.add_argument(*flags, dest=dest, required=needed, **kwargs)
 
 
 def _open(url: str) -> Any:
@@ -176,11 +184,12 @@ def optimize_from_store(args: argparse.Namespace) -> int:
     from .._prompter import Prompter
     from ..errors import DspydanticError
 
-    if not (args.from_store and args.store_prompter and args.store_out):
+    url, saved, out = getattr(args, "from_store", None), getattr(args, "prompter", None), getattr(args, "out", None)
+    if not (url and saved and out):
         return _fail("optimize --from-store URL needs --prompter DIR and --out DIR")
     try:
-        store = _open(args.from_store)
-        name = args.store_name
+        store = _open(url)
+        name = getattr(args, "name", None)
         if name is None:
             names = sorted({d.prompter_name for d in store.documents(status=("approved", "corrected"))})
             if len(names) > 1:
@@ -188,17 +197,18 @@ def optimize_from_store(args: argparse.Namespace) -> int:
         examples = store.examples(name=name)
         if not examples:
             return _fail("the store has no approved or corrected documents yet (dspydantic review approve|correct)")
-        prompter = Prompter.load(args.store_prompter)
-        kwargs: dict[str, Any] = {"optimizer": args.store_optimizer, "seed": args.store_seed,
-                                  "fallback": args.store_fallback}
-        if args.store_max_lm_calls is not None:
-            kwargs["max_lm_calls"] = args.store_max_lm_calls
+        prompter = Prompter.load(saved)
+        kwargs: dict[str, Any] = {"optimizer": getattr(args, "optimizer", None) or "auto",
+                                  "seed": getattr(args, "seed", None) or 0,
+                                  "fallback": getattr(args, "fallback", None) or "baseline"}
+        if getattr(args, "max_lm_calls", None) is not None:
+            kwargs["max_lm_calls"] = args.max_lm_calls
         result = prompter.optimize(examples, **kwargs)
-        prompter.save(args.store_out)
+        prompter.save(out)
     except DspydanticError as exc:
         return _fail(str(exc))
     print(f"{len(examples)} reviewed examples; optimizer {result.optimizer}: baseline {result.baseline_score:.3f}, "
           f"optimized {result.optimized_score:.3f}, accepted {result.accepted}")
     print(result.message)
-    print(f"saved to {args.store_out}")
+    print(f"saved to {out}")
     return 0
