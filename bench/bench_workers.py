@@ -56,15 +56,16 @@ class Worker:
         if "DSPYDANTIC_LOCAL_THREADS" not in extra_env:
             e.pop("DSPYDANTIC_LOCAL_THREADS", None)
         quiet = ["--celery-arg=--without-mingle", "--celery-arg=--without-gossip", "--celery-arg=--without-heartbeat"]
-        self.proc = subprocess.Popen([*CLI, "worker", *args, "--logfile", str(logfile), "--loglevel", "INFO", *quiet],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=e,
-                                     start_new_session=True)
+        errfile = logfile.with_suffix(".stderr")
+        with open(errfile, "w") as err:
+            self.proc = subprocess.Popen([*CLI, "worker", *args, "--logfile", str(logfile), "--loglevel", "INFO",
+                                          *quiet], stdout=subprocess.DEVNULL, stderr=err, env=e,
+                                         start_new_session=True)
         deadline = time.monotonic() + 120
         while " ready." not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise SystemExit(f"worker did not start:\n{self.proc.stderr.read() if self.proc.stderr else ''}\n"
-                                 f"{self.log()}")
+                raise SystemExit(f"worker did not start:\n{errfile.read_text(errors='replace')}\n{self.log()}")
             time.sleep(0.1)
 
     def log(self) -> str:

@@ -114,15 +114,17 @@ class Worker:
 
     def start(self, timeout: float = 90) -> Worker:
         quiet = ["--celery-arg=--without-mingle", "--celery-arg=--without-gossip", "--celery-arg=--without-heartbeat"]
-        self.proc = subprocess.Popen(
-            [*CLI, "worker", *self.args, "--logfile", str(self.logfile), *quiet],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env, start_new_session=True,
-        )
+        self.errfile = self.logfile.with_suffix(".stderr")
+        with open(self.errfile, "w") as err:  # a file, not a pipe: a pipe nobody reads could block the worker
+            self.proc = subprocess.Popen(
+                [*CLI, "worker", *self.args, "--logfile", str(self.logfile), *quiet],
+                stdout=subprocess.DEVNULL, stderr=err, text=True, env=self.env, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.proc.stderr.read()}"
-                                     f"\n{self.log()}")
+                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n"
+                                     f"{self.errfile.read_text(errors='replace')}\n{self.log()}")
             if " ready." in self.log():
                 return self
             time.sleep(0.1)
