@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+EXTRA_WORKER_ARGS: list[str] = []
 CLI = [sys.executable, "-c", "import sys; from dspydantic.cli import main; sys.exit(main())"]
 
 SERVER = """
@@ -98,7 +99,7 @@ def measure(broker: str, backend: str, saved: Path, processes: int, texts: list[
 
     queue = f"bench_{uuid.uuid4().hex[:8]}"
     w = Worker([f"invoice={saved}", "--broker", broker, "--backend", backend, "--concurrency", str(processes),
-                "--queues", queue], workdir / f"{queue}.log", extra_env or {})
+                "--queues", queue, *EXTRA_WORKER_ARGS], workdir / f"{queue}.log", extra_env or {})
     app = Celery("bench", broker=broker, backend=backend, set_as_current=False)
     try:
         run_batch(app, queue, warmup, timeout)  # every pool process has loaded the prompter and called the LM
@@ -182,7 +183,9 @@ def main() -> None:
     ap.add_argument("--local", action="store_true", help="also the embedded model (run under the llama.cpp lock)")
     ap.add_argument("--local-only", action="store_true")
     ap.add_argument("--local-docs", type=int, default=8)
+    ap.add_argument("--celery-arg", action="append", default=[], help="passed to every worker (repeatable)")
     args = ap.parse_args()
+    EXTRA_WORKER_ARGS.extend(f"--celery-arg={a}" for a in args.celery_arg)
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         if not args.local_only:
             fake_part(args, Path(tmp))
