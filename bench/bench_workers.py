@@ -108,6 +108,15 @@ def measure(broker: str, backend: str, saved: Path, processes: int, texts: list[
         w.stop()
         with contextlib.suppress(Exception), app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+        if broker.startswith("redis"):  # kombu's binding keys for the queue too
+            with contextlib.suppress(Exception):
+                import redis
+
+                client = redis.Redis.from_url(broker)
+                keys = list(client.scan_iter(match=f"*{queue}*"))
+                if keys:
+                    client.delete(*keys)
+                client.close()
         app.close()
     threads = next((line.split("worker process: ", 1)[1] for line in w.log().splitlines()
                     if "local model threads per worker process" in line), "?")
@@ -185,6 +194,7 @@ def main() -> None:
     ap.add_argument("--local-docs", type=int, default=8)
     ap.add_argument("--celery-arg", action="append", default=[], help="passed to every worker (repeatable)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every started worker is stopped
     EXTRA_WORKER_ARGS.extend(f"--celery-arg={a}" for a in args.celery_arg)
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         if not args.local_only:

@@ -60,6 +60,19 @@ def need_postgres() -> str:
     return PG_URL
 
 
+def purge_redis(url: str, queue: str) -> None:
+    """Remove every key a run left for ``queue`` (the queue and kombu's bindings for it) from our Redis db."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def unique(tag: str) -> str:
     return f"{tag}_{uuid.uuid4().hex[:10]}"
 

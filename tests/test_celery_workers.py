@@ -32,6 +32,7 @@ from ._services import (
     need_rabbitmq,
     need_redis,
     pdf_with_text,
+    purge_redis,
     run_cli,
     unique,
 )
@@ -100,8 +101,11 @@ def redis_worker(saved: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     args = [f"invoice={saved['invoice']}", str(saved["receipts"]), "--broker", url, "--backend", url,
             "--concurrency", "2", "--queues", queue]
-    with worker(args, log) as w:
-        yield w, queue
+    try:
+        with worker(args, log) as w:
+            yield w, queue
+    finally:
+        purge_redis(url, queue)
 
 
 _CLIENT = r"""
@@ -217,7 +221,7 @@ def test_transient_errors_are_retried_by_celery_and_permanent_ones_fail_the_task
 
 
 def test_a_pool_process_killed_mid_task_is_redelivered_and_stored_once(
-    saved: dict[str, Path], llm: FakeLLMServer, tmp_path: Path
+    saved: dict[str, Path], llm: FakeLLMServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """kill -9 of the pool process while its LM call is in flight: the message (acks_late,
     reject_on_worker_lost) is delivered again to the new pool process, which extracts it; the store holds
@@ -228,6 +232,7 @@ def test_a_pool_process_killed_mid_task_is_redelivered_and_stored_once(
     args = [f"invoice={saved['invoice']}", "--broker", url, "--backend", url, "--concurrency", "1",
             "--queues", queue, "--store", f"sqlite:///{db}"]
     text = "Invoice from Killed, total 9"
+    request.addfinalizer(lambda: purge_redis(url, queue))
     with worker(args, tmp_path / "w.log") as w, celery_client(url, url) as app:
         (first_pool,) = children(w.pid)
         llm.add_response(Reply(json.dumps({"vendor": "Killed", "total": 9}), delay=30))  # the first call hangs
