@@ -3,6 +3,7 @@
 A Starlette app under uvicorn (``timeout_keep_alive=5``) on 127.0.0.1: a batch fills the client's pool, the
 client idles past the server's keep-alive, then one more call must succeed, and the server must have seen
 exactly one request for it (a stale pooled connection is never a failed call, and never a silent re-send).
+The Prompters run with ``lm_retries=0``: the retry policy must not be what papers over a stale connection.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def check_batch(out: list[object]) -> None:
 
 
 def test_sync_call_after_the_server_closed_idle_connections(uv: UvicornLLM) -> None:
-    p = make(uv.base_url, lm_retries=1)
+    p = make(uv.base_url, lm_retries=0)
     check_batch(p.predict_batch(DOCS, max_workers=8, on_error="return"))
     assert uv.count == 16
     time.sleep(IDLE)
@@ -93,7 +94,7 @@ def test_sync_call_after_the_server_closed_idle_connections(uv: UvicornLLM) -> N
 
 
 def test_async_call_after_idle_in_one_event_loop(uv: UvicornLLM) -> None:
-    p = make(uv.base_url, lm_retries=1)
+    p = make(uv.base_url, lm_retries=0)
 
     async def main() -> float:
         check_batch(await p.apredict_batch(DOCS, max_workers=8, on_error="return"))
@@ -109,7 +110,7 @@ def test_async_call_after_idle_in_one_event_loop(uv: UvicornLLM) -> None:
 
 
 def test_async_call_after_idle_across_asyncio_run(uv: UvicornLLM) -> None:
-    p = make(uv.base_url, lm_retries=1)
+    p = make(uv.base_url, lm_retries=0)
     check_batch(asyncio.run(p.apredict_batch(DOCS, max_workers=8, on_error="return")))
     assert uv.count == 16
     time.sleep(IDLE)
@@ -125,7 +126,7 @@ def test_short_keep_alive_many_rounds(verb: str) -> None:
     """A 1 s keep-alive, idled past three times: each round's calls all succeed with one request each
     (the client's own keep-alive expiry, if any, is longer than the server's here)."""
     with UvicornLLM(keep_alive=1) as server:
-        p = make(server.base_url, lm_retries=1)
+        p = make(server.base_url, lm_retries=0)
 
         async def a_round() -> None:
             check_batch(await p.apredict_batch(DOCS, max_workers=8, on_error="return"))
