@@ -5,6 +5,7 @@ messages stay small. A leak is any 8 characters of the key's random part, so a c
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -24,11 +25,9 @@ def leaks(text: str, secret: str = SECRET) -> list[str]:
 
 
 def shown(err: BaseException) -> str:
-    """Everything an error shows: message, repr, args, and the exceptions it chains to."""
-    parts = [str(err), repr(err), *map(repr, err.args)]
-    for linked in (err.__cause__, err.__context__):
-        if linked is not None:
-            parts += [str(linked), repr(linked)]
+    """Everything an error shows: its printed traceback (message and every chained exception), its repr and
+    args, and the response headers it carries."""
+    parts = ["".join(traceback.format_exception(err)), repr(err), *map(repr, err.args)]
     headers = getattr(err, "headers", None)
     if headers:
         parts.append(repr(headers))
