@@ -118,9 +118,6 @@ def test_a_failure_is_not_cached_across_a_restart(srv: FakeLLMServer, tmp_path: 
     second = in_new_process(srv.base_url, cache, "doc B")
     assert second.get("vendor") == "Acme", second
     assert srv.request_count == 2
-    third = in_new_process(srv.base_url, cache, "doc B")  # and the good answer survives the restart
-    assert third.get("vendor") == "Acme", third
-    assert srv.request_count == 2
 
 
 @pytest.mark.parametrize("verb", SINGLE)
