@@ -372,7 +372,7 @@ def test_backoff_has_jitter(fs: FaultServer) -> None:
         lm_error(out)
         first, second = fs.requests[fs_before : fs_before + 2]
         gaps.append(second.received_at - first.received_at)
-    assert all(g <= 0.2 + 0.3 for g in gaps), gaps  # never more than retry_backoff * 2**0 (+ slack)
+    assert all(g <= 0.2 + 0.5 for g in gaps), gaps  # never more than retry_backoff * 2**0 (+ slack for a busy machine)
     assert max(gaps) - min(gaps) > 0.03, f"identical backoffs {gaps}: no jitter"
 
 
