@@ -435,13 +435,22 @@ class Prompter:
         max_concurrency: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
-        """Extract many inputs on ``max_workers`` threads; results in input order.
+        """Extract many inputs, ``max_workers`` at a time; results in input order.
+
+        On an OpenAI-compatible endpoint the batch runs on the async HTTP engine (as :meth:`apredict_batch`,
+        from this thread); on other backends on ``max_workers`` threads.
 
         ``on_error="return"`` puts the exception in a failed item's slot; ``"raise"`` lets every item
         finish, then raises :class:`BatchError` (whose ``results`` hold everything that succeeded).
         """
         items = list(inputs)
         workers = _workers(max_concurrency or max_workers, on_error)
+        run_sync = getattr(self.backend, "run_sync", None)
+        if callable(run_sync) and workers > 1 and len(items) > 1:
+            # a backend on the async HTTP engine: the batch runs as one async batch there, no thread per item
+            out = run_sync(self.apredict_batch(items, max_workers=workers, on_error="return",
+                                               with_confidence=with_confidence, on_progress=on_progress))
+            return _finish(out, on_error)
         results: list[Any] = [None] * len(items)
         done = itertools.count(1)  # next() on a count is atomic: safe from the worker threads
 

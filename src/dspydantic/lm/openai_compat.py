@@ -12,7 +12,8 @@ import base64
 import hashlib
 import os
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
@@ -22,6 +23,7 @@ from ._base import LMRequest, LMResponse, chat_params
 from .settings import DEFAULT_SETTINGS, SETTING_NAMES, ModelSettings, settings_from
 from .transport import HTTPReply, Transport, parse_retry_after, request_id, sanitize_url
 
+_T = TypeVar("_T")
 OPENAI_BASE = "https://api.openai.com/v1"
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 #: keyword arguments of this backend besides the transport's and the model settings
@@ -242,6 +244,11 @@ class OpenAICompatBackend:
             if self._downgrade(exc):
                 return await self.acomplete(request)
             raise
+
+    def run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run a coroutine of calls to this backend from sync code on the transport's engine (a sync batch
+        runs as one async batch there: no thread per item)."""
+        return self.transport.run_sync(coro)
 
     def close(self) -> None:
         self.transport.close()

@@ -1,36 +1,41 @@
 """The one HTTP transport of dspydantic's own remote calls, sync and async, on aiohttp.
 
-Why aiohttp, for both faces (measured in ``bench/bench_sync_transport.py``, numbers in docs/benchmarks.md):
+Why aiohttp, for both faces (measured with ``bench/bench_sync_transport.py``; numbers in docs/benchmarks.md):
 
 * **async**: an aiohttp ``ClientSession`` per event loop. Of the maintained async clients it costs the least
-  CPU per request (the issue measured aiohttp 125-140 µs, httpx ``AsyncClient`` 2.1 ms) and a batch over
-  it reaches ~0.9 of the ideal at 200 docs x 32-way.
-* **sync**: the *same* engine, driven from the calling thread on one private event-loop thread
-  (``asyncio.run_coroutine_threadsafe``). Measured against ``httpx.Client`` and ``urllib3`` on the same body
-  and server, it was the cheapest of the three in client CPU, and the only one that meets the contract: a
-  **total deadline per call** (``httpx`` and ``urllib3`` apply their timeouts per socket operation, so a
-  server dripping a byte every 0.3 s held a ``timeout=1`` call for 6 s on both). One engine also means
-  one behaviour for proxies, TLS, redirects, decompression, keep-alive and errors on both faces. A private
-  loop per calling thread was cheaper still, but cannot serve a sync call made from inside a running loop,
-  leaves a pool per short-lived worker thread, and does not notice a server closing an idle keep-alive
-  connection while the loop sleeps; the private thread's loop always runs, so it does.
+  CPU per request (issue 9 measured aiohttp 125-140 µs, httpx ``AsyncClient`` 2.1 ms) and a batch over it
+  reaches ~0.9 of the ideal at 200 docs x 32-way.
+* **sync**: the *same* engine, run by the calling thread on a private event loop of its own
+  (``loop.run_until_complete``), one connection pool per thread. Measured on the same body and server against
+  ``httpx.Client``, ``urllib3`` and aiohttp driven on one shared loop thread, it used the least client CPU
+  per request (httpx ~3x, urllib3 and the shared loop thread ~1.5x of it: the hand-off between threads costs
+  more than it saves), and it is, with the shared loop thread, the only design whose ``timeout`` bounds the
+  whole call: ``httpx`` and ``urllib3`` apply their timeouts per socket operation, so a server dripping a
+  byte every 0.3 s held a ``timeout=1`` call for 6 s on both. One engine also gives both faces one behaviour
+  for proxies, TLS, redirects, decompression, keep-alive and errors. Before each sync call the private loop
+  turns twice, so a keep-alive connection the server closed while the loop was idle is seen (its FIN) and
+  dropped rather than written to. A sync call made from inside a running event loop (sync code called from
+  async code) runs on one shared daemon loop thread instead. A thread's loop and its connections are closed
+  when the thread ends (a batch's worker threads), everything else at ``close()`` and at exit.
 
-The contract (see spec-transport.md and issue 9):
+The contract (spec-transport.md, issue 9):
 
 * ``timeout`` is the **total deadline** of one call (connect + TLS + send + receive, whatever the server
   does); ``connect_timeout`` bounds connect + TLS handshake of a new connection.
 * A request already written is never re-sent here (aiohttp re-sends only idempotent methods, never a POST);
-  re-sending is the retry layer's decision (:mod:`dspydantic.lm.layers`), counted in ``lm_retries``. A pooled
-  keep-alive connection the server closed is dropped before use (the loop sees the FIN).
+  re-sending is the retry layer's decision (:mod:`dspydantic.lm.layers`), counted in ``lm_retries``.
 * Proxies: ``proxy=`` or ``HTTP(S)_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` from the environment (read once,
   like the openai SDK); ``verify=`` ``True`` (system CAs + certifi), ``False`` or a CA bundle path.
 * Redirects: 307/308 to the same origin are followed with method and body; any other redirect of the POST is
   an :class:`LMError` saying so (the key never follows a redirect to another host). gzip/deflate bodies are
   decoded. Every fault is an :class:`LMError` (``retryable`` where another attempt can help), never a raw
   ``OSError`` / ``aiohttp`` / ``ssl`` / ``asyncio`` exception.
-* Sessions are per event loop; a loop's session is closed when the loop shuts its async generators down
-  (``asyncio.run`` does): 50 ``asyncio.run`` in a row leave no socket open. The private loop thread is
-  recreated in a forked child (a Celery prefork worker gets fresh connections) and closed at exit.
+* Sessions are per event loop; a user's loop's session is closed when the loop shuts its async generators
+  down (``asyncio.run`` does): 50 ``asyncio.run`` in a row leave no socket open; a loop closed without that
+  has its sockets closed when the next loop starts a session, or at ``close()``.
+* Fork-aware: a forked child (a Celery prefork worker) makes fresh loops and connections, and never closes
+  what it inherited (closing an inherited event loop would unregister the parent's descriptors from the epoll
+  instance both share).
 
 ``aiohttp`` is imported on the first call, never at ``import dspydantic``.
 """
@@ -49,9 +54,9 @@ import threading
 import time
 import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, LMError
@@ -60,6 +65,7 @@ log = logging.getLogger("dspydantic")
 
 __all__ = ["HTTPReply", "Transport", "parse_retry_after", "request_id", "sanitize_url"]
 
+_T = TypeVar("_T")
 _MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -165,36 +171,62 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
     return ctx
 
 
-# ------------------------------------------------------------------------- the private loop thread
+# ------------------------------------------------------------------------------- the sync engine
+#
+# A sync call runs the async call on a private event loop of the calling thread (``run_until_complete``), with
+# a connection pool per thread, like a ``requests.Session`` per thread: no hand-off between threads. Two cases
+# need more: a sync call made from a thread whose own loop is running (sync code inside async code) goes to
+# one shared loop on a daemon thread; and a loop of ours must not outlive its thread (a batch's worker
+# threads end with the batch), so a thread's loop and its connections are closed when the thread ends.
 
 
 class _LoopThread:
-    """One event loop on a daemon thread: the engine of every sync call of this process."""
+    """One event loop on a daemon thread, for sync calls made from inside a running event loop."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="dspydantic-http", daemon=True)
+        _private_loops.add(self.loop)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="dspydantic-http", daemon=True)
         self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.loop.is_closed():
             return
-        try:  # the closers of this loop's sessions run here
-            asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(timeout)
-        except Exception:
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
         if not self.thread.is_alive():
             self.loop.close()
 
 
+class _ThreadState(threading.local):
+    loop: asyncio.AbstractEventLoop | None = None
+    pid: int = 0
+    #: dropped with the thread's locals when the thread ends: retires the thread's loop then
+    sentinel: _ThreadEnd | None = None
+
+
+class _ThreadEnd:
+    __slots__ = ("loop", "pid")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int) -> None:
+        self.loop = loop
+        self.pid = pid
+
+    def __del__(self) -> None:
+        try:
+            _retire(self.loop, self.pid)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
 _runner: _LoopThread | None = None
 _runner_lock = threading.Lock()
+_state = _ThreadState()
+_private_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_transports: weakref.WeakSet[Transport] = weakref.WeakSet()
+#: what a forked child inherited from its parent's loops, kept alive: closing an inherited event loop would
+#: unregister the parent's file descriptors from the epoll instance both processes share
+_inherited: list[Any] = []
 
 
 def _loop_thread() -> _LoopThread:
@@ -208,30 +240,73 @@ def _loop_thread() -> _LoopThread:
     return runner
 
 
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's private loop (created on first use, recreated in a forked child)."""
+    state = _state
+    loop = state.loop
+    pid = os.getpid()
+    if loop is not None and state.pid == pid and not loop.is_closed():
+        return loop
+    if loop is not None and state.pid != pid:
+        _inherited.append((loop, state.sentinel))
+    loop = asyncio.new_event_loop()
+    _private_loops.add(loop)
+    state.loop, state.pid, state.sentinel = loop, pid, _ThreadEnd(loop, pid)
+    return loop
+
+
+def _retire(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    """A thread that ran sync calls ended: close its connections and its loop."""
+    if pid != os.getpid():
+        _inherited.append(loop)
+        return
+    for transport in list(_transports):
+        entry = transport._sessions.pop(loop, None)
+        if entry is not None:
+            _abandon(entry[0])
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+
+
 def _after_fork_in_child() -> None:
-    # the parent's loop thread does not exist here, and its connections belong to the parent
+    # the parent's loops and connections belong to the parent: keep them, never use or close them
     global _runner, _runner_lock
+    if _runner is not None:
+        _inherited.append(_runner)
     _runner = None
     _runner_lock = threading.Lock()
+    for transport in list(_transports):
+        _inherited.append(dict(transport._sessions))
+        transport._sessions.clear()
 
 
 def _shutdown() -> None:
+    for transport in list(_transports):
+        _close_sessions(transport._sessions)
     runner = _runner
     if runner is not None:
         runner.stop()
+    loop = _state.loop
+    if loop is not None and _state.pid == os.getpid() and not loop.is_running() and not loop.is_closed():
+        try:  # closes deferred by finalizers of collected transports run now
+            loop.run_until_complete(_settle())
+        except Exception:
+            pass
+        loop.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_shutdown)
 
 
-_Sessions = dict  # loop -> (aiohttp.ClientSession, closer async generator)
+_Sessions = dict  # loop -> (aiohttp.ClientSession, closer async generator or None)
 
 
 async def _closer(
     sessions: _Sessions[Any, Any], loop: asyncio.AbstractEventLoop, session: Any
 ) -> AsyncGenerator[None, None]:
-    """Started in a loop, finalized by that loop's ``shutdown_asyncgens()``: closes the loop's session."""
+    """Started in a user's loop, finalized by that loop's ``shutdown_asyncgens()`` (``asyncio.run`` does it):
+    closes the loop's session."""
     try:
         yield
     finally:
@@ -241,10 +316,11 @@ async def _closer(
 
 
 def _abandon(session: Any) -> None:
-    """The session of a loop closed without shutting its async generators down (``loop.close()`` after
-    ``run_until_complete``): the loop can no longer close its sockets, so they are closed here directly, and
-    the session is marked closed (it has nothing left to release)."""
+    """The session of a loop that can no longer run (closed without shutting its async generators down, or
+    whose thread ended): its sockets are closed here directly, and the session is marked closed."""
     connector = session.connector
+    if connector is None:
+        return
     try:
         protocols = [proto for conns in connector._conns.values() for proto, _t in conns]
         protocols += list(connector._acquired)
@@ -259,13 +335,15 @@ def _abandon(session: Any) -> None:
         connector._closed = True
         session._connector = None
     except Exception:
-        log.debug("could not close the connections of a closed event loop", exc_info=True)
+        log.debug("could not close the connections of a finished event loop", exc_info=True)
 
 
-def _close_sessions(sessions: _Sessions[Any, Any], wait: float = 5.0) -> None:
-    """Close every session in ``sessions`` on its own loop: at once on the private loop thread (waiting up to
-    ``wait`` seconds unless called from that thread), soon on a loop running elsewhere; a closed loop's
-    connections went with it. Also the finalizer of a collected :class:`Transport`."""
+def _close_sessions(sessions: _Sessions[Any, Any], wait: float = 5.0, *, run_idle: bool = True) -> None:
+    """Close every session in ``sessions`` on its own loop: soon on the loop running this code, within
+    ``wait`` seconds on the shared loop thread, now on this thread's idle private loop (``run_idle``), when
+    it next runs on any other idle loop; a closed loop's sockets are closed directly. With
+    ``run_idle=False`` (the finalizer of a collected :class:`Transport`, which may run anywhere) no loop is
+    run from here."""
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -276,8 +354,7 @@ def _close_sessions(sessions: _Sessions[Any, Any], wait: float = 5.0) -> None:
             continue
         if loop.is_closed():
             _abandon(session)
-            continue
-        if running is not None and loop is running:
+        elif running is not None and loop is running:
             running.create_task(session.close())
         elif loop.is_running():
             future = asyncio.run_coroutine_threadsafe(session.close(), loop)
@@ -287,11 +364,48 @@ def _close_sessions(sessions: _Sessions[Any, Any], wait: float = 5.0) -> None:
                     future.result(wait)
                 except Exception:
                     pass
-        else:
-            try:
-                loop.run_until_complete(session.close())
-            except Exception:
-                pass
+        elif run_idle:  # an idle loop (this thread's or another's): run it just for the close
+            _run_idle(loop, session, running is not None)
+        else:  # an idle loop we may not run from here: it closes the session the next time it runs
+            loop.call_soon_threadsafe(_close_soon, session)
+
+
+def _run_idle(loop: asyncio.AbstractEventLoop, session: Any, inside_a_loop: bool, wait: float = 5.0) -> None:
+    """Close ``session`` by running its idle loop: here, or (when this thread is inside another running loop,
+    which forbids running a second one) on a helper thread while this one waits."""
+
+    def work() -> None:
+        try:
+            loop.run_until_complete(session.close())
+        except Exception:
+            log.debug("could not close a session", exc_info=True)
+
+    if not inside_a_loop:
+        work()
+        return
+    helper = threading.Thread(target=work, name="dspydantic-close", daemon=True)
+    helper.start()
+    helper.join(wait)
+
+
+async def _settle(timeout: float = 2.0) -> None:
+    await asyncio.sleep(0)
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
+async def _after_two_turns(coro: Coroutine[Any, Any, _T]) -> _T:
+    # the private loop did not run since the last call: two turns let it see a keep-alive connection the
+    # server closed meanwhile (its FIN), so that connection is dropped instead of being written to
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return await coro
+
+
+def _close_soon(session: Any) -> None:
+    if not session.closed:
+        asyncio.get_running_loop().create_task(session.close())
 
 
 # --------------------------------------------------------------------------------------- transport
@@ -342,10 +456,12 @@ class Transport:
         self.max_connections = max_connections
         self._headers = {"Content-Type": "application/json", "Accept": "application/json", **dict(headers or {})}
         self._proxy, self._proxy_auth, self.proxy_shown = self._resolve_proxy(proxy)
-        self._sessions: _Sessions[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
+        self._sessions: _Sessions[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None] | None]] = {}
         self._pid = os.getpid()
         # a Transport dropped without close(): its sessions are closed on their loops, not left to warn
-        self._finalizer = weakref.finalize(self, _close_sessions, self._sessions, 0.0)
+        self._finalizer = weakref.finalize(self, _close_sessions, self._sessions, 0.0, run_idle=False)
+        self._finalizer.atexit = False  # _shutdown() closes the live ones
+        _transports.add(self)
 
     def __repr__(self) -> str:
         return f"Transport({self.base_url!r}, timeout={self.timeout}, proxy={self.proxy_shown!r})"
@@ -382,6 +498,7 @@ class Transport:
     # -- sessions -------------------------------------------------------------------------------------
     async def _session(self) -> Any:
         if self._pid != os.getpid():  # a forked child: never touch the parent's connections
+            _inherited.append(dict(self._sessions))
             self._sessions.clear()
             self._pid = os.getpid()
         loop = asyncio.get_running_loop()
@@ -407,6 +524,9 @@ class Transport:
             auto_decompress=True,
             trust_env=False,
         )
+        if loop in _private_loops:  # our own loops: their sessions are closed with the thread or at exit
+            self._sessions[loop] = (session, None)
+            return session
         closer = _closer(self._sessions, loop, session)
         self._sessions[loop] = (session, closer)
         await closer.__anext__()
@@ -433,18 +553,46 @@ class Transport:
             raise self._map(exc) from None
 
     def post(self, path: str, body: bytes, *, timeout: float | None = None) -> HTTPReply:
-        """The sync face: the same call, run on the private event-loop thread."""
-        runner = _loop_thread()
-        if threading.current_thread() is runner.thread:  # pragma: no cover - our loop runs only our calls
-            raise RuntimeError("Transport.post called on the transport's own loop thread")
+        """The sync face: the same call, on this thread's private event loop (or, from inside a running
+        loop, on the shared loop thread)."""
         deadline: float = self.timeout if timeout is None else timeout
-        future = asyncio.run_coroutine_threadsafe(self.apost(path, body, timeout=deadline), runner.loop)
         try:
-            return future.result(deadline + 5.0)  # the coroutine enforces the deadline; this is a backstop
+            return self.run_sync(self.apost(path, body, timeout=deadline), backstop=deadline + 5.0)
         except concurrent.futures.TimeoutError:
-            future.cancel()
             raise self._error(f"no complete answer from {self.base_url} within timeout={deadline:g} s",
                               retryable=True) from None
+
+    def run_sync(self, coro: Coroutine[Any, Any, _T], *, backstop: float | None = None) -> _T:
+        """Run ``coro`` (calls of this transport) to completion from sync code: on this thread's private loop,
+        or on the shared loop thread when this thread is inside a running loop (then ``backstop`` bounds the
+        wait). A ``KeyboardInterrupt`` while waiting cancels it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._run_here(coro)
+        return self._run_elsewhere(coro, backstop)
+
+    @staticmethod
+    def _run_here(coro: Coroutine[Any, Any, _T]) -> _T:
+        loop = _thread_loop()
+        task = loop.create_task(_after_two_turns(coro))
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:  # KeyboardInterrupt while waiting: never leave the call running
+            if not task.done():
+                task.cancel()
+                try:
+                    loop.run_until_complete(task)
+                except BaseException:
+                    pass
+            raise
+
+    @staticmethod
+    def _run_elsewhere(coro: Coroutine[Any, Any, _T], backstop: float | None) -> _T:
+        runner = _loop_thread()
+        future = asyncio.run_coroutine_threadsafe(coro, runner.loop)
+        try:
+            return future.result(backstop)
         except BaseException:
             future.cancel()
             raise
@@ -546,6 +694,7 @@ class Transport:
         still open (a loop running in another thread closes it soon after; a closed loop's connections are
         gone with it)."""
         if self._pid != os.getpid():
+            _inherited.append(dict(self._sessions))
             self._sessions.clear()
             return
         _close_sessions(self._sessions)
