@@ -160,7 +160,8 @@ def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync
 
     srv = Server(latency)
     try:
-        p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k")
+        # max_connections (default 100) bounds the connections in flight: as many as workers here
+        p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k", max_connections=max(100, workers))
         ideal = math.ceil(n_docs / workers) * latency
         docs = [f"doc {i}" for i in range(n_docs)]
         line = f"batch {n_docs} docs x {latency * 1e3:.0f} ms, {workers}-way: ideal {ideal:.2f} s  "
@@ -196,7 +197,7 @@ class Invoice(BaseModel):
     due: str | None = None
 
 n, workers, base = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-p = Prompter(Invoice, "openai/fake", api_base=base, api_key="k")
+p = Prompter(Invoice, "openai/fake", api_base=base, api_key="k", max_connections=workers)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = asyncio.run(p.apredict_batch([f"Invoice {i} from Acme GmbH, total {i},50 EUR" for i in range(n)],
                                    max_workers=workers))

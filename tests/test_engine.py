@@ -108,3 +108,31 @@ def test_sync_calls_from_async_code_and_from_many_threads(srv: FakeLLMServer) ->
     assert srv.request_count == 9
     p.close()
     assert open_sockets(srv.port) == 0
+
+
+def test_the_key_never_reaches_a_proxy_in_the_connect_request(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """aiohttp copies a session's default headers into the CONNECT it sends a proxy, Authorization turned into
+    Proxy-Authorization: the API key must travel inside the tunnel only."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    from ._faultserver import FaultServer
+    from ._proxy import ForwardProxy
+
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    key = "sk-engine-test-0123456789abcdef"
+    with ForwardProxy() as proxy, FaultServer(tls=ctx) as secure:
+        for userinfo in ("", "puser:ppass@"):
+            p = Prompter(Bill, "openai/fake", api_base=secure.base_url, api_key=key, verify=str(bundle),
+                         proxy=proxy.url(userinfo.rstrip("@")))
+            assert isinstance(p.run("Bill from Acme"), Bill)
+            connect = [s for s in proxy.seen if s.method == "CONNECT"][-1]
+            shown = repr(connect.headers)
+            assert key not in shown and "Bearer" not in shown, shown
+            assert ("proxy-authorization" in connect.headers) == bool(userinfo)
+            p.close()
+    assert secure.request_count == 2

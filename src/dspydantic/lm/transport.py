@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import concurrent.futures
 import email.utils
 import functools
@@ -454,8 +455,18 @@ class Transport:
             self._secrets = (*self._secrets, parts.query)
         self.verify = verify
         self.max_connections = max_connections
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json", **dict(headers or {})}
-        self._proxy, self._proxy_auth, self.proxy_shown = self._resolve_proxy(proxy)
+        self._headers = {
+            "User-Agent": "dspydantic",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            **dict(headers or {}),
+        }
+        self._proxy, proxy_auth, self.proxy_shown = self._resolve_proxy(proxy)
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy_auth is not None:
+            token = base64.b64encode(f"{proxy_auth[0]}:{proxy_auth[1]}".encode()).decode()
+            self._proxy_headers = {"Proxy-Authorization": f"Basic {token}"}
+            self._secrets = (*self._secrets, token)
         self._sessions: _Sessions[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None] | None]] = {}
         self._pid = os.getpid()
         # a Transport dropped without close(): its sessions are closed on their loops, not left to warn
@@ -519,7 +530,8 @@ class Transport:
         )
         session = aiohttp.ClientSession(
             connector=connector,
-            headers={"User-Agent": "dspydantic", **self._headers},
+            # no default headers: aiohttp copies a session's headers, Authorization included, into the
+            # CONNECT request it sends a proxy (as Proxy-Authorization); ours travel with each request only
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
             auto_decompress=True,
             trust_env=False,
@@ -601,7 +613,12 @@ class Transport:
         session = await self._session()
         for _ in range(_MAX_REDIRECTS + 1):
             async with session.post(
-                url, data=body, allow_redirects=False, proxy=self._proxy, proxy_auth=self._auth()
+                url,
+                data=body,
+                allow_redirects=False,
+                proxy=self._proxy,
+                headers=self._request_headers(url),
+                proxy_headers=self._proxy_headers,
             ) as resp:
                 data = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -627,12 +644,12 @@ class Transport:
             )
         raise self._error(f"{self.base_url} redirected more than {_MAX_REDIRECTS} times", status=status)
 
-    def _auth(self) -> Any:
-        if self._proxy_auth is None:
-            return None
-        import aiohttp
-
-        return aiohttp.BasicAuth(*self._proxy_auth)
+    def _request_headers(self, url: str) -> dict[str, str]:
+        # a plain-HTTP request goes to the proxy itself, so the proxy's credentials travel with it; an HTTPS
+        # one goes through a CONNECT tunnel, and they travel with the CONNECT only (aiohttp's proxy_headers)
+        if self._proxy_headers is not None and not url.startswith("https:"):
+            return {**self._headers, **self._proxy_headers}
+        return self._headers
 
     def _error(
         self, message: str, *, retryable: bool = False, status: int | None = None,
