@@ -49,6 +49,7 @@ import concurrent.futures
 import email.utils
 import functools
 import logging
+import math
 import os
 import ssl
 import threading
@@ -108,14 +109,17 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            seconds = float(ms) / 1000.0
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:
@@ -128,9 +132,12 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:  # a malformed port: no origin matches it
+        return "", "", -1
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | None:
