@@ -161,7 +161,11 @@ def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync
     srv = Server(latency)
     try:
         # max_connections (default 100) bounds the connections in flight: as many as workers here
-        p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k", max_connections=max(100, workers))
+        try:
+            p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k",
+                         max_connections=max(100, workers))
+        except TypeError:  # an older dspydantic (PYTHONPATH pointing at it, for comparison): no such option
+            p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k")
         ideal = math.ceil(n_docs / workers) * latency
         docs = [f"doc {i}" for i in range(n_docs)]
         line = f"batch {n_docs} docs x {latency * 1e3:.0f} ms, {workers}-way: ideal {ideal:.2f} s  "
@@ -280,16 +284,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--skip-peers", action="store_true", help="only our own figures (no OpenAI SDK / dspy)")
+    ap.add_argument("--only", choices=["cold", "cpu", "cache", "batch", "wide", "rss"], action="append",
+                    help="run only these parts (repeatable); 'wide' is 2,000 docs at 256-way")
     args = ap.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     load = os.getloadavg()[0]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {load:.2f}", flush=True)
-    bench_cold_start()
-    bench_cpu(args.n, peers=not args.skip_peers)
-    bench_cache(args.n)
-    bench_batch()
-    bench_batch(2000, 256, sync=False)
-    bench_peak_rss()
+    parts = set(args.only or ["cold", "cpu", "cache", "batch", "wide", "rss"])
+    if "cold" in parts:
+        bench_cold_start()
+    if "cpu" in parts:
+        bench_cpu(args.n, peers=not args.skip_peers)
+    if "cache" in parts:
+        bench_cache(args.n)
+    if "batch" in parts:
+        bench_batch()
+    if "wide" in parts:
+        bench_batch(2000, 256, sync=False)
+    if "rss" in parts:
+        bench_peak_rss()
     print(f"(client process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -97,23 +98,26 @@ class SchemaDriftWarning(UserWarning):
 #: longest error message we show (a 5 MB error body must not become a 5 MB exception)
 MESSAGE_LIMIT = 2000
 
-_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # header echoes: "Authorization: Bearer ...", "x-api-key": "..."
-    (
-        re.compile(r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|cookie)([\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?[^\s\"',}]+"),
-        r"\1\2***",
-    ),
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
-    (re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_-]{8,}"), r"\1-***"),
-    # credentials in URLs: scheme://user:password@host
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]+@"), r"\1***@"),
-    # key=... in query strings and key: ... in JSON
-    (
-        re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|client[_-]?secret|password|secret)"
-                   r"([\"']?\s*[:=]\s*[\"']?)[^\"'\s,&}]+"),
-        r"\1\2***",
-    ),
-)
+@functools.cache
+def _secret_patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Compiled on first use (not at ``import dspydantic``)."""
+    return (
+        # header echoes: "Authorization: Bearer ...", "x-api-key": "..."
+        (
+            re.compile(r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|cookie)([\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?[^\s\"',}]+"),
+            r"\1\2***",
+        ),
+        (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
+        (re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_-]{8,}"), r"\1-***"),
+        # credentials in URLs: scheme://user:password@host
+        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]+@"), r"\1***@"),
+        # key=... in query strings and key: ... in JSON
+        (
+            re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|client[_-]?secret|password|secret)"
+                       r"([\"']?\s*[:=]\s*[\"']?)[^\"'\s,&}]+"),
+            r"\1\2***",
+        ),
+    )
 
 
 def redact(text: str, *secrets: str | None, limit: int | None = MESSAGE_LIMIT) -> str:
@@ -126,7 +130,7 @@ def redact(text: str, *secrets: str | None, limit: int | None = MESSAGE_LIMIT) -
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
-    for pattern, repl in _SECRET_PATTERNS:
+    for pattern, repl in _secret_patterns():
         text = pattern.sub(repl, text)
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters)"
