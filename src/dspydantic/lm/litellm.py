@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._options import count, seconds
 from ..errors import ConfigurationError, LMError, MissingExtraError
 from ._base import LMRequest, LMResponse, chat_params
 from .settings import DEFAULT_SETTINGS, ModelSettings, settings_from
@@ -39,6 +40,9 @@ class LiteLLMBackend:
     ) -> None:
         if litellm_kwargs is not None and not isinstance(litellm_kwargs, dict):
             raise ConfigurationError(f"litellm_kwargs must be a dict, got {type(litellm_kwargs).__name__}")
+        seconds("timeout", timeout)
+        if context_window is not None:
+            count("context_window", context_window, low=256)
         self.model_id = model_id
         self.settings = settings_from(settings, setting_kwargs)
         shown_base = sanitize_url(api_base) if api_base else ""
