@@ -37,13 +37,13 @@ The contract (spec-transport.md, issue 9):
   what it inherited (closing an inherited event loop would unregister the parent's descriptors from the epoll
   instance both share).
 
-``aiohttp`` is imported on the first call, never at ``import dspydantic``.
+``aiohttp`` is imported on the first call, never at ``import dspydantic``. The event loops the sessions run on,
+and how they end, are :mod:`dspydantic.lm._engine`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
 import concurrent.futures
 import email.utils
@@ -52,7 +52,6 @@ import logging
 import math
 import os
 import ssl
-import threading
 import time
 import urllib.request
 import weakref
@@ -62,6 +61,18 @@ from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, LMError
+from ._engine import (
+    Sessions,
+    abandon,
+    after_two_turns,
+    close_sessions,
+    closer,
+    inherited,
+    loop_thread,
+    private_loops,
+    thread_loop,
+    transports,
+)
 
 log = logging.getLogger("dspydantic")
 
@@ -179,243 +190,6 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
     return ctx
 
 
-# ------------------------------------------------------------------------------- the sync engine
-#
-# A sync call runs the async call on a private event loop of the calling thread (``run_until_complete``), with
-# a connection pool per thread, like a ``requests.Session`` per thread: no hand-off between threads. Two cases
-# need more: a sync call made from a thread whose own loop is running (sync code inside async code) goes to
-# one shared loop on a daemon thread; and a loop of ours must not outlive its thread (a batch's worker
-# threads end with the batch), so a thread's loop and its connections are closed when the thread ends.
-
-
-class _LoopThread:
-    """One event loop on a daemon thread, for sync calls made from inside a running event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        _private_loops.add(self.loop)
-        self.thread = threading.Thread(target=self.loop.run_forever, name="dspydantic-http", daemon=True)
-        self.thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-class _ThreadState(threading.local):
-    loop: asyncio.AbstractEventLoop | None = None
-    pid: int = 0
-    #: dropped with the thread's locals when the thread ends: retires the thread's loop then
-    sentinel: _ThreadEnd | None = None
-
-
-class _ThreadEnd:
-    __slots__ = ("loop", "pid")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, pid: int) -> None:
-        self.loop = loop
-        self.pid = pid
-
-    def __del__(self) -> None:
-        try:
-            _retire(self.loop, self.pid)
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-
-_runner: _LoopThread | None = None
-_runner_lock = threading.Lock()
-_state = _ThreadState()
-_private_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-_transports: weakref.WeakSet[Transport] = weakref.WeakSet()
-#: what a forked child inherited from its parent's loops, kept alive: closing an inherited event loop would
-#: unregister the parent's file descriptors from the epoll instance both processes share
-_inherited: list[Any] = []
-
-
-def _loop_thread() -> _LoopThread:
-    global _runner
-    runner = _runner
-    if runner is None:
-        with _runner_lock:
-            runner = _runner
-            if runner is None:
-                runner = _runner = _LoopThread()
-    return runner
-
-
-def _thread_loop() -> asyncio.AbstractEventLoop:
-    """This thread's private loop (created on first use, recreated in a forked child)."""
-    state = _state
-    loop = state.loop
-    pid = os.getpid()
-    if loop is not None and state.pid == pid and not loop.is_closed():
-        return loop
-    if loop is not None and state.pid != pid:
-        _inherited.append((loop, state.sentinel))
-    loop = asyncio.new_event_loop()
-    _private_loops.add(loop)
-    state.loop, state.pid, state.sentinel = loop, pid, _ThreadEnd(loop, pid)
-    return loop
-
-
-def _retire(loop: asyncio.AbstractEventLoop, pid: int) -> None:
-    """A thread that ran sync calls ended: close its connections and its loop."""
-    if pid != os.getpid():
-        _inherited.append(loop)
-        return
-    for transport in list(_transports):
-        entry = transport._sessions.pop(loop, None)
-        if entry is not None:
-            _abandon(entry[0])
-    if not loop.is_running() and not loop.is_closed():
-        loop.close()
-
-
-def _after_fork_in_child() -> None:
-    # the parent's loops and connections belong to the parent: keep them, never use or close them
-    global _runner, _runner_lock
-    if _runner is not None:
-        _inherited.append(_runner)
-    _runner = None
-    _runner_lock = threading.Lock()
-    for transport in list(_transports):
-        _inherited.append(dict(transport._sessions))
-        transport._sessions.clear()
-
-
-def _shutdown() -> None:
-    for transport in list(_transports):
-        _close_sessions(transport._sessions)
-    runner = _runner
-    if runner is not None:
-        runner.stop()
-    loop = _state.loop
-    if loop is not None and _state.pid == os.getpid() and not loop.is_running() and not loop.is_closed():
-        try:  # closes deferred by finalizers of collected transports run now
-            loop.run_until_complete(_settle())
-        except Exception:
-            pass
-        loop.close()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_shutdown)
-
-
-_Sessions = dict  # loop -> (aiohttp.ClientSession, closer async generator or None)
-
-
-async def _closer(
-    sessions: _Sessions[Any, Any], loop: asyncio.AbstractEventLoop, session: Any
-) -> AsyncGenerator[None, None]:
-    """Started in a user's loop, finalized by that loop's ``shutdown_asyncgens()`` (``asyncio.run`` does it):
-    closes the loop's session."""
-    try:
-        yield
-    finally:
-        sessions.pop(loop, None)
-        if not session.closed:
-            await session.close()
-
-
-def _abandon(session: Any) -> None:
-    """The session of a loop that can no longer run (closed without shutting its async generators down, or
-    whose thread ended): its sockets are closed here directly, and the session is marked closed."""
-    connector = session.connector
-    if connector is None:
-        return
-    try:
-        protocols = [proto for conns in connector._conns.values() for proto, _t in conns]
-        protocols += list(connector._acquired)
-        for proto in protocols:
-            transport = proto.transport
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            raw = getattr(sock, "_sock", None)  # asyncio's TransportSocket wraps the socket.socket
-            if raw is not None:
-                raw.close()
-        connector._conns.clear()
-        connector._acquired.clear()
-        connector._closed = True
-        session._connector = None
-    except Exception:
-        log.debug("could not close the connections of a finished event loop", exc_info=True)
-
-
-def _close_sessions(sessions: _Sessions[Any, Any], wait: float = 5.0, *, run_idle: bool = True) -> None:
-    """Close every session in ``sessions`` on its own loop: soon on the loop running this code, within
-    ``wait`` seconds on the shared loop thread, now on this thread's idle private loop (``run_idle``), when
-    it next runs on any other idle loop; a closed loop's sockets are closed directly. With
-    ``run_idle=False`` (the finalizer of a collected :class:`Transport`, which may run anywhere) no loop is
-    run from here."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    for loop, (session, _gen) in list(sessions.items()):
-        sessions.pop(loop, None)
-        if session.closed:
-            continue
-        if loop.is_closed():
-            _abandon(session)
-        elif running is not None and loop is running:
-            running.create_task(session.close())
-        elif loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(session.close(), loop)
-            runner = _runner
-            if runner is not None and loop is runner.loop and wait > 0:
-                try:
-                    future.result(wait)
-                except Exception:
-                    pass
-        elif run_idle:  # an idle loop (this thread's or another's): run it just for the close
-            _run_idle(loop, session, running is not None)
-        else:  # an idle loop we may not run from here: it closes the session the next time it runs
-            loop.call_soon_threadsafe(_close_soon, session)
-
-
-def _run_idle(loop: asyncio.AbstractEventLoop, session: Any, inside_a_loop: bool, wait: float = 5.0) -> None:
-    """Close ``session`` by running its idle loop: here, or (when this thread is inside another running loop,
-    which forbids running a second one) on a helper thread while this one waits."""
-
-    def work() -> None:
-        try:
-            loop.run_until_complete(session.close())
-        except Exception:
-            log.debug("could not close a session", exc_info=True)
-
-    if not inside_a_loop:
-        work()
-        return
-    helper = threading.Thread(target=work, name="dspydantic-close", daemon=True)
-    helper.start()
-    helper.join(wait)
-
-
-async def _settle(timeout: float = 2.0) -> None:
-    await asyncio.sleep(0)
-    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    if pending:
-        await asyncio.wait(pending, timeout=timeout)
-
-
-async def _after_two_turns(coro: Coroutine[Any, Any, _T]) -> _T:
-    # the private loop did not run since the last call: two turns let it see a keep-alive connection the
-    # server closed meanwhile (its FIN), so that connection is dropped instead of being written to
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    return await coro
-
-
-def _close_soon(session: Any) -> None:
-    if not session.closed:
-        asyncio.get_running_loop().create_task(session.close())
-
-
 # --------------------------------------------------------------------------------------- transport
 
 
@@ -474,12 +248,12 @@ class Transport:
             token = base64.b64encode(f"{proxy_auth[0]}:{proxy_auth[1]}".encode()).decode()
             self._proxy_headers = {"Proxy-Authorization": f"Basic {token}"}
             self._secrets = (*self._secrets, token)
-        self._sessions: _Sessions[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None] | None]] = {}
+        self._sessions: Sessions[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None] | None]] = {}
         self._pid = os.getpid()
         # a Transport dropped without close(): its sessions are closed on their loops, not left to warn
-        self._finalizer = weakref.finalize(self, _close_sessions, self._sessions, 0.0, run_idle=False)
+        self._finalizer = weakref.finalize(self, close_sessions, self._sessions, 0.0, run_idle=False)
         self._finalizer.atexit = False  # _shutdown() closes the live ones
-        _transports.add(self)
+        transports.add(self)
 
     def __repr__(self) -> str:
         return f"Transport({self.base_url!r}, timeout={self.timeout}, proxy={self.proxy_shown!r})"
@@ -516,7 +290,7 @@ class Transport:
     # -- sessions -------------------------------------------------------------------------------------
     async def _session(self) -> Any:
         if self._pid != os.getpid():  # a forked child: never touch the parent's connections
-            _inherited.append(dict(self._sessions))
+            inherited.append(dict(self._sessions))
             self._sessions.clear()
             self._pid = os.getpid()
         loop = asyncio.get_running_loop()
@@ -528,7 +302,7 @@ class Transport:
         for old in [lp for lp in self._sessions if lp.is_closed()]:  # loops closed without shutdown
             stale = self._sessions.pop(old, None)
             if stale is not None:
-                _abandon(stale[0])
+                abandon(stale[0])
         https = self.base_url.startswith("https:") or (self._proxy or "").startswith("https:")
         connector = aiohttp.TCPConnector(
             limit=self.max_connections,
@@ -543,12 +317,12 @@ class Transport:
             auto_decompress=True,
             trust_env=False,
         )
-        if loop in _private_loops:  # our own loops: their sessions are closed with the thread or at exit
+        if loop in private_loops:  # our own loops: their sessions are closed with the thread or at exit
             self._sessions[loop] = (session, None)
             return session
-        closer = _closer(self._sessions, loop, session)
-        self._sessions[loop] = (session, closer)
-        await closer.__anext__()
+        gen = closer(self._sessions, loop, session)
+        self._sessions[loop] = (session, gen)
+        await gen.__anext__()
         return session
 
     # -- calls ----------------------------------------------------------------------------------------
@@ -593,8 +367,8 @@ class Transport:
 
     @staticmethod
     def _run_here(coro: Coroutine[Any, Any, _T]) -> _T:
-        loop = _thread_loop()
-        task = loop.create_task(_after_two_turns(coro))
+        loop = thread_loop()
+        task = loop.create_task(after_two_turns(coro))
         try:
             return loop.run_until_complete(task)
         except BaseException:  # KeyboardInterrupt while waiting: never leave the call running
@@ -608,7 +382,7 @@ class Transport:
 
     @staticmethod
     def _run_elsewhere(coro: Coroutine[Any, Any, _T], backstop: float | None) -> _T:
-        runner = _loop_thread()
+        runner = loop_thread()
         future = asyncio.run_coroutine_threadsafe(coro, runner.loop)
         try:
             return future.result(backstop)
@@ -718,10 +492,10 @@ class Transport:
         still open (a loop running in another thread closes it soon after; a closed loop's connections are
         gone with it)."""
         if self._pid != os.getpid():
-            _inherited.append(dict(self._sessions))
+            inherited.append(dict(self._sessions))
             self._sessions.clear()
             return
-        _close_sessions(self._sessions)
+        close_sessions(self._sessions)
 
 
 def _is_connect_timeout(exc: BaseException) -> bool:
