@@ -99,6 +99,29 @@ def test_each_line_is_the_request_run_would_send(srv: FakeLLMServer) -> None:
     assert job.results() == [Item(n=5, label="ok"), Item(n=6, label="ok"), Item(n=7, label="ok")]
 
 
+def test_lines_are_the_bytes_json_dumps_writes_and_large_jobs_split_into_several_batches(
+    srv: FakeLLMServer,
+) -> None:
+    from dspydantic.integrations import _batch_bridge as bridge
+    from dspydantic.integrations._batch_lines import LineEncoder
+
+    p = make(srv, instruction_prompt="Extract the {kind}.")  # a templated prompt: the system message changes
+    fp = bridge.fingerprint(p)
+    plain = make(srv)
+    items = [(plain, doc(1)), (plain, doc(2)), (p, {"kind": "invoice", "page": doc(3)}),
+             (p, {"kind": "receipt", "page": "ünïcödé \"q\""}), (p, {"kind": "receipt", "page": doc(4)}),
+             (plain, doc(4)), (plain, {"text": "document #5 \u2028 with a line separator"})]
+    encoder = LineEncoder()
+    for prompter, item in items:
+        line = bridge.render(prompter, item, fp)
+        whole = {"custom_id": line.custom_id, "method": "POST", "url": "/v1/chat/completions", "body": line.body}
+        assert encoder.encode(line) == json.dumps(whole, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    job = make(srv).submit_batch([doc(i) for i in range(7)], max_requests_per_batch=3)
+    assert [len(u.lines()) for u in srv.batches.uploads] == [3, 3, 1] and len(job.batch_ids) == 3
+    job.wait(poll=0.05, timeout=10)
+    assert job.results() == [Item(n=i, label="ok") for i in range(7)]
+
+
 def test_custom_ids_are_stable_across_processes_and_change_with_the_prompt(srv: FakeLLMServer) -> None:
     script = textwrap.dedent(
         f"""

@@ -25,6 +25,8 @@ from ..errors import ConfigurationError, PersistenceError
 FORMAT = "dspydantic.batch_job"
 FORMAT_VERSION = 1
 _INDEX_PREFIX = "index:"
+#: ``source`` of a line answered from the Prompter's cache / never submitted (the submission failed part-way)
+CACHED, NOT_SUBMITTED = -1, -2
 _HEAD = b'{"format":"dspydantic.batch_job"'
 
 
