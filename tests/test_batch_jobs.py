@@ -374,6 +374,10 @@ def test_answers_go_to_the_prompters_cache_and_are_reused_from_it(
     assert [r.data.n for r in out] == list(range(6))
     assert [r.cached for r in out] == [True] * 4 + [False] * 2
     assert again.usage.cache_hits == 4 and again.usage.calls == 2
+    # everything answered already: nothing is uploaded, the job is done at once
+    third = fresh.submit_batch([doc(i) for i in range(6)])
+    assert len(srv.batches.uploads) == 2 and third.id.startswith("local-") and third.batch_ids == []
+    assert third.status().done and third.results() == [Item(n=i, label="ok") for i in range(6)]
 
 
 # -- records, resume, store ---------------------------------------------------------------------------------

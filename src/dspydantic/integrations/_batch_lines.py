@@ -85,22 +85,24 @@ class LineEncoder:
         )
 
 
-def files(rendered: list[Rendered], new: list[int], max_requests: int) -> Iterator[tuple[list[int], bytes, float]]:
+def files(
+    rendered: list[Rendered], new: list[int], max_requests: int
+) -> Iterator[tuple[list[int], bytes, float, float]]:
     """The input files for the lines ``new`` (indexes into ``rendered``): (line indexes, JSONL bytes, seconds
-    spent encoding), each within ``max_requests`` lines and :data:`MAX_BYTES_PER_FILE`."""
+    and CPU seconds spent encoding), each within ``max_requests`` lines and :data:`MAX_BYTES_PER_FILE`."""
     encoder = LineEncoder()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     chunk: list[int] = []
     parts: list[bytes] = []
     size = 0
     for j in new:
         data = encoder.encode(rendered[j])
         if chunk and (len(chunk) >= max_requests or size + len(data) > MAX_BYTES_PER_FILE):
-            yield chunk, b"".join(parts), time.perf_counter() - started
-            started = time.perf_counter()
+            yield chunk, b"".join(parts), time.perf_counter() - started, time.process_time() - cpu
+            started, cpu = time.perf_counter(), time.process_time()
             chunk, parts, size = [], [], 0
         chunk.append(j)
         parts.append(data)
         size += len(data)
     if chunk:
-        yield chunk, b"".join(parts), time.perf_counter() - started
+        yield chunk, b"".join(parts), time.perf_counter() - started, time.process_time() - cpu

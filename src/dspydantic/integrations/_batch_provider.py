@@ -39,7 +39,7 @@ class BatchProvider:
     def close(self) -> None:
         self._client.close()
 
-    def _error(self, what: str, exc: Exception) -> LMError:
+    def _error(self, what: str, exc: Exception, *, api_missing_hint: bool = False) -> LMError:
         openai = self._openai
         status = getattr(exc, "status_code", None)
         message = str(exc)
@@ -48,7 +48,7 @@ class BatchProvider:
             inner = body.get("error") if isinstance(body.get("error"), dict) else body
             message = str(inner.get("message") or message) if isinstance(inner, dict) else message
         hint = ""
-        if status in (404, 405):
+        if api_missing_hint and status in (404, 405):
             hint = " (this server has no OpenAI Files/Batches API: use prompter.predict_batch(...) instead)"
         retryable = isinstance(exc, openai.APIConnectionError) or status in (408, 409, 429, 500, 502, 503, 504)
         return LMError(
@@ -64,7 +64,7 @@ class BatchProvider:
                 file=(filename, data, "application/jsonl"), purpose="batch", timeout=self._upload_timeout
             )
         except self._openai.OpenAIError as exc:
-            raise self._error("uploading the batch input file", exc) from None
+            raise self._error("uploading the batch input file", exc, api_missing_hint=True) from None
         return str(created.id)
 
     def create(self, input_file_id: str, metadata: dict[str, str]) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class BatchProvider:
                 metadata=metadata,
             )
         except self._openai.OpenAIError as exc:
-            raise self._error("creating the batch", exc) from None
+            raise self._error("creating the batch", exc, api_missing_hint=True) from None
         return batch.model_dump(mode="json")
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:

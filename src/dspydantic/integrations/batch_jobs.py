@@ -73,7 +73,7 @@ def submit_batch(
     fingerprint, endpoint = bridge.fingerprint(prompter), bridge.endpoint(prompter)
     timings: dict[str, float] = {}
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     rendered: list[bridge.Rendered] = []
     line_of: dict[str, int] = {}
     item_lines: list[int] = []
@@ -87,7 +87,7 @@ def submit_batch(
             if j == len(rendered):
                 rendered.append(line)
             item_lines.append(j)
-    timings["render_s"] = time.perf_counter() - started
+    timings["render_s"], timings["render_cpu_s"] = time.perf_counter() - started, time.process_time() - cpu
 
     job_path = Path(path) if path is not None else None
     job = BatchJob(prompter, {}, path=job_path, store=store)
@@ -109,11 +109,12 @@ def submit_batch(
     metadata = {"dspydantic_fingerprint": fingerprint[:16]}
     if name:
         metadata["dspydantic_name"] = name[:500]
-    totals = {"encode_s": 0.0, "upload_s": 0.0, "create_s": 0.0, "bytes": 0.0}
+    totals = {"encode_s": 0.0, "encode_cpu_s": 0.0, "upload_s": 0.0, "create_s": 0.0, "bytes": 0.0}
     failure: Exception | None = None
     try:
-        for chunk, data, encode_s in files(rendered, new, max_requests_per_batch):
+        for chunk, data, encode_s, encode_cpu_s in files(rendered, new, max_requests_per_batch):
             totals["encode_s"] += encode_s
+            totals["encode_cpu_s"] += encode_cpu_s
             totals["bytes"] += len(data)
             started = time.perf_counter()
             file_id = job.provider.upload(data, f"dspydantic-{fingerprint[:12]}.jsonl")
