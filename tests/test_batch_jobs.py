@@ -535,3 +535,12 @@ def test_the_fake_rejects_a_malformed_input_file_as_the_service_does(srv: FakeLL
     assert failed.status == "failed" and failed.errors is not None
     assert "duplicate custom_id" in str(failed.errors.data[0].message)
     client.close()
+
+
+def test_a_provider_batch_id_never_becomes_a_path() -> None:
+    from dspydantic.integrations._batch_records import _filename
+
+    assert _filename("batch_6721abc") == "batch_6721abc.json"
+    for hostile in ("../../etc/cron.d/x", "/tmp/x", "a/b", "..", ""):
+        name = _filename(hostile)
+        assert name.startswith("job-") and "/" not in name and name.endswith(".json")

@@ -13,8 +13,10 @@ a request never submitted because the submission failed part-way);
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ _INDEX_PREFIX = "index:"
 #: ``source`` of a line answered from the Prompter's cache / never submitted (the submission failed part-way)
 CACHED, NOT_SUBMITTED = -1, -2
 _HEAD = b'{"format":"dspydantic.batch_job"'
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def default_dir() -> Path:
@@ -43,6 +46,13 @@ def _check_store(store: Any) -> None:
         )
 
 
+def _filename(job_id: str) -> str:
+    """The record's file name for a job id (ids come from the provider: never a path)."""
+    if _SAFE_ID.fullmatch(job_id):
+        return f"{job_id}.json"
+    return f"job-{hashlib.sha256(job_id.encode('utf-8')).hexdigest()[:32]}.json"
+
+
 def save(record: dict[str, Any], *, path: Path | None, store: Any) -> Path | None:
     """Write the record (atomically for a file); with a store, also index it by prompter fingerprint."""
     if store is not None:
@@ -54,7 +64,7 @@ def save(record: dict[str, Any], *, path: Path | None, store: Any) -> Path | Non
         if record["id"] not in jobs:
             store.save_batch_job(key, {"jobs": [*jobs, record["id"]]})
         return None
-    target = path if path is not None else default_dir() / f"{record['id']}.json"
+    target = path if path is not None else default_dir() / _filename(record["id"])
     target.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -81,7 +91,7 @@ def load(id_or_path: str | os.PathLike[str], *, store: Any) -> tuple[dict[str, A
             raise ConfigurationError(f"no batch job {text!r} in {type(store).__name__}")
         return validate(record, text), None
     if not candidate.is_file():
-        by_id = default_dir() / f"{candidate.name}.json"
+        by_id = default_dir() / _filename(candidate.name)
         if candidate.name == text and by_id.is_file():
             candidate = by_id
         else:
