@@ -18,8 +18,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from dspydantic import BatchError, ConfigurationError, ExtractionError, ExtractionResult, PersistenceError, Prompter
-from dspydantic._cost import cost
+from dspydantic import (
+    BatchError,
+    ConfigurationError,
+    ExtractionError,
+    ExtractionResult,
+    LMError,
+    PersistenceError,
+    Prompter,
+)
+from dspydantic._cost import cost_usd
 from dspydantic._render import Demo
 from dspydantic.errors import BatchJobError, BatchJobItemError
 from dspydantic.testing import FakeLLMServer, Fault, last_user_text
@@ -180,7 +188,8 @@ else:
                         "status": getattr(r, "status", None), "index": getattr(r, "batch_index", None)}})
         else:
             out.append(r.model_dump())
-    print(json.dumps({{"results": out, "calls": job.usage.calls, "tokens": job.usage.total_tokens}}))
+    print(json.dumps({{"results": out, "calls": job.usage.calls, "tokens": job.usage.total_tokens,
+                      "openai_imported": "openai" in sys.modules}}))
 """
 
 
@@ -229,6 +238,7 @@ def test_1000_inputs_survive_a_killed_submitter_and_resume_in_a_new_process(
         else:
             assert r == {"n": i, "label": "ok"}
     assert report["calls"] == 990  # 1000 lines, 10 failed at the provider
+    assert report["openai_imported"] is False  # the Files/Batches calls went through our own transport
     # one upload and one batch: the new process only read the job
     assert len(srv.batches.uploads) == 1 and srv.batches.batch_ids == [batch_id]
     assert len(srv.batches.uploaded_custom_ids()) == 1000
@@ -380,6 +390,100 @@ def test_answers_go_to_the_prompters_cache_and_are_reused_from_it(
     assert third.status().done and third.results() == [Item(n=i, label="ok") for i in range(6)]
 
 
+def test_only_answers_that_validated_go_into_the_cache(srv: FakeLLMServer, tmp_path: Path) -> None:
+    p = make(srv, cache=str(tmp_path / "cache"))
+    job = p.submit_batch([doc(0), doc(1, "BAD")])
+    job.wait(poll=0.05, timeout=10)
+    out = job.results()
+    assert out[0] == Item(n=0, label="ok") and isinstance(out[1], ExtractionError)
+    assert p.run(doc(0)) == Item(n=0, label="ok") and srv.chat_requests == []  # the valid answer was cached
+    # the invalid answer was not: run() asks the LM (which answers invalid again, then the re-ask validates)
+    assert p.run(doc(1, "BAD")) == Item(n=1, label="fixed-1")
+    assert len(srv.chat_requests) == 2
+    fresh = make(srv, cache=str(tmp_path / "cache"))
+    again = fresh.submit_batch([doc(0), doc(1, "BAD")], path=tmp_path / "again.json")
+    assert again.submit_timings["cached"] == 1 and again.record["lines"][0][1] == -1
+
+
+# -- the Files/Batches calls go through the Prompter's transport ------------------------------------------
+
+
+def test_batch_api_calls_use_the_prompters_proxy_key_and_retry_policy(srv: FakeLLMServer) -> None:
+    from urllib.parse import urlsplit
+
+    from ._proxy import ForwardProxy
+
+    with ForwardProxy() as proxy:
+        p = make(srv, proxy=proxy.url(), retry_backoff=0.01)
+        srv.batches.fail_next("POST", "/files", 503)
+        srv.batches.fail_next("GET", "/batches/", 502)
+        srv.batches.fail_next("GET", "/files/", 500)
+        job = p.submit_batch([doc(1), doc(2)])
+        job.wait(poll=0.05, timeout=10)
+        assert job.results() == [Item(n=1, label="ok"), Item(n=2, label="ok")]
+        seen = [(s.method, urlsplit(s.target).path) for s in proxy.seen]
+    assert seen == [(r.method, r.path) for r in srv.requests]  # every call went through the proxy
+    assert seen[:3] == [("POST", "/v1/files"), ("POST", "/v1/files"), ("POST", "/v1/batches")]  # 503 retried
+    assert seen.count(("GET", f"/v1/batches/{job.id}")) >= 3  # one 502 retried, then wait() and results()
+    content = [path for method, path in seen if method == "GET" and path.endswith("/content")]
+    assert len(content) == 2 and content[0] == content[1]  # the 500 on the output file was retried
+    assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in srv.requests)
+    upload = srv.requests[1]
+    assert upload.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert upload.body == {"purpose": "batch", "filename": upload.body["filename"], "bytes": len(
+        srv.batches.uploads[0].data)}
+
+
+def test_without_retries_a_batch_api_fault_is_a_typed_error_without_the_key(srv: FakeLLMServer) -> None:
+    p = make(srv, lm_retries=0)
+    srv.batches.fail_next("POST", "/batches", 503)
+    with pytest.raises(LMError) as info:
+        p.submit_batch([doc(1)])
+    err = info.value
+    assert err.status == 503 and err.retryable and "creating the batch" in str(err) and SECRET not in str(err)
+    assert [(r.method, r.path) for r in srv.requests] == [("POST", "/v1/files"), ("POST", "/v1/batches")]
+
+
+def test_our_client_sends_what_the_official_openai_client_sends(srv: FakeLLMServer) -> None:
+    """The same calls through the official ``openai`` client and through ours reach the fake identically
+    (method, path, the fields each request carries, the key): our client speaks the documented wire."""
+    openai = pytest.importorskip("openai")
+    from dspydantic.integrations import _batch_bridge as bridge
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "fake-batch", "messages": [{"role": "user", "content": "document #1"}]}}
+    data = (json.dumps(line) + "\n").encode()
+
+    def wire(since: int) -> list[tuple[str, str, str, Any]]:
+        ids = {}
+        out = []
+        for r in srv.requests[since:]:
+            path = re.sub(r"(file|batch)_?-?fake\d+", lambda m: ids.setdefault(m.group(0), f"<{len(ids)}>"), r.path)
+            body = json.loads(re.sub(r"(file|batch)_?-?fake\d+",
+                                     lambda m: ids.setdefault(m.group(0), f"<{len(ids)}>"), json.dumps(r.body)))
+            out.append((r.method, path, r.headers["authorization"], body))
+        return out
+
+    client = openai.OpenAI(api_key=SECRET, base_url=srv.base_url, max_retries=0)
+    uploaded = client.files.create(file=("in.jsonl", data, "application/jsonl"), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h", metadata={"k": "v"})
+    client.batches.retrieve(batch.id)
+    assert client.files.content(uploaded.id).content == data
+    client.batches.cancel(batch.id)
+    client.close()
+    theirs = wire(0)
+
+    ours_client = bridge.provider(make(srv))
+    file_id = ours_client.upload(data, "in.jsonl")
+    created = ours_client.create(file_id, {"k": "v"})
+    ours_client.retrieve(created["id"])
+    assert list(ours_client.lines(file_id)) == [line]
+    ours_client.cancel(created["id"])
+    ours = wire(len(theirs))
+    assert ours == theirs and len(ours) == 5
+
+
 # -- records, resume, store ---------------------------------------------------------------------------------
 
 
@@ -489,6 +593,18 @@ def test_backends_without_a_batch_endpoint_name_predict_batch() -> None:
         server.server_close()
 
 
+def test_a_backend_wrapped_in_layers_is_unwrapped_to_its_endpoint(srv: FakeLLMServer) -> None:
+    from dspydantic.lm.layers import RetryingBackend
+    from dspydantic.lm.openai_compat import OpenAICompatBackend
+
+    base = OpenAICompatBackend("fake-batch", api_base=srv.base_url, api_key=SECRET)
+    p = Prompter(model=Item, lm=RetryingBackend(base, retries=0))
+    job = p.submit_batch([doc(1), doc(2)])
+    assert job.record["endpoint"] == srv.base_url
+    job.wait(poll=0.05, timeout=10)
+    assert job.results() == [Item(n=1, label="ok"), Item(n=2, label="ok")]
+
+
 def test_bad_arguments_fail_before_any_request(srv: FakeLLMServer) -> None:
     p = make(srv)
     with pytest.raises(ConfigurationError, match="at least one input"):
@@ -511,7 +627,7 @@ def test_usage_and_cost_at_the_batch_rate(srv: FakeLLMServer) -> None:
     out = job.results(with_confidence=True)
     assert isinstance(out[0], ExtractionResult)
     assert job.usage.calls == 3 and job.usage.prompt_tokens == sum(r.usage.prompt_tokens for r in out) > 0
-    full = cost("openai/gpt-4o-mini", job.usage.prompt_tokens, job.usage.completion_tokens)
+    full = cost_usd("openai/gpt-4o-mini", job.usage.prompt_tokens, job.usage.completion_tokens)
     assert full is not None and job.cost_usd == pytest.approx(full / 2)  # OpenAI's batch rate: half price
     unknown = make(srv).submit_batch([doc(1)])
     unknown.wait(poll=0.05, timeout=10)

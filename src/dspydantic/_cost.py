@@ -1,7 +1,7 @@
 """Cost of LM usage in USD, from the price table LiteLLM ships (its bundled JSON, read without importing
 litellm, which is slow to import). Prices are never typed by hand here.
 
-``cost(model_id, prompt_tokens, completion_tokens, batch=False)`` returns ``None`` when the price is unknown
+``cost_usd(model_id, prompt_tokens, completion_tokens, batch=False)`` returns ``None`` when the price is unknown
 (including the batch rate of a model whose table entry has none), 0.0 for the embedded local model.
 """
 
@@ -47,7 +47,7 @@ def _entry(model_id: str) -> dict[str, Any] | None:
     return None
 
 
-def cost(model_id: str | None, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float | None:
+def cost_usd(model_id: str | None, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float | None:
     """USD for the tokens at the model's listed rate (``batch=True``: the provider's batch-API rate)."""
     if not model_id:
         return None

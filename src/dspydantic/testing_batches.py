@@ -14,7 +14,8 @@ duration, the window closes part-way: the lines reached by then are answered and
 (``add_response``, ``set_responder``, ``respond_from_schema``...); a :class:`~dspydantic.testing.Fault` (or
 a ``Reply`` with an error status) lands in the error file as that line's failure. Input files are checked
 as the real service does (JSON lines, unique ``custom_id``, ``POST`` to the batch's endpoint, one model);
-a bad file makes the batch ``failed`` with ``errors``.
+a bad file makes the batch ``failed`` with ``errors``. ``srv.batches.fail_next("POST", "/files", 503)``
+makes the next matching call of these APIs fail with that status (a retry then finds the API working).
 
 Example::
 
@@ -107,6 +108,13 @@ class FakeBatchAPI:
         self._files: dict[str, FakeFile] = {}
         self._batches: dict[str, _Batch] = {}
         self._ids = itertools.count(1)
+        self._faults: list[tuple[str, str, int]] = []
+
+    def fail_next(self, method: str, path: str, status: int = 503, times: int = 1) -> None:
+        """Fail the next ``times`` calls of ``method`` on a path starting with ``path`` (without ``/v1``,
+        e.g. ``"/files"`` or ``"/batches/"``) with an HTTP ``status`` error."""
+        with self._lock:
+            self._faults.extend([(method.upper(), path, status)] * times)
 
     # -- observation ---------------------------------------------------------------------------------
     @property
@@ -147,6 +155,12 @@ class FakeBatchAPI:
         """Answer one request: (status, payload, content type, what the request log records)."""
         rest = path[3:] if path.startswith("/v1/") else path
         parts = [p for p in rest.split("/") if p]
+        with self._lock:
+            fault = next((f for f in self._faults if f[0] == method and rest.startswith(f[1])), None)
+            if fault is not None:
+                self._faults.remove(fault)
+        if fault is not None:
+            return self._error(fault[2], f"Fake fault (status {fault[2]}) on {method} {path}")
         try:
             if parts == ["files"] and method == "POST":
                 return self._upload(content_type, raw)

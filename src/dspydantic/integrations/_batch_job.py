@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._cost import cost
+from .._cost import cost_usd as _cost_usd
 from .._result import ExtractionResult, Usage
-from ..errors import BatchJobError, BatchJobItemError, ConfigurationError, ExtractionError, LMError, redact
+from ..errors import BatchJobError, BatchJobItemError, ConfigurationError, ExtractionError, LMError
 from ..lm import LMResponse
 from . import _batch_bridge as bridge
 from ._batch_provider import TERMINAL, BatchProvider
@@ -84,7 +84,7 @@ class BatchJob:
     @property
     def provider(self) -> BatchProvider:
         if self._provider is None:
-            self._provider = BatchProvider(**bridge.client_settings(self.prompter))
+            self._provider = bridge.provider(self.prompter)
         return self._provider
 
     @property
@@ -92,9 +92,9 @@ class BatchJob:
         """Cost of the job's answers at the batch rate plus its re-asks at the real-time rate (after
         ``results()``); ``None`` when the model's price is unknown."""
         model_id = self.record.get("model_id")
-        batch = cost(model_id, self.usage.prompt_tokens, self.usage.completion_tokens, batch=True)
+        batch = _cost_usd(model_id, self.usage.prompt_tokens, self.usage.completion_tokens, batch=True)
         reask = (
-            cost(model_id, self.reask_usage.prompt_tokens, self.reask_usage.completion_tokens)
+            _cost_usd(model_id, self.reask_usage.prompt_tokens, self.reask_usage.completion_tokens)
             if self.reask_usage.total_tokens
             else 0.0
         )
@@ -194,16 +194,15 @@ class BatchJob:
             if isinstance(answer, Exception):
                 outcomes.append(answer)
                 continue
-            from_cache = lines[j][1] == _CACHED
+            from_cache = answer.cached
             if from_cache:
                 self.usage.cache_hits += 1
             else:
                 self.usage.calls += 1
                 self.usage.prompt_tokens += answer.prompt_tokens
                 self.usage.completion_tokens += answer.completion_tokens
-                bridge.remember(self.prompter, lines[j][2], answer)
-            try:
-                outcomes.append(bridge.answer(self.prompter, answer, None, cached=from_cache))
+            try:  # a provider answer that validates goes into the Prompter's cache (as run() would put it)
+                outcomes.append(bridge.answer(self.prompter, answer, None, cache_key=lines[j][2]))
             except ExtractionError as exc:
                 exc.custom_id = lines[j][0]  # type: ignore[attr-defined]
                 outcomes.append(exc)
@@ -311,10 +310,9 @@ class BatchJob:
             )
         inner = body.get("error") if isinstance(body, dict) else None
         message = (inner or error).get("message") if isinstance(inner or error, dict) else None
-        secret = bridge.client_settings(self.prompter)["api_key"]
         return BatchJobItemError(
-            redact(f"the provider failed request {custom_id} of batch {batch_id} (HTTP {status}): "
-                   f"{str(message or error.get('code') or 'no message')[:500]}", secret),
+            self.provider.redact(f"the provider failed request {custom_id} of batch {batch_id} (HTTP {status}): "
+                                 f"{str(message or error.get('code') or 'no message')[:500]}"),
             reason="provider",
             custom_id=custom_id,
             status=status if isinstance(status, int) else None,

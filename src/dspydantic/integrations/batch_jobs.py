@@ -94,7 +94,7 @@ def submit_batch(
     sources: list[dict[str, Any]] = []
     where = [_CACHED if line.cached is not None else _NOT_SUBMITTED for line in rendered]
     started = time.perf_counter()
-    job.provider  # noqa: B018 - the client (importing openai) is made here, outside the timings below
+    job.provider  # noqa: B018 - the client (on the backend's transport) is made here, outside the timings below
     timings["client_s"] = time.perf_counter() - started
     started = time.perf_counter()
     open_lines = {rendered[j].custom_id: j for j, w in enumerate(where) if w == _NOT_SUBMITTED}
