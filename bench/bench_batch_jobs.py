@@ -4,9 +4,10 @@
 
 ``submit_batch`` over N short documents against FakeLLMServer's Files/Batches APIs, the server in a separate
 process (so only the client's CPU is measured). The split comes from ``job.submit_timings``: our rendering
-(the Prompter's plan, renderer and request body per document), encoding the JSONL lines, the upload (the
-official ``openai`` client over loopback; the fake's own multipart parsing is reported and subtracted) and
-the batch creation. Every figure is measured in this one run; the median of ``--repeats`` submissions.
+(the Prompter's plan, renderer and request body per document), encoding the JSONL lines, the upload (a
+multipart POST through the Prompter's own transport, aiohttp, over loopback; the fake's own multipart parsing
+is reported and subtracted) and the batch creation. Every figure is measured in this one run; the median
+of ``--repeats`` submissions.
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def main() -> None:
 
     print(f"{n} documents -> {n} requests, one {mb:.1f} MB JSONL file ({med('bytes') / n:.0f} bytes/request); "
           f"median of {len(rows)} submissions; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"  first use of the client (import openai): {rows[0]['client_s']:.2f} s, once per process")
+    print(f"  making the Files/Batches client (the backend's transport): {rows[0]['client_s'] * 1e3:.2f} ms")
     print(row("rendering (plan + renderer + body), wall", render))
     print(row("encoding the JSONL lines, wall", encode))
     print(row("ours = rendering + encoding, wall", ours))
     print(row("ours in CPU time (on an idle core)", ours_cpu))
-    print(row("upload over loopback (openai client)", upload))
+    print(row("upload over loopback (our transport)", upload))
     print(row("  without the fake's multipart parsing", transfer))
     print(f"  creating the batch (the fake validates every line here) {create:6.3f} s")
     print(f"  submit_batch wall time {med('wall_s'):.3f} s")
