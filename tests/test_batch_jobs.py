@@ -1,4 +1,4 @@
-"""Provider batch jobs, end to end against FakeLLMServer's Files and Batches APIs (real HTTP, the openai client)."""
+"""Provider batch jobs, end to end against FakeLLMServer's Files and Batches APIs (real HTTP, our own transport)."""
 
 from __future__ import annotations
 
