@@ -17,7 +17,15 @@ from pydantic import BaseModel
 from dspydantic import ConfigurationError, ExtractionError, LMError, Prompter
 from dspydantic.errors import CacheWarning
 from dspydantic.lm import LMRequest, LMResponse, ModelSettings
-from dspydantic.lm.layers import Budget, BudgetedBackend, BudgetExhausted, CachingBackend, RetryingBackend
+from dspydantic.lm.layers import (
+    Budget,
+    BudgetedBackend,
+    BudgetExhausted,
+    CachingBackend,
+    RetryingBackend,
+    find_layer,
+    unwrap,
+)
 from dspydantic.testing import FakeLLMServer, Reply
 
 
@@ -102,6 +110,24 @@ def test_backoff_is_full_jitter_within_the_exponential_bound() -> None:
     assert 0.2 <= time.monotonic() - t < 0.6  # 1.0 * 0.1 * 2**0 + 0.5 * 0.1 * 2**1
 
 
+def test_retry_runs_any_call_of_the_endpoint_under_the_same_policy() -> None:
+    outcomes: list[Any] = [LMError("busy", status=503, retryable=True), LMError("busy", status=503, retryable=True),
+                           "uploaded"]
+
+    def upload() -> str:
+        item = outcomes.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return str(item)
+
+    policy = RetryingBackend(Scripted(LMResponse(text="x")), retries=2, backoff=0.01)
+    assert policy.retry(upload) == "uploaded" and outcomes == []
+    outcomes[:] = [LMError("busy", status=503, retryable=True)] * 2 + ["late"]
+    with pytest.raises(LMError) as info:
+        RetryingBackend(Scripted(LMResponse(text="x")), retries=1, backoff=0.01).retry(upload)
+    assert info.value.attempts == 2 and outcomes == ["late"]
+
+
 # -- cache ----------------------------------------------------------------------------------------------------
 
 
@@ -127,6 +153,32 @@ def test_cache_key_covers_every_setting_and_the_endpoint_but_not_the_key() -> No
     other = Scripted(LMResponse(text="x"))
     other.cache_id = "scripted:other-endpoint"  # type: ignore[misc]
     assert CachingBackend(other, DictCache()).key(REQUEST) != base
+
+
+def test_an_adopted_answer_is_stored_only_once_confirmed_and_found_by_key() -> None:
+    cache = DictCache()
+    inner = Scripted(LMResponse(text="from the network"))
+    layer = CachingBackend(inner, cache)
+    key = layer.key(REQUEST)
+    assert layer.lookup(key) is None
+    fetched = layer.adopt(key, LMResponse(text="from a batch file", prompt_tokens=7))
+    assert not cache.data  # not validated yet
+    fetched.confirm()
+    hit = layer.lookup(key)
+    assert hit is not None and hit.cached and (hit.text, hit.prompt_tokens) == ("from a batch file", 7)
+    assert layer.complete(REQUEST).text == "from a batch file" and inner.calls == 0
+    unconfirmed = layer.adopt(layer.key(REQUEST.with_settings(seed=3)), LMResponse(text="invalid"))
+    assert unconfirmed.on_valid is not None and len(cache.data) == 1
+
+
+def test_find_layer_and_unwrap_walk_a_stack() -> None:
+    base = Scripted(LMResponse(text="x"))
+    caching = CachingBackend(RetryingBackend(base), DictCache())
+    stack = BudgetedBackend(caching, Budget())
+    assert find_layer(stack, CachingBackend) is caching and find_layer(stack, BudgetedBackend) is stack
+    retrying = find_layer(stack, RetryingBackend)
+    assert retrying is caching.inner and find_layer(base, RetryingBackend) is None  # type: ignore[arg-type]
+    assert unwrap(stack) is base and unwrap(base) is base  # type: ignore[arg-type]
 
 
 def test_a_failing_cache_warns_once_and_keeps_the_answer() -> None:

@@ -286,7 +286,11 @@ class Prompter:
         return limit, (bigger if bigger > limit else None)
 
     def _plan_doc(self, doc: InputDoc, renderer: Renderer) -> _Plan:
-        messages = renderer.messages(doc.as_content(), doc.variables)
+        return (yield from self._plan_messages(renderer.messages(doc.as_content(), doc.variables), renderer))
+
+    def _plan_messages(self, messages: list[dict[str, Any]], renderer: Renderer) -> _Plan:
+        """The attempts of one extraction from its rendered messages: ask, parse, re-ask. (Provider batch
+        jobs send the first request themselves and resume here with its answer.)"""
         usage = Usage()
         errors: list[Any] = []
         raw = ""
@@ -504,6 +508,23 @@ class Prompter:
         # ``width`` workers pulling the next index: memory and scheduling stay O(concurrency), not O(items)
         await asyncio.gather(*(worker() for _ in range(width)))
         return _finish(results, on_error)
+
+    # -- provider batch jobs (OpenAI Batch API) live in an integration module -----------------------
+    def submit_batch(
+        self, inputs: Iterable[Any], *, name: str | None = None, store: Any = None, **kwargs: Any
+    ) -> Any:
+        """Submit every input as one provider batch job (about half the price, answers within 24 h);
+        returns a :class:`~dspydantic.integrations.batch_jobs.BatchJob`. See that module."""
+        from .integrations.batch_jobs import submit_batch
+
+        return submit_batch(self, inputs, name=name, store=store, **kwargs)
+
+    def resume_batch(self, id_or_path: str | os.PathLike[str], *, store: Any = None) -> Any:
+        """The batch job recorded at ``id_or_path`` (a job file, or a job id in ``store`` or the default
+        directory), e.g. in a new process; this prompter must be the one that submitted it."""
+        from .integrations.batch_jobs import resume_batch
+
+        return resume_batch(self, id_or_path, store=store)
 
     # -- optimization, evaluation and persistence live in their own modules ------------------------
     def optimize(self, examples: Sequence[Example], **kwargs: Any) -> Any:

@@ -158,3 +158,32 @@ class BatchError(DspydanticError):
         super().__init__(message)
         self.results = results
         self.errors = errors
+
+
+class BatchJobError(DspydanticError):
+    """A provider batch job as a whole cannot do what was asked (not finished yet, not found, timed out
+    waiting); ``state`` is the job's state when known."""
+
+    def __init__(self, message: str, *, state: str | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class BatchJobItemError(LMError):
+    """One item of a provider batch job got no answer: ``reason`` is ``"provider"`` (the provider failed
+    that request; ``status`` is its HTTP status), ``"expired"`` (the 24 h window closed before it ran),
+    ``"cancelled"``, ``"failed"`` (the provider rejected the whole job) or ``"missing"`` (no answer and no
+    error was returned for it, or a cached answer is gone). ``custom_id`` names the request in the job."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        custom_id: str | None = None,
+        status: int | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, status=status, retryable=retryable)
+        self.reason = reason
+        self.custom_id = custom_id

@@ -27,6 +27,9 @@ Example -- testing your own extraction code::
             assert srv.request_count == 1
             assert srv.requests[0].headers["authorization"] == "Bearer test"
 
+The server also speaks the OpenAI Files and Batches APIs (``srv.batches``; see
+:mod:`dspydantic.testing_batches`): batch lines are answered by the same queue and responder.
+
 Answers are taken from a FIFO queue filled with :meth:`FakeLLMServer.add_response`; when it is empty
 the responder set with :meth:`FakeLLMServer.set_responder` (or :meth:`FakeLLMServer.respond_by_substring`)
 is called with the decoded request body.  Without either the server answers ``"{}"``.
@@ -349,6 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_request()
         try:
             path = self._path()
+            if owner.batches.handles(path):  # the Files and Batches APIs (testing_batches.py)
+                self._batch_api(owner, path, b"")
+                return
             self._record(path, {})
             if path in _MODELS_PATHS:
                 self._send_json(
@@ -380,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         path = self._path()
+        if owner.batches.handles(path):  # the Files and Batches APIs (testing_batches.py)
+            self._batch_api(owner, path, raw)
+            return
         try:
             decoded = json.loads(raw) if raw else {}
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -408,6 +417,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_stream(owner, body, spec)
         else:
             self._send_json(spec.status, owner._completion(body, spec))
+
+    def _batch_api(self, owner: FakeLLMServer, path: str, raw: bytes) -> None:
+        status, payload, content_type, recorded = owner.batches.handle(
+            self.command, path, self.headers.get("Content-Type", ""), raw
+        )
+        self._record(path, recorded)
+        self._send(status, payload, content_type=content_type)
 
     def _send_fault(self, fault: Fault) -> None:
         if fault.drop_connection:
@@ -474,6 +490,10 @@ class FakeLLMServer:
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        from .testing_batches import FakeBatchAPI
+
+        #: the OpenAI Files and Batches APIs this server also serves (see :mod:`dspydantic.testing_batches`)
+        self.batches = FakeBatchAPI(self)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Self:

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -44,10 +44,14 @@ __all__ = [
     "CachingBackend",
     "RetryingBackend",
     "estimate_tokens",
+    "find_layer",
+    "unwrap",
 ]
 
 log = logging.getLogger("dspydantic")
 _KEY_VERSION = b"dspydantic-cache-v2\0"
+_T = TypeVar("_T")
+_L = TypeVar("_L", bound="_Layer")
 
 
 class _Layer:
@@ -81,6 +85,23 @@ class _Layer:
             await closer()
         else:
             self.inner.close()
+
+
+def find_layer(backend: LMBackend, kind: type[_L]) -> _L | None:
+    """The outermost layer of type ``kind`` in a stack of layers (``backend`` itself included), or None."""
+    current: Any = backend
+    while isinstance(current, _Layer):
+        if isinstance(current, kind):
+            return current
+        current = current.inner
+    return None
+
+
+def unwrap(backend: LMBackend) -> LMBackend:
+    """The backend under every layer of a stack (``backend`` itself when it is not a layer)."""
+    while isinstance(backend, _Layer):
+        backend = backend.inner
+    return backend
 
 
 # --------------------------------------------------------------------------------------------- retry
@@ -118,11 +139,15 @@ class RetryingBackend(_Layer):
         return delay
 
     def complete(self, request: LMRequest) -> LMResponse:
+        return self.retry(lambda: self.inner.complete(request))
+
+    def retry(self, call: Callable[[], _T]) -> _T:
+        """Run ``call`` (any sync call of the wrapped endpoint, e.g. its Files/Batches API) under this policy."""
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                return self.inner.complete(request)
+                return call()
             except LMError as exc:
                 delay = self._delay(exc, attempt, started)
                 if delay is None:
@@ -214,6 +239,18 @@ class CachingBackend(_Layer):
             job.add_done_callback(self._pending.discard)
 
         return confirm
+
+    # -- answers obtained elsewhere (provider batch jobs) ----------------------------------------------
+    def lookup(self, key: str) -> LMResponse | None:
+        """The answer cached under ``key`` (see :meth:`key`; ``cached=True``), or None."""
+        cache = self.cache
+        return self._lookup(cache, key) if cache is not None else None
+
+    def adopt(self, key: str, response: LMResponse) -> LMResponse:
+        """Arm an answer this stack did not fetch (e.g. from a provider batch job's output file) for the request
+        with this :meth:`key`: it is stored only when the plan confirms it validated (:meth:`LMResponse.confirm`)."""
+        response.on_valid = self._on_valid(key, response, background=False)
+        return response
 
     # -- calls ---------------------------------------------------------------------------------------
     def complete(self, request: LMRequest) -> LMResponse:

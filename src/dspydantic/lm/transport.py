@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from ..errors import ConfigurationError, LMError
+from ..errors import ConfigurationError, LMError, redact
 from ._engine import (
     Sessions,
     abandon,
@@ -76,7 +76,7 @@ from ._engine import (
 
 log = logging.getLogger("dspydantic")
 
-__all__ = ["HTTPReply", "Transport", "parse_retry_after", "request_id", "sanitize_url"]
+__all__ = ["FormField", "HTTPReply", "Transport", "parse_retry_after", "request_id", "sanitize_url"]
 
 _T = TypeVar("_T")
 _MAX_REDIRECTS = 5
@@ -90,6 +90,16 @@ class HTTPReply:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    """One field of a ``multipart/form-data`` body (encoded by aiohttp): a file when it has a ``filename``."""
+
+    name: str
+    value: str | bytes
+    filename: str | None = None
+    content_type: str | None = None
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -194,10 +204,11 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
 
 
 class Transport:
-    """POSTs JSON to one HTTP(S) endpoint, sync (:meth:`post`) and async (:meth:`apost`).
+    """POSTs JSON to one HTTP(S) endpoint, sync (:meth:`post`) and async (:meth:`apost`); any other call of
+    that endpoint's API (a GET, a multipart upload) goes through :meth:`request` / :meth:`arequest`.
 
     ``base_url`` must not carry credentials (pass them in ``headers``); ``secrets`` are removed from every
-    message this transport raises.
+    message this transport raises (and from any text passed to :meth:`redact`).
     """
 
     def __init__(
@@ -328,32 +339,63 @@ class Transport:
     # -- calls ----------------------------------------------------------------------------------------
     async def apost(self, path: str, body: bytes, *, timeout: float | None = None) -> HTTPReply:
         """POST ``body`` to ``base_url + path`` within ``timeout`` (default: the transport's) seconds."""
+        return await self.arequest("POST", path, body, timeout=timeout)
+
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        form: tuple[FormField, ...] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> HTTPReply:
+        """``method`` ``base_url + path`` with a JSON ``body``, a multipart ``form`` or nothing (a GET), within
+        ``timeout`` seconds; ``headers`` add to (or replace) the transport's. Same deadline, proxies, TLS,
+        redirect rules (a GET also follows 301/302/303 to the same origin) and typed errors as :meth:`apost`."""
         deadline = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(deadline):
-                return await self._exchange(self.base_url + path + self._query, body)
+                return await self._exchange(method, self.base_url + path + self._query, body, form, headers)
         except LMError:
             raise
         except TimeoutError as exc:
             if _is_connect_timeout(exc):
-                raise self._error(
+                raise self.error(
                     f"could not connect to {self.base_url} within connect_timeout={self.connect_timeout:g} s",
                     retryable=True,
                 ) from None
-            raise self._error(f"no complete answer from {self.base_url} within timeout={deadline:g} s",
-                              retryable=True) from None
+            raise self.error(f"no complete answer from {self.base_url} within timeout={deadline:g} s",
+                             retryable=True) from None
         except Exception as exc:
             raise self._map(exc) from None
 
     def post(self, path: str, body: bytes, *, timeout: float | None = None) -> HTTPReply:
         """The sync face: the same call, on this thread's private event loop (or, from inside a running
         loop, on the shared loop thread)."""
+        return self.request("POST", path, body, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        form: tuple[FormField, ...] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> HTTPReply:
+        """The sync face of :meth:`arequest`."""
         deadline: float = self.timeout if timeout is None else timeout
         try:
-            return self.run_sync(self.apost(path, body, timeout=deadline), backstop=deadline + 5.0)
+            return self.run_sync(
+                self.arequest(method, path, body, form=form, headers=headers, timeout=deadline),
+                backstop=deadline + 5.0,
+            )
         except concurrent.futures.TimeoutError:
-            raise self._error(f"no complete answer from {self.base_url} within timeout={deadline:g} s",
-                              retryable=True) from None
+            raise self.error(f"no complete answer from {self.base_url} within timeout={deadline:g} s",
+                             retryable=True) from None
 
     def run_sync(self, coro: Coroutine[Any, Any, _T], *, backstop: float | None = None) -> _T:
         """Run ``coro`` (calls of this transport) to completion from sync code: on this thread's private loop,
@@ -390,15 +432,23 @@ class Transport:
             future.cancel()
             raise
 
-    async def _exchange(self, url: str, body: bytes) -> HTTPReply:
+    async def _exchange(
+        self, method: str, url: str, body: bytes | None, form: tuple[FormField, ...] | None,
+        extra: Mapping[str, str] | None,
+    ) -> HTTPReply:
         session = await self._session()
         for _ in range(_MAX_REDIRECTS + 1):
-            async with session.post(
+            sent = self._request_headers(url)
+            if body is None:  # a GET, or a form (aiohttp sets its multipart Content-Type): no JSON type
+                sent = {k: v for k, v in sent.items() if k != "Content-Type"}
+            sent = {**sent, **extra} if extra else sent
+            async with session.request(
+                method,
                 url,
-                data=body,
+                data=_form_data(form) if form is not None else body,  # a form is rebuilt for each send
                 allow_redirects=False,
                 proxy=self._proxy,
-                headers=self._request_headers(url),
+                headers=sent,
                 proxy_headers=self._proxy_headers,
             ) as resp:
                 data = await resp.read()
@@ -408,22 +458,23 @@ class Transport:
                 return HTTPReply(status, headers, data)
             location = headers.get("location")
             target = urljoin(url, location) if location else None
-            if status in (307, 308) and target and _origin(target) == _origin(url):
+            resend = status in (307, 308) or method == "GET"  # a GET has no body to lose
+            if resend and target and _origin(target) == _origin(url):
                 url = target
                 continue
             where = sanitize_url(target) if target else "nowhere (no Location header)"
             why = (
                 "it points to another origin (the API key is never sent there)"
-                if target and status in (307, 308)
-                else "a POST is only re-sent for a 307/308 redirect to the same origin"
+                if target and resend
+                else f"a {method} is only re-sent for a 307/308 redirect to the same origin"
             )
-            raise self._error(
+            raise self.error(
                 f"{self.base_url} redirected (HTTP {status}) to {where}; not followed: {why}. "
                 "Set api_base to the final URL.",
                 status=status,
                 headers=headers,
             )
-        raise self._error(f"{self.base_url} redirected more than {_MAX_REDIRECTS} times", status=status)
+        raise self.error(f"{self.base_url} redirected more than {_MAX_REDIRECTS} times", status=status)
 
     def _request_headers(self, url: str) -> dict[str, str]:
         # a plain-HTTP request goes to the proxy itself, so the proxy's credentials travel with it; an HTTPS
@@ -432,10 +483,16 @@ class Transport:
             return {**self._headers, **self._proxy_headers}
         return self._headers
 
-    def _error(
+    def redact(self, text: str) -> str:
+        """``text`` without this transport's secrets (key, URL and proxy credentials), for a message."""
+        return redact(text, *self._secrets)
+
+    def error(
         self, message: str, *, retryable: bool = False, status: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> LMError:
+        """An :class:`LMError` about this endpoint, redacted with its secrets (``request_id`` and ``retry_after``
+        from ``headers``): for callers that read an :class:`HTTPReply` themselves."""
         return LMError(
             message,
             status=status,
@@ -453,27 +510,27 @@ class Transport:
         base = self.base_url
         detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
-            return self._error(
+            return self.error(
                 f"TLS certificate verification failed for {base} ({detail}); pass verify='/path/to/ca-bundle.pem' "
                 "for a private CA (or verify=False)"
             )
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return self._error(f"cannot resolve the host of {base} ({detail})")
+            return self.error(f"cannot resolve the host of {base} ({detail})")
         if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-            return self._error(f"TLS handshake with {base} failed ({detail})")
+            return self.error(f"TLS handshake with {base} failed ({detail})")
         if isinstance(exc, aiohttp.ClientProxyConnectionError):
-            return self._error(f"cannot connect to the proxy {self.proxy_shown} ({detail})", retryable=True)
+            return self.error(f"cannot connect to the proxy {self.proxy_shown} ({detail})", retryable=True)
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return self._error(f"cannot connect to {base} ({detail})", retryable=True)
+            return self.error(f"cannot connect to {base} ({detail})", retryable=True)
         if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return self._error(f"{base} closed the connection before answering ({detail})", retryable=True)
+            return self.error(f"{base} closed the connection before answering ({detail})", retryable=True)
         if isinstance(exc, aiohttp.ClientPayloadError):
-            return self._error(f"the answer from {base} was cut off ({detail})", retryable=True)
+            return self.error(f"the answer from {base} was cut off ({detail})", retryable=True)
         if isinstance(exc, aiohttp.ClientResponseError):
-            return self._error(f"{base} sent a malformed HTTP response ({detail})", retryable=True)
+            return self.error(f"{base} sent a malformed HTTP response ({detail})", retryable=True)
         if isinstance(exc, aiohttp.ClientError | OSError | ValueError | aiohttp.http_exceptions.HttpProcessingError):
-            return self._error(f"the call to {base} failed ({detail})", retryable=True)
-        return self._error(f"the call to {base} failed ({detail})")
+            return self.error(f"the call to {base} failed ({detail})", retryable=True)
+        return self.error(f"the call to {base} failed ({detail})")
 
     # -- closing --------------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -496,6 +553,15 @@ class Transport:
             self._sessions.clear()
             return
         close_sessions(self._sessions)
+
+
+def _form_data(form: tuple[FormField, ...]) -> Any:
+    import aiohttp
+
+    data = aiohttp.FormData()
+    for f in form:
+        data.add_field(f.name, f.value, filename=f.filename, content_type=f.content_type)
+    return data
 
 
 def _is_connect_timeout(exc: BaseException) -> bool:
