@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ._cache import CacheBackend, request_key, resolve_cache, response_from_json, response_to_json
 from ._example import INPUT_KEYS, Example
 from ._inputs import InputDoc, build_input
+from ._observe import extraction
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
@@ -297,22 +298,24 @@ class Prompter:
         return response, False
 
     def _run_plan(self, item: Any) -> ExtractionResult[Any]:
-        plan = self._plan(item)
-        request = next(plan)
-        while True:
-            try:
-                request = plan.send(self._call(request))
-            except StopIteration as stop:
-                return stop.value
+        with extraction(self) as obs:  # cost, log record, metrics/tracing hooks
+            plan = self._plan(item)
+            request = next(plan)
+            while True:
+                try:
+                    request = plan.send(self._call(request))
+                except StopIteration as stop:
+                    return obs.finish(stop.value)
 
     async def _arun_plan(self, item: Any) -> ExtractionResult[Any]:
-        plan = self._plan(item)
-        request = next(plan)
-        while True:
-            try:
-                request = plan.send(await self._acall(request))
-            except StopIteration as stop:
-                return stop.value
+        with extraction(self) as obs:
+            plan = self._plan(item)
+            request = next(plan)
+            while True:
+                try:
+                    request = plan.send(await self._acall(request))
+                except StopIteration as stop:
+                    return obs.finish(stop.value)
 
     # -- public verbs ------------------------------------------------------------------------------
     def predict_with_confidence(
@@ -442,6 +445,13 @@ class Prompter:
         from ._persist import load_prompter
 
         return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
+
+    def with_fallback(self, *others: Any, min_confidence: float | None = None) -> Any:
+        """A Prompter-like chain that tries ``others`` in turn when this one fails or answers below
+        ``min_confidence``; see :class:`dspydantic.integrations.routing.Fallback`."""
+        from .integrations.routing import Fallback  # a leaf without optional dependencies
+
+        return Fallback([self, *others], min_confidence=min_confidence)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,0 +1,89 @@
+"""The price of LM tokens, from the price table LiteLLM ships (never typed by hand, never fetched).
+
+LiteLLM bundles ``model_prices_and_context_window_backup.json`` in its package. It is read directly as
+JSON, located with ``importlib.util.find_spec`` (importing litellm itself takes seconds), once per process,
+on the first lookup. The embedded local model costs nothing; an unknown model has no price (``None``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dspydantic")
+
+PRICE_FILE = "model_prices_and_context_window_backup.json"
+
+_lock = threading.Lock()
+_table: dict[str, Any] | None = None
+Prices = tuple[float, float, float | None, float | None]
+_prices: dict[str, Prices | None] = {}
+
+
+def _load_table() -> dict[str, Any]:
+    global _table
+    with _lock:
+        if _table is None:
+            table: dict[str, Any] = {}
+            try:
+                spec = importlib.util.find_spec("litellm")
+                if spec is not None and spec.origin:
+                    path = Path(spec.origin).parent / PRICE_FILE
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    if isinstance(data, dict):
+                        table = data
+            except (OSError, ValueError, ImportError) as exc:  # a price is an estimate, never a failure
+                log.debug("no LM price table: %r", exc)
+            _table = table
+        return _table
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def price(model_id: str | None) -> Prices | None:
+    """USD per (prompt token, completion token, batch prompt token or None, batch completion token or None) of
+    ``model_id`` (``"openai/gpt-4o-mini"``, ``"gpt-4o-mini"``, ``"anthropic/claude-..."``), ``None`` when
+    the table does not know it. The local model is free."""
+    if not model_id:
+        return None
+    if model_id in _prices:
+        return _prices[model_id]
+    from .lm import is_local_id
+
+    found: Prices | None
+    if is_local_id(model_id):
+        found = (0.0, 0.0, 0.0, 0.0)
+    else:
+        table = _load_table()
+        provider, _, name = model_id.partition("/")
+        entry = table.get(model_id) or (table.get(name) if name else None)
+        found = None
+        if isinstance(entry, dict):
+            pin, pout = _num(entry.get("input_cost_per_token")), _num(entry.get("output_cost_per_token"))
+            if pin is not None and pout is not None:
+                found = (
+                    pin, pout, _num(entry.get("input_cost_per_token_batches")),
+                    _num(entry.get("output_cost_per_token_batches")),
+                )
+    _prices[model_id] = found
+    return found
+
+
+def cost_usd(
+    model_id: str | None, prompt_tokens: int, completion_tokens: int, *, batch: bool = False
+) -> float | None:
+    """USD for the tokens of ``model_id`` (provider batch-job prices with ``batch=True``); ``None`` when the
+    table has no such price for the model."""
+    p = price(model_id)
+    if p is None:
+        return None
+    pin, pout = (p[2], p[3]) if batch else (p[0], p[1])
+    if pin is None or pout is None:
+        return None
+    return pin * prompt_tokens + pout * completion_tokens
