@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 #: command modules, in the order their commands appear in ``--help``
-COMMAND_MODULES = ("demo",)
+COMMAND_MODULES = ("demo", "extract", "optimize", "evaluate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

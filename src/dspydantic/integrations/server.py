@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import logging
@@ -44,6 +43,8 @@ except ImportError:  # this module is the [server] feature: say which extra is m
     raise MissingExtraError("server", "fastapi") from None
 
 from .metrics import ExtractionMetrics
+from ._version import members as _members
+from ._version import prompter_version
 from .routing import effective_confidence
 
 log = logging.getLogger("dspydantic.server")
@@ -137,34 +138,6 @@ def load_prompters(prompters: Mapping[str, Any], **load_kwargs: Any) -> dict[str
             value.name = name  # type: ignore[attr-defined]  # the name in log records
         out[name] = value
     return out
-
-
-def _members(obj: Any) -> list[Any]:
-    if hasattr(obj, "prompters"):
-        return list(obj.prompters)
-    if hasattr(obj, "variants"):
-        return list(obj.variants.values())
-    return []
-
-
-def prompter_version(prompter: Any) -> str:
-    """A short content hash of what answers: the model id, the schema and the prompt state (prompts, field
-    descriptions, demos); of every member for a fallback chain or an A/B router."""
-    h = hashlib.sha256()
-    members = _members(prompter)
-    if members:
-        for m in members:
-            h.update(prompter_version(m).encode())
-    elif isinstance(prompter, Prompter):
-        from .._persist import MANIFEST, REPORT_FILE, _render_files
-
-        h.update(str(prompter.model_id).encode())
-        for name, data in sorted(_render_files(prompter).items()):
-            if name not in (MANIFEST, REPORT_FILE):
-                h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    else:
-        h.update(repr(prompter).encode())
-    return h.hexdigest()[:12]
 
 
 def _backends(obj: Any) -> Iterator[Any]:
