@@ -68,12 +68,13 @@ class BatchQueue:
         self.max_pending = max_pending
         self.concurrency = concurrency or max_batch
         self.stats = QueueStats()
-        self._queue: asyncio.Queue[_Entry | None] | None = None
+        self._queue: asyncio.Queue[_Entry] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._entering = 0  # producers waiting for room
 
     # -- producers ---------------------------------------------------------------------------------
-    def _ensure_started(self) -> asyncio.Queue[_Entry | None]:
+    def _ensure_started(self) -> asyncio.Queue[_Entry]:
         if self._closed:
             raise QueueClosedError("this BatchQueue is closed")
         if self._queue is None:
@@ -85,7 +86,11 @@ class BatchQueue:
         """Queue ``item`` (waiting for room when ``max_pending`` items wait) and return its result."""
         queue = self._ensure_started()
         future: asyncio.Future[ExtractionResult[Any]] = asyncio.get_running_loop().create_future()
-        await queue.put((item, future))
+        self._entering += 1
+        try:
+            await queue.put((item, future))
+        finally:
+            self._entering -= 1
         self.stats.submitted += 1
         return await future
 
@@ -106,8 +111,8 @@ class BatchQueue:
         return self._queue.qsize() if self._queue is not None else 0
 
     # -- the one consumer --------------------------------------------------------------------------
-    async def _collect(self, queue: asyncio.Queue[_Entry | None], first: _Entry) -> tuple[list[_Entry], bool]:
-        """``first`` and what else arrives within ``max_wait``, up to ``max_batch``; True when told to stop."""
+    async def _collect(self, queue: asyncio.Queue[_Entry], first: _Entry) -> list[_Entry]:
+        """``first`` and what else arrives within ``max_wait``, up to ``max_batch``."""
         batch = [first]
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while len(batch) < self.max_batch:
@@ -121,47 +126,45 @@ class BatchQueue:
                     entry = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
-            if entry is None:
-                return batch, True
             batch.append(entry)
-        return batch, False
+        return batch
 
-    async def _run(self, queue: asyncio.Queue[_Entry | None]) -> None:
+    async def _run(self, queue: asyncio.Queue[_Entry]) -> None:
         try:
-            await self._consume(queue)
-        finally:  # whatever is still queued (put after the close, or the consumer was cancelled) is refused
+            while True:
+                batch = await self._collect(queue, await queue.get())
+                try:
+                    await self._extract(batch)
+                finally:
+                    for _ in batch:
+                        queue.task_done()
+        finally:  # cancelled by aclose() once everything queued ran (or by the loop ending): refuse the rest
             while not queue.empty():
-                entry = queue.get_nowait()
-                if entry is not None and not entry[1].done():
-                    entry[1].set_exception(QueueClosedError("the BatchQueue closed before this item ran"))
+                _, fut = queue.get_nowait()
+                if not fut.done():
+                    fut.set_exception(QueueClosedError("the BatchQueue closed before this item ran"))
 
-    async def _consume(self, queue: asyncio.Queue[_Entry | None]) -> None:
-        stop = False
-        while not stop:
-            first = await queue.get()
-            if first is None:
-                break
-            batch, stop = await self._collect(queue, first)
-            live = [(item, fut) for item, fut in batch if not fut.done()]  # a cancelled caller is skipped
-            if not live:
+    async def _extract(self, batch: list[_Entry]) -> None:
+        live = [(item, fut) for item, fut in batch if not fut.done()]  # a cancelled caller is skipped
+        if not live:
+            return
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        try:
+            results = await self.prompter.apredict_batch(
+                [item for item, _ in live], max_workers=self.concurrency, on_error="return", with_confidence=True
+            )
+        except Exception as exc:  # the whole batch failed (e.g. a bad argument): every caller is told
+            results = [exc] * len(live)
+        for (_, fut), res in zip(live, results, strict=True):
+            if fut.done():
                 continue
-            self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(live))
-            try:
-                results = await self.prompter.apredict_batch(
-                    [item for item, _ in live], max_workers=self.concurrency, on_error="return", with_confidence=True
-                )
-            except Exception as exc:  # the whole batch failed (e.g. a bad argument): every caller is told
-                results = [exc] * len(live)
-            for (_, fut), res in zip(live, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(res, BaseException):
-                    self.stats.failed += 1
-                    fut.set_exception(res)
-                else:
-                    self.stats.extracted += 1
-                    fut.set_result(res)
+            if isinstance(res, BaseException):
+                self.stats.failed += 1
+                fut.set_exception(res)
+            else:
+                self.stats.extracted += 1
+                fut.set_result(res)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -171,7 +174,12 @@ class BatchQueue:
         self._closed = True
         if self._queue is None or self._worker is None:
             return
-        await self._queue.put(None)  # after everything queued before it
+        while True:  # every item queued, and every producer still waiting for room, runs first
+            await self._queue.join()
+            if self._entering == 0 and self._queue.empty():
+                break
+            await asyncio.sleep(0.001)
+        self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
 
