@@ -73,7 +73,9 @@ def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, env: 
     )
 
 
-def start_serve(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_serve(
+    *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """``dspydantic serve ARGS --port P`` in a subprocess; returns it and its base URL once /healthz answers."""
     port = port or free_port()
     proc = subprocess.Popen(

@@ -19,14 +19,14 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-import httpx  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
 
-from dspydantic import Prompter  # noqa: E402
-from dspydantic.testing import FakeLLMServer, Reply, example_for_schema, message_text  # noqa: E402
+from dspydantic import Prompter
+from dspydantic.testing import FakeLLMServer, Reply, example_for_schema, message_text
 
-from ._support import cli_env, make_pdf, start_serve, stop  # noqa: E402
+from ._support import cli_env, make_pdf, start_serve, stop
 
 TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -61,7 +61,7 @@ def price(model_id: str | None) -> Prices | None:
         found = (0.0, 0.0, 0.0, 0.0)
     else:
         table = _load_table()
-        provider, _, name = model_id.partition("/")
+        name = model_id.partition("/")[2]
         entry = table.get(model_id) or (table.get(name) if name else None)
         found = None
         if isinstance(entry, dict):

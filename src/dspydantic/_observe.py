@@ -86,7 +86,7 @@ def prompter_name(prompter: Any) -> str:
     return name if isinstance(name, str) and name else prompter.model.__name__
 
 
-class extraction:  # noqa: N801 - used like a function: ``with extraction(prompter) as obs``
+class extraction:
     """Brackets one extraction (see the module docs)."""
 
     __slots__ = ("_done", "_started", "_tokens", "prompter")

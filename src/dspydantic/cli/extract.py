@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.stop()
         prompter.close()
-    if summary.failed or not args.quiet and sys.stderr.isatty():
+    if summary.failed or (not args.quiet and sys.stderr.isatty()):
         where = "stdout" if args.out == "-" else args.out
         print(f"extract: {summary.extracted} extracted, {summary.skipped} skipped (already in {where}), "
               f"{summary.failed} failed", file=sys.stderr)

@@ -167,12 +167,12 @@ def _finish(results: list[Any], on_error: str) -> list[Any]:
 
 def _call(member: Any, item: Any) -> ExtractionResult[Any]:
     text, kwargs = _as_kwargs(item)
-    return member.predict_with_confidence(text, **kwargs)  # type: ignore[no-any-return]
+    return member.predict_with_confidence(text, **kwargs)
 
 
 async def _acall(member: Any, item: Any) -> ExtractionResult[Any]:
     text, kwargs = _as_kwargs(item)
-    return await member.apredict_with_confidence(text, **kwargs)  # type: ignore[no-any-return]
+    return await member.apredict_with_confidence(text, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ try:
 except ImportError:  # this module is the [server] feature: say which extra is missing
     raise MissingExtraError("server", "fastapi") from None
 
-from .metrics import ExtractionMetrics
 from ._version import members as _members
 from ._version import prompter_version
+from .metrics import ExtractionMetrics
 from .routing import effective_confidence
 
 log = logging.getLogger("dspydantic.server")
@@ -56,8 +56,10 @@ CONFIG_ENV = "DSPYDANTIC_SERVE_CONFIG"
 TOKEN_ENV = "DSPYDANTIC_API_TOKEN"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-                   Awaitable[None]]
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,12 +329,12 @@ class _Served:
             (out,) = await self.target.apredict_batch([doc], 1, "return", with_confidence=True)
             if isinstance(out, BaseException):
                 raise out
-            return out  # type: ignore[no-any-return]
+            return out
         if binary:
-            return await asyncio.to_thread(  # type: ignore[no-any-return]
+            return await asyncio.to_thread(
                 self.target.predict_with_confidence, **kwargs, **route_key
             )
-        return await self.target.apredict_with_confidence(**kwargs, **route_key)  # type: ignore[no-any-return]
+        return await self.target.apredict_with_confidence(**kwargs, **route_key)
 
 
 def create_app(
@@ -437,7 +439,8 @@ def create_app(
             answered_by=(str | None, None),
         )
         slot = create_model(
-            f"BatchSlot_{safe}", ok=(bool, ...), result=(response_model | None, None), error=(ErrorOut | None, None)
+            f"BatchSlot_{safe}", ok=(bool, ...), result=(response_model | None, None),  # type: ignore[arg-type]
+            error=(ErrorOut | None, None),
         )
         batch_response = create_model(f"BatchExtraction_{safe}", results=(list[slot], ...))  # type: ignore[valid-type]
         batch_request = create_model(
@@ -446,9 +449,12 @@ def create_app(
             items=(list[ExtractInput], Field(..., min_length=1, max_length=max_batch_items)),
             min_confidence=(float | None, Field(None, ge=0.0, le=1.0)),
         )
-        errors = {401: {"description": "missing or wrong bearer token"}, 413: {"description": "body too large"},
-                  422: {"description": "invalid body or input, or an answer below min_confidence"},
-                  502: {"description": "the LM failed, or gave no valid answer"}}
+        errors: dict[int | str, dict[str, Any]] = {
+            401: {"description": "missing or wrong bearer token"},
+            413: {"description": "body too large"},
+            422: {"description": "invalid body or input, or an answer below min_confidence"},
+            502: {"description": "the LM failed, or gave no valid answer"},
+        }
 
         async def extract(body: ExtractRequest) -> Any:
             status, payload = await run_one(s, body, body.min_confidence)
@@ -457,8 +463,8 @@ def create_app(
             return JSONResponse(payload)
 
         async def extract_batch(body: Any) -> Any:
-            items: list[ExtractInput] = body.items  # type: ignore[attr-defined]
-            min_conf: float | None = body.min_confidence  # type: ignore[attr-defined]
+            items: list[ExtractInput] = body.items
+            min_conf: float | None = body.min_confidence
 
             async def one(item: ExtractInput) -> dict[str, Any]:
                 async with batch_slots:
