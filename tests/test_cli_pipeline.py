@@ -200,3 +200,22 @@ def test_help_lists_every_command() -> None:
         assert command in r.stdout
     r = run_cli("serve", "--help")
     assert "--workers" in r.stdout and "DSPYDANTIC_API_TOKEN" in r.stdout
+
+
+def test_help_imports_no_heavy_dependency() -> None:
+    """``dspydantic --help`` stays cheap: the command modules import their features only when they run."""
+    code = (
+        "import sys\n"
+        "from dspydantic.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ['fastapi', 'uvicorn', 'prometheus_client', 'opentelemetry', 'dspy', 'litellm', 'rich', 'httpx',\n"
+        "         'pypdf', 'schemathesis', 'dspydantic.integrations']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    import subprocess
+    import sys
+
+    from ._support import cli_env
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

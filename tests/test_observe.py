@@ -155,3 +155,25 @@ def test_tracing_off_leaves_no_hook(srv: FakeLLMServer) -> None:
     assert _observe._hooks == ()
     srv.respond_from_schema()
     assert Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url).run("x").vendor
+
+
+def test_without_opentelemetry_tracing_is_a_no_op(srv: FakeLLMServer) -> None:
+    """In a process where ``opentelemetry`` cannot be imported (as when the [otel] extra is not installed)."""
+    import subprocess
+    import sys
+
+    from ._support import cli_env
+
+    srv.respond_from_schema({"vendor": "Acme"})
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None  # import opentelemetry -> ImportError\n"
+        "from pydantic import BaseModel\n"
+        "from dspydantic import Prompter, _observe\n"
+        "from dspydantic.integrations.observe import enable_tracing, instrument\n"
+        "class M(BaseModel):\n    vendor: str\n"
+        f"p = instrument(Prompter(model=M, model_id='openai/test', api_base={srv.base_url!r}))\n"
+        "print(enable_tracing(), _observe._hooks, p.run('x').vendor)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
+    assert out.stdout.split() == ["False", "()", "Acme"]

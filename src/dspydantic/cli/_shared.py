@@ -6,9 +6,10 @@ import argparse
 from typing import Any
 
 
-def add_lm_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PKG.MODULE:CLASS",
-                        help="the Pydantic model class (default: rebuilt from the saved schema)")
+def add_lm_args(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
+    if model:
+        parser.add_argument("--model", metavar="PKG.MODULE:CLASS",
+                            help="the Pydantic model class (default: rebuilt from the saved schema)")
     parser.add_argument("--model-id", help="LM to use instead of the saved one (e.g. openai/gpt-4o-mini, local)")
     parser.add_argument("--api-base", help="OpenAI-compatible endpoint for --model-id (the key comes from "
                         "OPENAI_API_KEY, never from the command line)")

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on shutdown (default 30)")
     p.add_argument("--log-level", default="info")
-    add_lm_args(p)
+    add_lm_args(p, model=False)  # each worker rebuilds the model classes from the saved schemas
     p.set_defaults(handler=run)
 
 
@@ -78,12 +78,10 @@ def run(args: argparse.Namespace) -> int:
     except DspydanticError as exc:
         return fail(str(exc))
     load_kwargs: dict[str, Any] = {}
-    for key in ("model", "model_id", "api_base"):
+    for key in ("model_id", "api_base"):
         value = getattr(args, key, None)
         if value:
             load_kwargs[key] = value
-    if "model" in load_kwargs:
-        return fail("--model is not supported by serve: the model class is rebuilt from each saved schema")
     config = {
         "prompters": targets,
         "load_kwargs": load_kwargs,

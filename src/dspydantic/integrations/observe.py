@@ -109,6 +109,8 @@ class TracingBackend:
         self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider) if trace is not None else None
 
     def __getattr__(self, name: str) -> Any:  # cheap_logprobs, body(), stats... of the wrapped backend
+        if name == "inner":  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def __repr__(self) -> str:
