@@ -155,6 +155,10 @@ def test_extract_usage_errors_exit_2(prompter_dir: Path, tmp_path: Path) -> None
     assert r.returncode == 2 and "no such file" in r.stderr
     r = run_cli("extract", str(tmp_path), "--prompter", str(tmp_path / "nope"), "--out", "-")
     assert r.returncode == 2 and "error" in r.stderr
+    r = run_cli("serve", f"bad name={prompter_dir}")
+    assert r.returncode == 2 and "part of the URL" in r.stderr
+    r = run_cli("serve", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "not a saved prompter directory" in r.stderr
 
 
 EXAMPLES = [

@@ -38,12 +38,14 @@ def parse_targets(values: list[str]) -> dict[str, str]:
     from pathlib import Path
 
     from ..errors import ConfigurationError
+    from ..integrations.server import check_name
 
     out: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep:
             name, path = Path(value.rstrip("/\\")).name, value
+        check_name(name)
         if not Path(path).is_dir():
             raise ConfigurationError(f"{path!r} is not a saved prompter directory")
         if name in out:
@@ -70,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         return fail(str(MissingExtraError("server", "uvicorn")))
     try:
-        targets = parse_targets(args.prompters)
+        targets = parse_targets(args.prompters)  # imports the service (fastapi): a missing extra is said here
         from .._persist import read_saved
 
         for path in targets.values():
             read_saved(path)  # refuse a broken directory here, before any worker starts
-    except DspydanticError as exc:
+    except (DspydanticError, ImportError) as exc:
         return fail(str(exc))
     load_kwargs: dict[str, Any] = {}
     for key in ("model_id", "api_base"):

@@ -120,17 +120,23 @@ class ErrorOut(BaseModel):
 # prompters
 
 
+def check_name(name: Any) -> str:
+    """A prompter name is part of its URL: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"prompter name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or "
+            "digit): it is part of the URL; name it with NAME=PATH"
+        )
+    return name
+
+
 def load_prompters(prompters: Mapping[str, Any], **load_kwargs: Any) -> dict[str, Any]:
     """Names -> Prompter(-like) objects; paths are loaded with ``Prompter.load(path, **load_kwargs)``."""
     if not prompters:
         raise ConfigurationError("no prompters to serve")
     out: dict[str, Any] = {}
     for name, value in prompters.items():
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigurationError(
-                f"prompter name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter "
-                "or digit): it is part of the URL"
-            )
+        check_name(name)
         if isinstance(value, str | os.PathLike):
             value = Prompter.load(value, **load_kwargs)
         elif not hasattr(value, "apredict_with_confidence") or not hasattr(value, "model"):
@@ -264,6 +270,8 @@ def _error_body(exc: BaseException) -> dict[str, Any]:
 
 
 def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, MissingExtraError):
+        return 501  # e.g. a PDF, and this server has no [pdf] extra: the message names it
     if isinstance(exc, ConfigurationError):
         return 422  # the input itself (empty text, undecodable image or PDF, missing template variable)
     if isinstance(exc, LMError):
