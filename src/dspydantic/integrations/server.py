@@ -377,6 +377,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
+        from .._cost import price
+
+        # read the price table now (a few MB of JSON, once per process), not during the first request
+        ids = {getattr(m, "model_id", None) for s in served.values() for m in (_members(s.target) or [s.target])}
+        await asyncio.to_thread(lambda: [price(i) for i in ids])
         yield
         # after uvicorn's graceful shutdown: every in-flight request has finished
         for s in served.values():
