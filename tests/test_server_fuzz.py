@@ -119,3 +119,18 @@ def test_a_router_and_a_fallback_chain_are_served_like_prompters() -> None:
             metrics = client.get("/metrics").text
     assert got == {"a", "b"}
     assert 'dspydantic_extractions_total{outcome="ok",prompter="ab",variant="a"}' in metrics
+
+
+def test_cors_is_off_unless_origins_are_given(app: Any) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(app) as client:
+        r = client.options("/extract/invoice", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    with FakeLLMServer() as srv:
+        srv.respond_from_schema()
+        p = Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url, api_key="k")
+        with TestClient(create_app({"invoice": p}, cors_origins=["https://app.example"])) as client:
+            r = client.options("/extract/invoice", headers=preflight)
+            assert r.headers["access-control-allow-origin"] == "https://app.example"
+            other = client.options("/extract/invoice", headers={**preflight, "Origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in other.headers
