@@ -4,7 +4,7 @@
     python bench/bench_server.py --duration 10 --clients 20 --workers 2
 
 Three processes: the fake OpenAI-compatible LLM (``dspydantic.testing.FakeLLMServer``, a fixed latency per
-answer), ``dspydantic serve`` on a saved prompter pointed at it, and this one (asyncio clients on httpx, each
+answer), ``dspydantic serve`` on a saved prompter pointed at it, and this one (asyncio clients on aiohttp, each
 sending its next request as soon as the last one answered). Prints the throughput, the latency percentiles,
 the ideal (clients / LM latency) and their ratio, and every non-2xx status or connection error. Exits 1 on
 any server error. Everything listens on 127.0.0.1 and stops by itself.
@@ -53,6 +53,24 @@ def run_fake_llm(latency: float, port_file: str) -> None:
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children (Linux /proc; 0 elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    pids = [pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -79,22 +97,24 @@ async def _healthy(url: str) -> None:
 
 
 async def load(url: str, clients: int, duration: float) -> dict[str, object]:
-    import httpx
+    import aiohttp  # a lighter client than httpx: the clients must not be what limits the figure
 
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     body = {"text": "Invoice from Acme GmbH, total 1.200,50 EUR, due 2024-01-31"}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as http:
         stop_at = time.perf_counter() + duration
 
         async def client() -> None:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/extract", json=body)
-                    key = str(r.status_code)
-                except httpx.HTTPError as exc:
+                    async with http.post("/extract", json=body) as r:
+                        await r.read()
+                        key = str(r.status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     key = type(exc).__name__
                 latencies.append(time.perf_counter() - t0)
                 statuses[key] = statuses.get(key, 0) + 1
@@ -144,7 +164,9 @@ def main() -> int:
             )
             url = f"http://127.0.0.1:{port}"
             asyncio.run(_healthy(url))
+            cpu0 = (_cpu_seconds(serve.pid), _cpu_seconds(llm.pid), time.process_time())
             out = asyncio.run(load(url, args.clients, args.duration))
+            cpu1 = (_cpu_seconds(serve.pid), _cpu_seconds(llm.pid), time.process_time())
         finally:
             for proc in (serve, llm):
                 if proc is not None and proc.poll() is None:
@@ -178,6 +200,12 @@ def main() -> int:
         "p50_ms": round(q[49] * 1000, 1),
         "p99_ms": round(q[98] * 1000, 1),
         "p50_vs_lm_latency": round(q[49] / args.latency, 2),
+        # CPU per request of each process: what the throughput is bound by when the cores are shared
+        "cpu_ms_per_request": {
+            "serve": round((cpu1[0] - cpu0[0]) / max(n, 1) * 1000, 2),
+            "fake_llm": round((cpu1[1] - cpu0[1]) / max(n, 1) * 1000, 2),
+            "clients": round((cpu1[2] - cpu0[2]) / max(n, 1) * 1000, 2),
+        },
         "load_avg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "cpus": os.cpu_count(),
     }
