@@ -98,7 +98,11 @@ def disable_tracing() -> None:
 
 class TracingBackend:
     """An LM backend wrapper: one span per LM call (a child of the extraction's span), with the model, the
-    token counts and the finish reason; the call itself is the wrapped backend's."""
+    token counts and the finish reason; the call itself is the wrapped backend's.
+
+    :func:`instrument` makes it the Prompter's ``backend``, the bottom of its layer stack
+    (``CachingBackend(RetryingBackend(TracingBackend(backend)))``): each attempt a retry makes is a span of its
+    own (a failed one with its exception), an answer served by the cache is none."""
 
     def __init__(self, backend: Any, tracer_provider: Any = None) -> None:
         trace = _otel_trace()
@@ -155,7 +159,8 @@ class TracingBackend:
 
 
 def instrument(prompter: Any, tracer_provider: Any = None) -> Any:
-    """Wrap ``prompter``'s backend in a :class:`TracingBackend` (once); returns the prompter."""
+    """Wrap ``prompter``'s backend in a :class:`TracingBackend` (once; the Prompter rebuilds its retry and cache
+    layers around it); returns the prompter."""
     if not isinstance(prompter.backend, TracingBackend):
         prompter.backend = TracingBackend(prompter.backend, tracer_provider)
     return prompter
