@@ -149,6 +149,45 @@ async def test_async_extractions_get_their_own_spans(srv: FakeLLMServer, spans: 
     assert len(calls) == 3 and {c.parent.span_id for c in calls} == ids  # one call under each extraction
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_sync_batch_logs_each_item_once(srv: FakeLLMServer, caplog: pytest.LogCaptureFixture,
+                                          workers: int) -> None:
+    """``predict_batch`` on an OpenAI-compatible endpoint runs as one async batch on the calling thread
+    (``workers > 1``) or item by item on it: either way one record per item, failures included."""
+    srv.add_response("{broken")  # the first request of the batch fails (no re-ask)
+    srv.respond_from_schema({"vendor": "Acme"})
+    p = Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url, max_retries=0)
+    with caplog.at_level(logging.INFO, logger="dspydantic.extraction"):
+        out = p.predict_batch(["a", "b", "c", "d"], max_workers=workers, on_error="return")
+    records: list[Any] = [r for r in caplog.records if r.name == "dspydantic.extraction"]
+    assert len(records) == 4 == srv.request_count
+    assert sorted(r.outcome for r in records) == ["error", "ok", "ok", "ok"]
+    assert sum(isinstance(x, Exception) for x in out) == 1
+
+
+def test_each_lm_attempt_gets_a_span_under_the_retry_and_cache_layers(srv: FakeLLMServer, spans: Any,
+                                                                     tmp_path: Path) -> None:
+    """The tracing backend sits at the bottom of the Prompter's layer stack: a retried transport failure is
+    two LM-call spans (the first one failed), a cache hit is none."""
+    from dspydantic.integrations.observe import instrument
+    from dspydantic.testing import Fault
+
+    exporter, provider = spans
+    srv.add_response(Fault(status=503, headers={"Retry-After": "0"}))
+    srv.respond_from_schema({"vendor": "Acme"})
+    p = instrument(Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url, cache=str(tmp_path)),
+                   provider)
+    assert p.run("Invoice from Acme").vendor == "Acme"
+    calls = [s for s in exporter.get_finished_spans() if s.name == "dspydantic.lm_call"]
+    assert len(calls) == 2 == srv.request_count
+    assert [c.status.is_ok for c in calls] == [False, True]
+    exporter.clear()
+    assert p.run("Invoice from Acme").vendor == "Acme"  # served by the cache layer
+    finished = exporter.get_finished_spans()
+    assert [s.name for s in finished] == ["dspydantic.extract"] and srv.request_count == 2
+    assert finished[0].attributes["dspydantic.cache_hit"] is True
+
+
 def test_tracing_off_leaves_no_hook(srv: FakeLLMServer) -> None:
     from dspydantic import _observe
 
