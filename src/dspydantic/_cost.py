@@ -1,64 +1,89 @@
-"""Cost of LM usage in USD, from the price table LiteLLM ships (its bundled JSON, read without importing
-litellm, which is slow to import). Prices are never typed by hand here.
+"""The price of LM tokens, from the price table LiteLLM ships (never typed by hand, never fetched).
 
-``cost_usd(model_id, prompt_tokens, completion_tokens, batch=False)`` returns ``None`` when the price is unknown
-(including the batch rate of a model whose table entry has none), 0.0 for the embedded local model.
+LiteLLM bundles ``model_prices_and_context_window_backup.json`` in its package. It is read directly as
+JSON, located with ``importlib.util.find_spec`` (importing litellm itself takes seconds), once per process,
+on the first lookup. The embedded local model costs nothing; an unknown model has no price (``None``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
-_TABLE_FILE = "model_prices_and_context_window_backup.json"
-_table: dict[str, Any] | None = None
+log = logging.getLogger("dspydantic")
+
+PRICE_FILE = "model_prices_and_context_window_backup.json"
+
 _lock = threading.Lock()
+_table: dict[str, Any] | None = None
+Prices = tuple[float, float, float | None, float | None]
+_prices: dict[str, Prices | None] = {}
 
 
-def _prices() -> dict[str, Any]:
+def _load_table() -> dict[str, Any]:
     global _table
     with _lock:
         if _table is None:
-            _table = {}
-            spec = importlib.util.find_spec("litellm")
-            for location in (spec.submodule_search_locations or []) if spec is not None else []:
-                path = Path(location) / _TABLE_FILE
-                if path.is_file():
-                    try:
-                        loaded = json.loads(path.read_text(encoding="utf-8"))
-                    except (OSError, ValueError):
-                        continue
-                    if isinstance(loaded, dict):
-                        _table = loaded
-                        break
+            table: dict[str, Any] = {}
+            try:
+                spec = importlib.util.find_spec("litellm")
+                if spec is not None and spec.origin:
+                    path = Path(spec.origin).parent / PRICE_FILE
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    if isinstance(data, dict):
+                        table = data
+            except (OSError, ValueError, ImportError) as exc:  # a price is an estimate, never a failure
+                log.debug("no LM price table: %r", exc)
+            _table = table
         return _table
 
 
-def _entry(model_id: str) -> dict[str, Any] | None:
-    table = _prices()
-    provider, _, name = model_id.partition("/")
-    for key in (model_id, name, f"{provider}/{name}"):
-        entry = table.get(key) if key else None
-        if isinstance(entry, dict):
-            return entry
-    return None
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def cost_usd(model_id: str | None, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float | None:
-    """USD for the tokens at the model's listed rate (``batch=True``: the provider's batch-API rate)."""
+def price(model_id: str | None) -> Prices | None:
+    """USD per (prompt token, completion token, batch prompt token or None, batch completion token or None) of
+    ``model_id`` (``"openai/gpt-4o-mini"``, ``"gpt-4o-mini"``, ``"anthropic/claude-..."``), ``None`` when
+    the table does not know it. The local model is free."""
     if not model_id:
         return None
-    if model_id == "local" or model_id.startswith(("local/", "local:")):
-        return 0.0
-    entry = _entry(model_id)
-    if entry is None:
+    if model_id in _prices:
+        return _prices[model_id]
+    from .lm import is_local_id
+
+    found: Prices | None
+    if is_local_id(model_id):
+        found = (0.0, 0.0, 0.0, 0.0)
+    else:
+        table = _load_table()
+        name = model_id.partition("/")[2]
+        entry = table.get(model_id) or (table.get(name) if name else None)
+        found = None
+        if isinstance(entry, dict):
+            pin, pout = _num(entry.get("input_cost_per_token")), _num(entry.get("output_cost_per_token"))
+            if pin is not None and pout is not None:
+                found = (
+                    pin, pout, _num(entry.get("input_cost_per_token_batches")),
+                    _num(entry.get("output_cost_per_token_batches")),
+                )
+    _prices[model_id] = found
+    return found
+
+
+def cost_usd(
+    model_id: str | None, prompt_tokens: int, completion_tokens: int, *, batch: bool = False
+) -> float | None:
+    """USD for the tokens of ``model_id`` (provider batch-job prices with ``batch=True``); ``None`` when the
+    table has no such price for the model."""
+    p = price(model_id)
+    if p is None:
         return None
-    suffix = "_batches" if batch else ""
-    pin = entry.get(f"input_cost_per_token{suffix}")
-    pout = entry.get(f"output_cost_per_token{suffix}")
-    if not isinstance(pin, int | float) or not isinstance(pout, int | float):
+    pin, pout = (p[2], p[3]) if batch else (p[0], p[1])
+    if pin is None or pout is None:
         return None
-    return float(pin) * prompt_tokens + float(pout) * completion_tokens
+    return pin * prompt_tokens + pout * completion_tokens

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from ._cache import CacheBackend, resolve_cache
 from ._example import INPUT_KEYS, Example
 from ._inputs import InputDoc, build_input
+from ._observe import extraction
 from ._options import PROMPTER_ARGS, check_runtime
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
@@ -93,7 +94,7 @@ class Prompter:
         self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
         self.free_text = model is None
         self.model_id = model_id
-        self.backend: LMBackend = resolve_backend(
+        self._backend: LMBackend = resolve_backend(
             model_id, lm=lm, api_key=api_key, api_base=api_base, timeout=timeout, context_window=context_window,
             transport={"connect_timeout": connect_timeout, "verify": verify, "proxy": proxy,
                        "max_connections": max_connections},
@@ -111,14 +112,8 @@ class Prompter:
         self.timeout = float(timeout)
         self.logprobs = bool(getattr(self.backend, "cheap_logprobs", False)) if logprobs is None else logprobs
         self.cache = resolve_cache(cache)
-        from .lm.layers import CachingBackend, RetryingBackend
-
         # what the plan drivers call: the backend wrapped in the retry and cache layers
-        self._lm: LMBackend = RetryingBackend(
-            self.backend, retries=lm_retries, backoff=self.retry_backoff, max_time=retry_max_time
-        )
-        if self.cache is not None:
-            self._lm = CachingBackend(self._lm, self.cache)
+        self._lm: LMBackend = self._stack(self._backend)
         self._base_schema = model_schema(self.model)
         self._state = PromptState(
             system_prompt=system_prompt,
@@ -132,6 +127,29 @@ class Prompter:
 
     def __repr__(self) -> str:
         return f"Prompter(model={self.model.__name__}, backend={self.backend!r})"
+
+    # -- the backend and the layers around it ------------------------------------------------------
+    def _stack(self, backend: LMBackend) -> LMBackend:
+        from .lm.layers import CachingBackend, RetryingBackend
+
+        lm: LMBackend = RetryingBackend(
+            backend, retries=self.lm_retries, backoff=self.retry_backoff, max_time=self.retry_max_time
+        )
+        return CachingBackend(lm, self.cache) if self.cache is not None else lm
+
+    @property
+    def backend(self) -> LMBackend:
+        """The LM backend: the bottom of the stack the extractions call (retries and the cache wrap it).
+
+        Assigning one (e.g. a wrapper of it, such as ``dspydantic.integrations.observe.TracingBackend``)
+        rebuilds the retry and cache layers around it: every LM call reaches it, retries and the cache still
+        apply."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: LMBackend) -> None:
+        self._backend = value
+        self._lm = self._stack(value)
 
     # -- prompt state ------------------------------------------------------------------------------
     @property
@@ -377,10 +395,25 @@ class Prompter:
         return doc
 
     # -- the two drivers -----------------------------------------------------------------------------
+    # ``_observe.extraction`` brackets each extraction (cost on the usage, one log record, the tracing hooks):
+    # once per item, whichever verb or batch path runs it. The optimizer's DSPy adapter passes ``lm`` (the LM
+    # DSPy hands it) to try candidate prompts; those trial runs are not extractions of the user's and are not
+    # observed (the optimizer reports its own progress and usage).
     def _run_plan(
         self, item: Any, *, lm: LMBackend | None = None, renderer: Renderer | None = None
     ) -> ExtractionResult[Any]:
-        backend = lm if lm is not None else self._lm
+        if lm is not None:
+            return self._drive(item, lm, renderer)
+        with extraction(self) as obs:
+            return obs.finish(self._drive(item, self._lm, renderer))
+
+    async def _arun_plan(self, item: Any, *, lm: LMBackend | None = None) -> ExtractionResult[Any]:
+        if lm is not None:
+            return await self._adrive(item, lm)
+        with extraction(self) as obs:
+            return obs.finish(await self._adrive(item, self._lm))
+
+    def _drive(self, item: Any, backend: LMBackend, renderer: Renderer | None = None) -> ExtractionResult[Any]:
         plan = self._plan(item, renderer)
         request = next(plan)
         while True:
@@ -390,8 +423,7 @@ class Prompter:
             except StopIteration as stop:
                 return stop.value
 
-    async def _arun_plan(self, item: Any, *, lm: LMBackend | None = None) -> ExtractionResult[Any]:
-        backend = lm if lm is not None else self._lm
+    async def _adrive(self, item: Any, backend: LMBackend) -> ExtractionResult[Any]:
         plan = self._plan(item)
         request = next(plan)
         while True:
@@ -557,6 +589,13 @@ class Prompter:
         from ._persist import load_prompter
 
         return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
+
+    def with_fallback(self, *others: Any, min_confidence: float | None = None) -> Any:
+        """A Prompter-like chain that tries ``others`` in turn when this one fails or answers below
+        ``min_confidence``; see :class:`dspydantic.integrations.routing.Fallback`."""
+        from .integrations.routing import Fallback  # a leaf without optional dependencies
+
+        return Fallback([self, *others], min_confidence=min_confidence)
 
     def close(self) -> None:
         """Close the backend's connections (every event loop's and the sync engine's)."""

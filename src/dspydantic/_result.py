@@ -12,12 +12,18 @@ T = TypeVar("T", bound=BaseModel)
 
 @dataclass(slots=True)
 class Usage:
-    """LM usage of one extraction, summed over re-asks (or of a whole run)."""
+    """LM usage of one extraction, summed over re-asks (or of a whole run).
+
+    ``cost_usd`` is the price of the tokens from LiteLLM's bundled price table (``dspydantic._cost``), set
+    when an extraction finishes; ``None`` when the model's price is unknown. Summed by :meth:`add` over the
+    parts whose price is known (``None`` only when no part's is).
+    """
 
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cache_hits: int = 0
+    cost_usd: float | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -28,6 +34,8 @@ class Usage:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cache_hits += other.cache_hits
+        if other.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 #: command modules, in the order their commands appear in ``--help``
-COMMAND_MODULES = ("demo", "worker", "review", "batch")
+COMMAND_MODULES = ("demo", "extract", "optimize", "evaluate", "serve", "worker", "review", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

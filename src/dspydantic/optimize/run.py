@@ -765,36 +765,11 @@ def _decide(
 
 
 def estimate_cost(model_id: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """USD for the given tokens from DSPy's bundled price snapshot (no network); 0 for the local model,
-    ``None`` when the model's price is unknown."""
-    if not model_id:
-        return None
-    from ..lm import is_local_id
+    """USD for the given tokens from LiteLLM's bundled price table (no network); 0 for the local model,
+    ``None`` when the model's price is unknown (one price lookup for the library: :mod:`dspydantic._cost`)."""
+    from .._cost import cost_usd
 
-    if is_local_id(model_id):
-        return 0.0
-    try:
-        import gzip
-        import json
-        from importlib.resources import files
-
-        data = _PRICES.get("data")
-        if data is None:
-            raw = files("dspy.clients.model_metadata").joinpath("snapshot.json.gz").read_bytes()
-            data = _PRICES["data"] = json.loads(gzip.decompress(raw))
-        provider, _, name = model_id.partition("/")
-        entry = data.get(model_id) or data.get(name) or data.get(f"{provider}/{name}")
-        if not isinstance(entry, dict):
-            return None
-        pin, pout = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
-        if not isinstance(pin, (int, float)) or not isinstance(pout, (int, float)):
-            return None
-        return float(pin) * prompt_tokens + float(pout) * completion_tokens
-    except Exception:  # an estimate, never a failure
-        return None
-
-
-_PRICES: dict[str, Any] = {}
+    return cost_usd(model_id, prompt_tokens, completion_tokens)
 
 
 # --------------------------------------------------------------------------------------------------

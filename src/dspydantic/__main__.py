@@ -1,0 +1,7 @@
+"""``python -m dspydantic``: the ``dspydantic`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,561 @@
+"""The HTTP service: saved prompters served side by side by name (FastAPI + uvicorn, the ``[server]`` extra).
+
+    from dspydantic.server import create_app
+    app = create_app({"invoice": "./invoice_prompter", "receipt": receipt_prompter})
+
+Routes: ``POST /extract/{name}`` (and ``POST /extract`` when one prompter is served), ``POST
+/extract/{name}/batch``, ``GET /`` (what is served), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
+``/docs`` and ``/openapi.json`` show each prompter's own model as its response type. ``dspydantic serve``
+runs it under uvicorn (see :mod:`dspydantic.cli.serve`).
+
+Every extraction uses the async verbs (async HTTP; the local model runs in a worker thread behind its lock);
+PDFs and images are decoded in a worker thread too, so no request blocks the event loop. Uvicorn's graceful
+shutdown lets in-flight requests finish; the prompters' backends are closed after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from .._prompter import Prompter
+from .._result import ExtractionResult
+from ..errors import ConfigurationError, DspydanticError, ExtractionError, LMError, MissingExtraError
+
+try:
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import JSONResponse, Response
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+except ImportError:  # this module is the [server] feature: say which extra is missing
+    raise MissingExtraError("server", "fastapi") from None
+
+from ._version import members as _members
+from ._version import prompter_version
+from .metrics import ExtractionMetrics
+from .routing import effective_confidence
+
+log = logging.getLogger("dspydantic.server")
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "app_from_env", "create_app", "load_prompters", "prompter_version"]
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+CONFIG_ENV = "DSPYDANTIC_SERVE_CONFIG"
+TOKEN_ENV = "DSPYDANTIC_API_TOKEN"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# request and response bodies
+
+
+class ExtractInput(BaseModel):
+    """One input: text (or a dict of template variables), an image or a PDF, base64-encoded. Files on the
+    server's disk are not readable through the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | dict[str, str | int | float | bool | None] | None = Field(
+        None, description="the document, or a dict of template variables"
+    )
+    image_base64: str | None = Field(None, description="an image (PNG, JPEG, GIF, WebP), base64 or a data: URL")
+    pdf_base64: str | None = Field(None, description="a PDF, base64")
+    pdf_mode: Literal["auto", "text", "images"] | None = Field(None, description="text layer or page images")
+    key: str | None = Field(None, max_length=256, description="routing key (sticky variant of an A/B prompter)")
+
+    @model_validator(mode="after")
+    def _has_input(self) -> ExtractInput:
+        if self.text is None and self.image_base64 is None and self.pdf_base64 is None:
+            raise ValueError("nothing to extract from: give text, image_base64 or pdf_base64")
+        return self
+
+
+class ExtractRequest(ExtractInput):
+    min_confidence: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="refuse (422) an answer whose confidence (the lowest per-field one when known) is lower",
+    )
+
+
+class UsageOut(BaseModel):
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cache_hits: int
+    cost_usd: float | None
+
+
+class ErrorOut(BaseModel):
+    """An error: its type (``LowConfidence``, ``ExtractionError``, ``LMError``, ``ConfigurationError``...) and
+    message; with the confidence and the refused result for ``LowConfidence``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+    confidence: float | None = None
+    min_confidence: float | None = None
+    attempts: int | None = None
+    lm_status: int | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# prompters
+
+
+def check_name(name: Any) -> str:
+    """A prompter name is part of its URL: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"prompter name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or "
+            "digit): it is part of the URL; name it with NAME=PATH"
+        )
+    return name
+
+
+def load_prompters(prompters: Mapping[str, Any], **load_kwargs: Any) -> dict[str, Any]:
+    """Names -> Prompter(-like) objects; paths are loaded with ``Prompter.load(path, **load_kwargs)``."""
+    if not prompters:
+        raise ConfigurationError("no prompters to serve")
+    out: dict[str, Any] = {}
+    for name, value in prompters.items():
+        check_name(name)
+        if isinstance(value, str | os.PathLike):
+            value = Prompter.load(value, **load_kwargs)
+        elif not hasattr(value, "apredict_with_confidence") or not hasattr(value, "model"):
+            raise ConfigurationError(f"{name!r}: expected a Prompter, a Prompter-like object or a path, got "
+                                     f"{type(value).__name__}")
+        if isinstance(value, Prompter):
+            value.name = name  # type: ignore[attr-defined]  # the name in log records
+        out[name] = value
+    return out
+
+
+def _backends(obj: Any) -> Iterator[Any]:
+    members = _members(obj)
+    if members:
+        for m in members:
+            yield from _backends(m)
+    elif hasattr(obj, "backend"):
+        yield obj.backend
+
+
+def _endpoint(backend: Any) -> tuple[str, int] | None:
+    inner = getattr(backend, "inner", None)  # a wrapper (e.g. TracingBackend)
+    if inner is not None and inner is not backend:
+        return _endpoint(inner)
+    base = getattr(backend, "base_url", None)
+    if not isinstance(base, str):
+        return None
+    parts = urlsplit(base)
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+async def _reachable(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to the LM's endpoint opens (no request is sent), else why not."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# ASGI middleware: body size limit and request metrics
+
+
+class _BodyLimit:
+    """Refuses (413) a request body larger than ``limit`` bytes, declared or streamed, before the app reads it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.limit
+            except ValueError:
+                return await _plain(send, 400, "invalid Content-Length header")
+            if too_big:
+                return await _plain(send, 413, f"request body larger than the limit of {self.limit} bytes")
+        chunks: list[dict[str, Any]] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunks.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await _plain(send, 413, f"request body larger than the limit of {self.limit} bytes")
+            if not message.get("more_body"):
+                break
+
+        async def replay() -> dict[str, Any]:
+            return chunks.pop(0) if chunks else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _plain(send: Any, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _RequestMetrics:
+    def __init__(self, app: ASGIApp, metrics: ExtractionMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe_request(route, status, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------------------------------
+# the app
+
+
+def _error_body(exc: BaseException) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, ExtractionError):
+        body["attempts"] = exc.attempts
+    if isinstance(exc, LMError) and exc.status is not None:
+        body["lm_status"] = exc.status
+    return body
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, MissingExtraError):
+        return 501  # e.g. a PDF, and this server has no [pdf] extra: the message names it
+    if isinstance(exc, ConfigurationError):
+        return 422  # the input itself (empty text, undecodable image or PDF, missing template variable)
+    if isinstance(exc, LMError):
+        return 503 if exc.status == 429 else 502
+    if isinstance(exc, ExtractionError):
+        return 502  # the LM answered, but nothing valid
+    return 500
+
+
+def _decode(value: str, what: str) -> bytes:
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(f"{what} is not valid base64") from None
+
+
+class _Served:
+    """One served prompter and how to call it."""
+
+    def __init__(self, name: str, target: Any) -> None:
+        self.name = name
+        self.target = target
+        self.version = prompter_version(target)
+        self.routed = hasattr(target, "assign")  # an A/B router takes a key
+
+    def result_json(self, result: ExtractionResult[Any]) -> dict[str, Any]:
+        u = result.usage
+        out: dict[str, Any] = {
+            "data": result.data.model_dump(mode="json", by_alias=True),
+            "confidence": result.confidence,
+            "field_confidences": dict(result.field_confidences),
+            "usage": {"calls": u.calls, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                      "cache_hits": u.cache_hits, "cost_usd": u.cost_usd},
+            "attempts": result.attempts,
+            "cached": result.cached,
+            "prompter": self.name,
+            "prompter_version": self.version,
+        }
+        answered = result.extra.get("variant") or result.extra.get("answered_by")
+        if answered:
+            out["answered_by"] = answered
+        return out
+
+    async def extract(self, item: ExtractInput) -> ExtractionResult[Any]:
+        kwargs: dict[str, Any] = {}
+        if item.text is not None:
+            kwargs["text"] = item.text
+        if item.image_base64 is not None:
+            kwargs["image_base64"] = item.image_base64
+        if item.pdf_base64 is not None:
+            kwargs["pdf_bytes"] = _decode(item.pdf_base64, "pdf_base64")
+        if item.pdf_mode is not None:
+            kwargs["pdf_mode"] = item.pdf_mode
+        route_key = {"key": item.key} if self.routed and item.key is not None else {}
+        binary = item.image_base64 is not None or item.pdf_base64 is not None
+        if binary and isinstance(self.target, Prompter):
+            # decoding a PDF or an image is CPU work: in a worker thread, then the native async extraction
+            from .._inputs import build_input
+
+            doc = await asyncio.to_thread(build_input, **kwargs)
+            (out,) = await self.target.apredict_batch([doc], 1, "return", with_confidence=True)
+            if isinstance(out, BaseException):
+                raise out
+            return out
+        if binary:
+            return await asyncio.to_thread(
+                self.target.predict_with_confidence, **kwargs, **route_key
+            )
+        return await self.target.apredict_with_confidence(**kwargs, **route_key)
+
+
+def create_app(
+    prompters: Mapping[str, Any],
+    *,
+    auth_token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_batch_items: int = 256,
+    batch_concurrency: int = 16,
+    cors_origins: Sequence[str] = (),
+    readiness_timeout: float = 2.0,
+    title: str = "dspydantic",
+    **load_kwargs: Any,
+) -> Any:
+    """A FastAPI app serving ``prompters`` (name -> Prompter, Prompter-like object or saved directory).
+
+    Args:
+        auth_token: when set, every route but ``/healthz``, ``/readyz`` and the docs needs
+            ``Authorization: Bearer <token>``.
+        max_body_bytes: larger request bodies get 413 before they are read.
+        max_batch_items: most items of one batch request (more: 422).
+        batch_concurrency: most batch items extracted at once, over every batch request of this app.
+        cors_origins: origins allowed by CORS (none by default: CORS is off).
+        load_kwargs: passed to ``Prompter.load`` for paths (``model_id=``, ``api_base=``, ``cache=``...).
+    """
+    if max_body_bytes < 1 or max_batch_items < 1 or batch_concurrency < 1:
+        raise ConfigurationError("max_body_bytes, max_batch_items and batch_concurrency must be positive")
+    served = {name: _Served(name, p) for name, p in load_prompters(prompters, **load_kwargs).items()}
+    metrics = ExtractionMetrics()
+    batch_slots = asyncio.Semaphore(batch_concurrency)
+    ready: dict[str, Any] = {"checked": 0.0, "body": None}
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        from .._cost import price
+
+        # read the price table now (a few MB of JSON, once per process), not during the first request
+        ids = {getattr(m, "model_id", None) for s in served.values() for m in (_members(s.target) or [s.target])}
+        await asyncio.to_thread(lambda: [price(i) for i in ids])
+        yield
+        # after uvicorn's graceful shutdown: every in-flight request has finished
+        for s in served.values():
+            for backend in _backends(s.target):
+                try:
+                    backend.close()
+                except Exception as exc:  # closing is best effort
+                    log.debug("closing %r: %r", backend, exc)
+
+    app = FastAPI(title=title, version=_version(), lifespan=lifespan,
+                  description="Structured extraction into Pydantic models (dspydantic).")
+    app.state.metrics = metrics
+    app.state.prompters = {n: s.target for n, s in served.items()}
+
+    bearer = HTTPBearer(auto_error=False)
+
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if auth_token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), auth_token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorize)] if auth_token is not None else []
+
+    def _record_error(s: _Served, exc: BaseException, latency: float) -> None:
+        metrics.observe_error(s.name, exc, latency)
+
+    async def run_one(s: _Served, item: ExtractInput, min_conf: float | None) -> tuple[int, dict[str, Any]]:
+        started = time.perf_counter()
+        try:
+            result = await s.extract(item)
+        except DspydanticError as exc:
+            _record_error(s, exc, time.perf_counter() - started)
+            return _status_of(exc), _error_body(exc)
+        except Exception as exc:  # a bug: logged with its traceback, answered without internals
+            _record_error(s, exc, time.perf_counter() - started)
+            log.exception("extraction with %s failed unexpectedly", s.name)
+            return 500, {"type": "InternalError", "message": "internal error (see the server log)"}
+        metrics.observe_result(s.name, result, time.perf_counter() - started)
+        body = s.result_json(result)
+        if min_conf is not None:
+            conf = effective_confidence(result)
+            if conf < min_conf:
+                metrics.observe_rejection(s.name, "LowConfidence")
+                return 422, {
+                    "type": "LowConfidence",
+                    "message": f"confidence {conf:.3f} is below min_confidence {min_conf:.3f}",
+                    "confidence": conf,
+                    "min_confidence": min_conf,
+                    "result": body,
+                }
+        return 200, body
+
+    def add_routes(s: _Served, paths: list[str]) -> None:
+        model = s.target.model
+        safe = re.sub(r"\W", "_", s.name)
+        response_model = create_model(
+            f"Extraction_{safe}",
+            data=(model, ...),
+            confidence=(float, ...),
+            field_confidences=(dict[str, float], {}),
+            usage=(UsageOut, ...),
+            attempts=(int, ...),
+            cached=(bool, ...),
+            prompter=(str, ...),
+            prompter_version=(str, ...),
+            answered_by=(str | None, None),
+        )
+        slot = create_model(
+            f"BatchSlot_{safe}", ok=(bool, ...), result=(response_model | None, None),  # type: ignore[arg-type]
+            error=(ErrorOut | None, None),
+        )
+        batch_response = create_model(f"BatchExtraction_{safe}", results=(list[slot], ...))  # type: ignore[valid-type]
+        batch_request = create_model(
+            f"BatchRequest_{safe}",
+            __config__=ConfigDict(extra="forbid"),
+            items=(list[ExtractInput], Field(..., min_length=1, max_length=max_batch_items)),
+            min_confidence=(float | None, Field(None, ge=0.0, le=1.0)),
+        )
+        errors: dict[int | str, dict[str, Any]] = {
+            401: {"description": "missing or wrong bearer token"},
+            413: {"description": "body too large"},
+            422: {"description": "invalid body or input, or an answer below min_confidence"},
+            502: {"description": "the LM failed, or gave no valid answer"},
+        }
+
+        async def extract(body: ExtractRequest) -> Any:
+            status, payload = await run_one(s, body, body.min_confidence)
+            if status != 200:
+                return JSONResponse({"detail": payload}, status_code=status)
+            return JSONResponse(payload)
+
+        async def extract_batch(body: Any) -> Any:
+            items: list[ExtractInput] = body.items
+            min_conf: float | None = body.min_confidence
+
+            async def one(item: ExtractInput) -> dict[str, Any]:
+                async with batch_slots:
+                    status, payload = await run_one(s, item, min_conf)
+                return {"ok": True, "result": payload} if status == 200 else {"ok": False, "error": payload}
+
+            return JSONResponse({"results": list(await asyncio.gather(*(one(i) for i in items)))})
+
+        extract_batch.__annotations__["body"] = batch_request  # a class made here: not resolvable by name
+
+        for path in paths:
+            app.post(path, response_model=response_model, responses=errors, dependencies=guarded,
+                     summary=f"extract one {model.__name__} ({s.name})", tags=[s.name])(extract)
+        app.post(f"/extract/{s.name}/batch", response_model=batch_response, responses=errors, dependencies=guarded,
+                 summary=f"extract many {model.__name__} ({s.name}); each item's error stays in its slot",
+                 tags=[s.name])(extract_batch)
+
+    only = len(served) == 1
+    for s in served.values():
+        add_routes(s, [f"/extract/{s.name}", *(["/extract"] if only else [])])
+
+    @app.get("/", dependencies=guarded, summary="the prompters served")
+    async def index() -> dict[str, Any]:
+        return {"prompters": {n: {"model": s.target.model.__name__, "version": s.version,
+                                  "routes": [f"/extract/{n}", f"/extract/{n}/batch"]} for n, s in served.items()}}
+
+    @app.get("/healthz", summary="the process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="prompters loaded and their LM endpoints reachable")
+    async def readyz() -> Any:
+        now = time.monotonic()
+        if ready["body"] is None or now - ready["checked"] > 2.0:
+            checks: dict[str, Any] = {}
+            for n, s in served.items():
+                problems = []
+                for backend in _backends(s.target):
+                    endpoint = _endpoint(backend)
+                    if endpoint is not None:
+                        why = await _reachable(*endpoint, readiness_timeout)
+                        if why is not None:
+                            problems.append(f"{endpoint[0]}:{endpoint[1]} unreachable ({why})")
+                checks[n] = "ok" if not problems else "; ".join(problems)
+            ok = all(v == "ok" for v in checks.values())
+            ready.update(checked=now, body=({"ready": ok, "prompters": checks}, 200 if ok else 503))
+        body, status = ready["body"]
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics", dependencies=guarded, summary="Prometheus metrics", response_class=Response)
+    async def metrics_route() -> Any:
+        data, content_type = metrics.render()
+        return Response(content=data, media_type=content_type)
+
+    asgi: Any = app
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    return asgi
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def app_from_env() -> Any:
+    """The app ``dspydantic serve`` starts in each worker: its configuration comes as JSON in
+    ``DSPYDANTIC_SERVE_CONFIG``, the bearer token (never on a command line) in ``DSPYDANTIC_API_TOKEN``."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise ConfigurationError(f"{CONFIG_ENV} is not set (start the service with `dspydantic serve`)")
+    config = json.loads(raw)
+    prompters = config.pop("prompters")
+    load_kwargs = config.pop("load_kwargs", {}) or {}
+    return create_app(prompters, auth_token=os.environ.get(TOKEN_ENV) or None, **config, **load_kwargs)
