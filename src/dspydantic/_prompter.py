@@ -11,13 +11,14 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from pydantic import BaseModel
 
 from ._cache import CacheBackend, request_key, resolve_cache, response_from_json, response_to_json
-from ._example import INPUT_KEYS, Example
-from ._inputs import InputDoc, build_input
+from ._compat import LegacyPrompterAPI, apply_legacy_init, pop_legacy_init, renamed_path
+from ._example import Example
+from ._inputs import INPUT_KEYS, InputDoc, InputOptions, build_input, check_input_options
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
@@ -31,11 +32,12 @@ OnError = Literal["raise", "return"]
 _Plan = Generator[LMRequest, tuple[LMResponse, bool], ExtractionResult[Any]]
 
 
-class Prompter:
+class Prompter(LegacyPrompterAPI):
     """Extracts instances of a Pydantic model with an LLM, and optimizes its own prompts.
 
     Each Prompter owns its LM backend (it never calls ``dspy.configure``). See the README for the choice
-    of backend from ``model_id`` / ``lm``.
+    of backend from ``model_id`` / ``lm``. dspydantic 0.1's ``optimized_*`` arguments and attributes are
+    accepted (see :class:`~dspydantic._compat.LegacyPrompterAPI` and docs/migrating-from-0.1.md).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Prompter:
     ) -> None:
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be a non-negative int, got {max_retries!r}")
+        legacy = pop_legacy_init(lm_kwargs)  # dspydantic 0.1's optimized_* arguments
         self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
         self.free_text = model is None
         self.model_id = model_id
@@ -88,6 +91,8 @@ class Prompter:
         self._original_state = self._state
         self._renderer: Renderer | None = None
         self.optimization_result: Any = None
+        if legacy:
+            apply_legacy_init(self, legacy)
 
     def __repr__(self) -> str:
         return f"Prompter(model={self.model.__name__}, backend={self.backend!r})"
@@ -316,27 +321,27 @@ class Prompter:
 
     # -- public verbs ------------------------------------------------------------------------------
     def predict_with_confidence(
-        self, text: str | Mapping[str, Any] | None = None, **inputs: Any
+        self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]
     ) -> ExtractionResult[Any]:
         """Extract one input; returns data, confidence, raw output and usage (summed over re-asks)."""
         return self._run_plan(_item(text, inputs))
 
-    def predict(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+    def predict(self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]) -> Any:
         """Extract one input into an instance of the model (text, template dict, image or PDF)."""
         return self._run_plan(_item(text, inputs)).data
 
-    def run(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+    def run(self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]) -> Any:
         """Alias of :meth:`predict`."""
         return self._run_plan(_item(text, inputs)).data
 
     __call__ = run
 
     async def apredict_with_confidence(
-        self, text: str | Mapping[str, Any] | None = None, **inputs: Any
+        self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]
     ) -> ExtractionResult[Any]:
         return await self._arun_plan(_item(text, inputs))
 
-    async def apredict(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+    async def apredict(self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]) -> Any:
         """Native async :meth:`predict` (async HTTP; the local model runs in a worker thread)."""
         return (await self._arun_plan(_item(text, inputs))).data
 
@@ -414,9 +419,10 @@ class Prompter:
     # -- optimization, evaluation and persistence live in their own modules ------------------------
     def optimize(self, examples: Sequence[Example], **kwargs: Any) -> Any:
         """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`."""
+        from .optimize._compat import translate_optimize_kwargs
         from .optimize.run import optimize_prompter
 
-        return optimize_prompter(self, examples, **kwargs)
+        return optimize_prompter(self, examples, **translate_optimize_kwargs(self, kwargs))
 
     def evaluate(self, examples: Sequence[Example], evaluator: Any = None, **kwargs: Any) -> Any:
         """Score this prompter on held-out examples (overall, per field, P/R/F1, failing examples)."""
@@ -424,33 +430,37 @@ class Prompter:
 
         return evaluate_prompter(self, examples, evaluator=evaluator, **kwargs)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(
+        self, path: str | os.PathLike[str] | None = None, *, save_path: str | os.PathLike[str] | None = None
+    ) -> None:
         """Write this prompter to a versioned directory of JSON (atomic; no secrets)."""
         from ._persist import save_prompter
 
-        save_prompter(self, path)
+        save_prompter(self, renamed_path("save", path, "save_path", save_path))
 
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         model: type[BaseModel] | None = None,
         model_id: str | None = None,
+        *,
+        load_path: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> Prompter:
         """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
         from ._persist import load_prompter
 
+        path = renamed_path("load", path, "load_path", load_path)
         return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
 
     def close(self) -> None:
         self.backend.close()
 
 
-def _item(text: Any, inputs: dict[str, Any]) -> Any:
-    unknown = set(inputs) - INPUT_KEYS
-    if unknown:
-        raise ConfigurationError(f"unknown input argument(s) {sorted(unknown)}; expected {sorted(INPUT_KEYS)}")
+def _item(text: Any, options: Mapping[str, Any]) -> Any:
+    check_input_options(options)  # the one input spec (unknown keywords, option values)
+    inputs = dict(options)
     if text is not None:
         inputs = {"text": text, **inputs}
     if not inputs:
