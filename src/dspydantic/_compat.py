@@ -190,14 +190,17 @@ def apply_legacy_init(prompter: Prompter, legacy: Mapping[str, Any]) -> None:
 class LegacyPrompterAPI:
     """dspydantic 0.1's attributes of a Prompter, as views of (and writes to) its prompt state.
 
-    The ``optimized_*`` attributes are empty (``{}`` / ``None``) while the Prompter serves its original
-    prompts, as in 0.1 before ``optimize()``; after an optimization (or a load, or
-    ``Prompter(optimized_...=...)``) they show what it serves.
+    The ``optimized_*`` attributes are empty (``{}`` / ``None``) until there is an optimized state, as in
+    0.1 before ``optimize()``; after an optimization (or a load of an optimized prompter, or
+    ``Prompter(optimized_...=...)``) they show what the Prompter serves.
     """
 
     def _legacy_view(self) -> PromptState | None:
+        """The served state once there is an optimized one (after ``optimize()``, a load, or 0.1's
+        ``optimized_*`` arguments), else ``None`` (0.1's attributes were empty until then)."""
         p: Prompter = self  # type: ignore[assignment]
-        return None if p.state == p._original_state else p.state
+        optimized = p.optimization_result is not None or p.state != p._original_state
+        return p.state if optimized else None
 
     @property
     def optimized_descriptions(self) -> dict[str, str]:

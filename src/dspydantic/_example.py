@@ -22,8 +22,9 @@ class Example:
     :class:`dspydantic._inputs.InputOptions`): ``image_path``, ``image_base64``, ``image_bytes``, ``image``,
     ``image_mime``, ``pdf_path``, ``pdf_bytes``, ``pdf_mode``, ``pdf_dpi``, ``max_pdf_pages``; they are
     checked when the Example is built and readable as attributes (``example.pdf_dpi``; ``None`` when not
-    given). dspydantic 0.1's positional order ``Example(expected_output, text)`` is still accepted when the
-    label is a dict or a model.
+    given). Positionally it is ``Example(text, expected_output)``; dspydantic 0.1's positional order
+    ``Example(expected_output, text)`` is recognised when the first is a dict or a model and the second a
+    string (keyword arguments are taken as given).
     """
 
     __slots__ = ("expected_output", "inputs", "text")
@@ -35,13 +36,23 @@ class Example:
 
     def __init__(
         self,
-        text: str | dict[str, Any] | BaseModel | None = None,
+        *args: Any,
+        text: str | dict[str, Any] | None = None,
         expected_output: dict[str, Any] | BaseModel | str | None = None,
         **inputs: Unpack[InputOptions],
     ) -> None:
-        # Example({"vendor": ...}, "Invoice from ...") -- dspydantic 0.1's positional order
-        if isinstance(expected_output, str) and isinstance(text, (dict, BaseModel)):
-            text, expected_output = expected_output, text
+        # positionally: Example(text, expected_output), or dspydantic 0.1's Example(expected_output, text)
+        # when the first is a label (dict or model) and the second a string; keywords are never reordered
+        if len(args) > 2:
+            raise TypeError(f"Example takes at most 2 positional arguments (text, expected_output), got {len(args)}")
+        if (args and text is not None) or (len(args) == 2 and expected_output is not None):
+            raise TypeError("Example got text or expected_output both positionally and by keyword")
+        if len(args) == 2:
+            text, expected_output = args
+            if isinstance(expected_output, str) and isinstance(text, (dict, BaseModel)):
+                text, expected_output = expected_output, text
+        elif args:
+            text = args[0]
         if isinstance(text, BaseModel):
             raise ConfigurationError("Example text must be a string or a dict of template variables")
         check_input_options(inputs)

@@ -33,8 +33,12 @@ class LMError(DspydanticError):
         self.retryable = retryable
 
 
-class ExtractionError(DspydanticError):
-    """The LM answered, but no answer validated against the model after all re-asks."""
+class ExtractionError(DspydanticError, ValueError):
+    """The LM answered, but no answer validated against the model after all re-asks.
+
+    A ``ValueError`` too: dspydantic 0.1 raised ``ValueError`` (or pydantic's ``ValidationError``, a
+    ``ValueError``) for an answer it could not parse or validate, so ``except ValueError`` still catches it.
+    """
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ events (dicts with 0.1's attributes). Nothing here calls an LM.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import time
@@ -256,14 +257,39 @@ def _legacy_optimizer(name: str, ctx: _Ctx) -> Any:
         return name  # the run says it is unknown and lists the names
     params = {p for p in inspect.signature(cls).parameters if p != "self"}
     init = {k: ctx.out.pop(k) for k in list(ctx.out) if k in params and k not in ("metric",)}
+    compile_params = set(inspect.signature(getattr(cls, "compile")).parameters) - _RUN_COMPILE_ARGS  # noqa: B009
+    compile_kwargs = {k: ctx.out.pop(k) for k in list(ctx.out) if k in compile_params}
     try:
-        return cls(metric=_placeholder_metric, **init) if "metric" in params else cls(**init)
+        teleprompter = cls(metric=_placeholder_metric, **init) if "metric" in params else cls(**init)
     except Exception as exc:
         raise ConfigurationError(
             f"optimizer {name!r}: dspydantic 0.1 built DSPy's {cls.__name__} by name; it cannot be built from "
             f"the given arguments ({type(exc).__name__}: {exc}). Pass an instance, optimizer=dspy.{cls.__name__}(...), "
             "or one of 'auto', 'gepa', 'bootstrap', 'random_search', 'miprov2', 'copro', 'simba'"
         ) from exc
+    if not compile_kwargs:
+        return teleprompter
+    configured = type(cls.__name__, (_WithCompileArgs,), {})
+    return configured(teleprompter, compile_kwargs)
+
+
+#: compile() arguments the run passes itself
+_RUN_COMPILE_ARGS = frozenset({"self", "student", "program", "trainset", "valset", "teacher", "eval_kwargs", "seed"})
+
+
+class _WithCompileArgs:
+    """A teleprompter built by name together with the ``compile()`` arguments it was given (0.1's
+    ``compile_kwargs``): attributes read and write through to it; ``compile`` has them bound."""
+
+    def __init__(self, inner: Any, compile_kwargs: dict[str, Any]) -> None:
+        self.__dict__["_inner"] = inner
+        self.__dict__["compile"] = functools.partial(inner.compile, **compile_kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_inner"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_inner"], name, value)
 
 
 # --------------------------------------------------------------------------------------------------
