@@ -71,6 +71,10 @@ def _system(body: dict[str, Any]) -> str:
     return message_text(msgs[0].get("content")) if msgs and msgs[0].get("role") == "system" else ""
 
 
+def _schema_name(body: dict[str, Any]) -> str | None:
+    return ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+
+
 def user_responder(body: dict[str, Any]) -> Any:
     """Extraction requests get the record read from the document; judges a score; anything else (DSPy's
     and GEPA's proposer prompts) a short instruction in DSPy's format or as text."""
@@ -107,8 +111,20 @@ def lm(srv: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> FakeLLMServer:
     return srv
 
 
+_OPEN: list[Prompter] = []
+
+
 def prompter(**kw: Any) -> Prompter:
-    return Prompter(model=kw.pop("model", User), model_id="openai/gpt-4o-mini", **kw)
+    made = Prompter(model=kw.pop("model", User), model_id="openai/gpt-4o-mini", **kw)
+    _OPEN.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def _close_prompters() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def deprecations(record: list[warnings.WarningMessage]) -> list[str]:
@@ -150,6 +166,13 @@ MODULES_016 = {
     "dspydantic.evaluators": ["StringCheckEvaluator", "LevenshteinEvaluator", "TextSimilarityEvaluator",
                               "ScoreJudge", "LabelModelGrader", "PythonCodeEvaluator", "PredefinedScoreEvaluator",
                               "register_evaluator"],
+    "dspydantic.evaluators.levenshtein": ["LevenshteinEvaluator"],
+    "dspydantic.evaluators.string_check": ["StringCheckEvaluator"],
+    "dspydantic.evaluators.text_similarity": ["TextSimilarityEvaluator"],
+    "dspydantic.evaluators.score_judge": ["ScoreJudge"],
+    "dspydantic.evaluators.label_model_grader": ["LabelModelGrader"],
+    "dspydantic.evaluators.python_code": ["PythonCodeEvaluator"],
+    "dspydantic.evaluators.predefined_score": ["PredefinedScoreEvaluator"],
     "dspydantic.evaluators.config": ["BaseEvaluator", "EvaluatorFactory", "EVALUATOR_REGISTRY", "register_evaluator"],
     "dspydantic.types": ["Example", "OptimizationResult", "FieldOptimizationProgress", "PrompterState",
                          "create_output_model"],
@@ -511,6 +534,15 @@ def test_016_optimize_arguments_run_and_name_their_replacement(
     assert any(f"{name}=" in m and replacement in m and "0.1" in m for m in warned), warned
 
 
+def test_016_positional_optimize_arguments(lm: FakeLLMServer) -> None:
+    p = prompter()
+    with pytest.warns(DeprecationWarning, match="pass them by keyword: evaluate_fn=..., optimizer=..., train_split"):
+        result = p.optimize(EXAMPLES, "exact", "bootstrap", 0.75)
+    assert result.optimizer == "bootstrap" and result.n_val == 2
+    with pytest.raises(TypeError, match="multiple values"):
+        p.optimize(EXAMPLES, "exact", evaluate_fn="exact")
+
+
 def test_deprecation_warnings_point_at_the_callers_line(lm: FakeLLMServer) -> None:
     p = prompter()
     with pytest.warns(DeprecationWarning) as record:
@@ -553,6 +585,14 @@ def test_miprov2zeroshot_runs_from_one_example_on(lm: FakeLLMServer, name: str) 
     with pytest.warns(DeprecationWarning, match="optimizer='gepa'"):
         result = p.optimize(EXAMPLES[:3], optimizer=name, max_metric_calls=12)
     assert result.optimizer == "gepa" and result.demo_budget == 0 and result.validated
+    # 0.1's init_temperature (MIPROv2's proposal temperature) is GEPA's reflection temperature
+    lm.set_responder(lambda body: {"name": "Nobody", "age": 0} if _schema_name(body) == "User" else
+                     {"text": "Copy the name and the age as written."})
+    with pytest.warns(DeprecationWarning) as record:
+        p.optimize(EXAMPLES[:6], optimizer=name, max_metric_calls=12, init_temperature=0.3)
+    assert any("reflection_temperature" in m for m in deprecations(list(record)))
+    proposals = [r for r in lm.chat_requests if _schema_name(r.body) != "User"]
+    assert proposals and {r.body.get("temperature") for r in proposals} == {0.3}
     with pytest.warns(DeprecationWarning, match="optimizer='gepa'"):
         one = p.optimize(EXAMPLES[:1], optimizer=name)
     assert not one.validated

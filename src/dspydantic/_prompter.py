@@ -417,12 +417,13 @@ class Prompter(LegacyPrompterAPI):
         return _finish(list(results), on_error)
 
     # -- optimization, evaluation and persistence live in their own modules ------------------------
-    def optimize(self, examples: Sequence[Example], **kwargs: Any) -> Any:
-        """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`."""
+    def optimize(self, examples: Sequence[Example], *args: Any, **kwargs: Any) -> Any:
+        """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`.
+        (``args``: dspydantic 0.1's positional arguments, see :mod:`dspydantic.optimize._compat`.)"""
         from .optimize._compat import translate_optimize_kwargs
         from .optimize.run import optimize_prompter
 
-        return optimize_prompter(self, examples, **translate_optimize_kwargs(self, kwargs))
+        return optimize_prompter(self, examples, **translate_optimize_kwargs(self, kwargs, args))
 
     def evaluate(self, examples: Sequence[Example], evaluator: Any = None, **kwargs: Any) -> Any:
         """Score this prompter on held-out examples (overall, per field, P/R/F1, failing examples)."""

@@ -422,24 +422,50 @@ LEGACY_OPTIMIZE_ARGS: dict[str, LegacyArg] = {
 }
 
 
-def translate_optimize_kwargs(prompter: Prompter, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Map dspydantic 0.1's ``optimize()`` arguments and values onto ours (see the module docstring)."""
+#: 0.1's ``optimize()`` parameters after ``examples``, in their positional order
+POSITIONAL_016 = (
+    "evaluate_fn", "optimizer", "train_split", "num_threads", "verbose", "exclude_fields", "include_fields",
+    "evaluator_config", "sequential", "parallel_fields", "max_val_examples", "skip_score_threshold", "on_progress",
+)
+
+
+def translate_optimize_kwargs(
+    prompter: Prompter, kwargs: dict[str, Any], args: tuple[Any, ...] = ()
+) -> dict[str, Any]:
+    """Map dspydantic 0.1's ``optimize()`` arguments and values onto ours (see the module docstring);
+    ``args`` are positional arguments after ``examples``, in 0.1's order."""
+    if args:
+        if len(args) > len(POSITIONAL_016):
+            raise TypeError(f"optimize() takes examples and at most {len(POSITIONAL_016)} more positional arguments")
+        named = dict(zip(POSITIONAL_016, args, strict=False))
+        twice = sorted(set(named) & set(kwargs))
+        if twice:
+            raise TypeError(f"optimize() got multiple values for {twice}")
+        warn_deprecated(
+            "optimize(examples, <positional arguments>)",
+            f"pass them by keyword: {', '.join(f'{k}=...' for k in named)}",
+        )
+        kwargs = {**named, **kwargs}
     legacy = {k: kwargs[k] for k in kwargs if k in LEGACY_OPTIMIZE_ARGS}
     out = {k: v for k, v in kwargs.items() if k not in LEGACY_OPTIMIZE_ARGS}
     ctx = _Ctx(prompter=prompter, given=dict(out), out=out)
-    # dicts of arguments first (their keys may be read by the other handlers), init_temperature last
-    order = sorted(legacy, key=lambda k: (k not in ("optimizer_kwargs", "compile_kwargs"), k == "init_temperature"))
-    for name in order:
-        arg = LEGACY_OPTIMIZE_ARGS[name]
-        ctx.warn(f"optimize({name}=...)", arg.replacement)
-        arg.apply(ctx, legacy[name])
-    if ctx.skip_prompts:
-        keep = [p for p in ("system_prompt", "instruction_prompt") if p not in ctx.skip_prompts]
-        out["optimize_prompts"] = keep or False
 
+    def apply(names: list[str]) -> None:
+        for name in names:
+            arg = LEGACY_OPTIMIZE_ARGS[name]
+            ctx.warn(f"optimize({name}=...)", arg.replacement)
+            arg.apply(ctx, legacy[name])
+
+    # the dicts of arguments first (a teleprompter built by name takes its arguments from them), then the
+    # optimizer's name (init_temperature goes where the optimizer takes it), then the rest
+    apply([k for k in legacy if k in ("optimizer_kwargs", "compile_kwargs")])
     optimizer = out.get("optimizer")
     if isinstance(optimizer, str):
         out["optimizer"] = _legacy_optimizer(optimizer, ctx)
+    apply([k for k in legacy if k not in ("optimizer_kwargs", "compile_kwargs")])
+    if ctx.skip_prompts:
+        keep = [p for p in ("system_prompt", "instruction_prompt") if p not in ctx.skip_prompts]
+        out["optimize_prompts"] = keep or False
     _translate_evaluate_fn(ctx)
     callback = out.get("on_progress")
     if callback is not None:
