@@ -83,7 +83,9 @@ _STALE_TMP_SECONDS = 3600.0
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
 _EXT_MIME = {v: k for k, v in _MIME_EXT.items()} | {"jpeg": "image/jpeg"}
 _PROMPT_KWARGS = ("system_prompt", "instruction_prompt", "field_descriptions", "demos")
-_SETTINGS = ("temperature", "max_tokens", "max_retries", "lm_retries", "retry_backoff", "timeout", "logprobs")
+# model settings except extra_body (it may hold anything: it is not written to disk), and runtime options
+_MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+_SETTINGS = (*_MODEL_SETTINGS, "max_retries", "lm_retries", "retry_backoff", "retry_max_time", "timeout", "logprobs")
 # JSON schema keys that constrain a value without changing its type (a change is "compatible")
 _CONSTRAINT_KEYS = (
     "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -243,7 +245,10 @@ def _state_to_json(state: PromptState, images: _Images, what: str) -> dict[str, 
 
 def _settings(prompter: Prompter) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("temperature", "max_tokens", "max_retries", "lm_retries", "retry_backoff"):
+    model_settings = getattr(prompter, "settings", None)
+    if model_settings is not None:
+        out.update({k: v for k, v in model_settings.as_dict().items() if k in _MODEL_SETTINGS})
+    for name in ("max_retries", "lm_retries", "retry_backoff", "retry_max_time"):
         value = getattr(prompter, name, None)
         if value is not None:
             out[name] = value
