@@ -379,6 +379,26 @@ def test_verbs_take_016_input_keywords_with_their_meaning(lm: FakeLLMServer, tmp
     assert p.run(text={"text": "Ada Lovelace, 36", "source": "crm"}).age == 36  # template dict
 
 
+def test_016_template_dicts_fill_placeholders_in_every_verb(lm: FakeLLMServer) -> None:
+    """0.1 filled the instruction prompt from a dict input in ``run`` and in the batch verbs alike; so do we
+    (one rule). A dict made only of input keywords (``{"text": ...}``) is the text now: with a ``{text}``
+    placeholder the error says how to pass it as template variables."""
+    p = prompter(instruction_prompt="Extract the person from this {source} record: {record}")
+    item = {"source": "crm", "record": "Ada Lovelace, 36"}
+    got = [p.run(item), p.predict(item), p.predict_with_confidence(item).data, asyncio.run(p.apredict(item)),
+           *p.predict_batch([item, item], max_workers=2), *asyncio.run(p.apredict_batch([item]))]
+    assert [u.age for u in got] == [36] * 7
+    sent = {json.dumps(r.body["messages"]) for r in lm.chat_requests}
+    assert len(sent) == 1 and "this crm record: Ada Lovelace, 36" in sent.pop()  # the same prompt each time
+    by_text = prompter(instruction_prompt="Extract the person from: {text}")
+    with pytest.raises(ConfigurationError, match=r"\{text\}.*text=\{") as info:
+        by_text.run({"text": "Ada Lovelace, 36"})
+    assert isinstance(info.value, ValueError)
+    assert isinstance(by_text.predict_batch([{"text": "Ada Lovelace, 36"}], on_error="return")[0], ConfigurationError)
+    assert by_text.run(text={"text": "Ada Lovelace, 36"}).age == 36
+    assert by_text.predict_batch([{"text": {"text": "Alan Turing, 41"}}])[0].age == 41
+
+
 def test_missing_input_errors_are_the_exceptions_016_code_catches(lm: FakeLLMServer, tmp_path: Path) -> None:
     p = prompter()
     with pytest.raises(ValueError, match="nothing to extract"):

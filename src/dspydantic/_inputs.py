@@ -31,12 +31,14 @@ __all__ = [
     "INPUT_OPTIONS",
     "InputDoc",
     "InputFileNotFoundError",
+    "InputKeywords",
     "InputOptions",
     "PdfMode",
     "build_input",
     "check_input_options",
     "encode_png",
     "format_value",
+    "input_keywords",
     "render_template",
     "render_variables",
     "template_placeholders",
@@ -59,6 +61,12 @@ class InputOptions(TypedDict, total=False):
     pdf_mode: PdfMode
     pdf_dpi: int
     max_pdf_pages: int | None
+
+
+class InputKeywords(InputOptions, total=False):
+    """Every input keyword: ``text`` (a string, or a mapping of template variables) and :class:`InputOptions`."""
+
+    text: str | Mapping[str, Any] | None
 
 
 #: the input keywords besides ``text``
@@ -97,6 +105,32 @@ def check_input_options(options: Mapping[str, Any]) -> None:
         raise ConfigurationError(f"image_mime must be a MIME type string such as 'image/png', got {image_mime!r}")
     if options.get("pdf_path") is not None and options.get("pdf_bytes") is not None:
         raise ConfigurationError("pass either pdf_path or pdf_bytes, not both")
+
+
+def input_keywords(item: Any) -> dict[str, Any]:
+    """The input keywords one *input* stands for: the one rule for a verb's positional argument
+    (``run(input)``, ``predict*``, ``apredict*``) and for every item of ``predict_batch`` / ``apredict_batch``.
+
+    - a ``str`` is the text: ``{"text": item}``;
+    - a mapping whose keys are all input keywords (:data:`INPUT_KEYS`: ``text``, ``image_path``,
+      ``pdf_path``, ``pdf_dpi``, ...) *is* those keywords: ``{"text": "..."}`` is that text,
+      ``{"pdf_path": "a.pdf", "pdf_dpi": 300}`` that PDF;
+    - any other mapping is template variables: ``{"text": item}`` (to use template variables whose names
+      are all input keywords, pass them as the text: ``{"text": {"text": ...}}`` or ``text={...}``).
+
+    ``text=`` given by name (to a verb, ``Example`` or :func:`build_input`) is never reinterpreted: a
+    mapping there is always template variables. Anything else raises :class:`ConfigurationError`.
+    """
+    if isinstance(item, str):
+        return {"text": item}
+    if isinstance(item, Mapping):
+        if all(isinstance(k, str) and k in INPUT_KEYS for k in item):
+            return dict(item)
+        return {"text": dict(item)}
+    raise ConfigurationError(
+        f"an input must be a str, a dict (input keywords or template variables) or an Example, "
+        f"got {type(item).__name__}"
+    )
 
 
 class InputFileNotFoundError(ConfigurationError, FileNotFoundError):
@@ -279,9 +313,14 @@ def render_template(template: str, variables: Mapping[str, Any]) -> str:
     if missing:
         available = ", ".join(sorted(str(k) for k in variables)) or "(none)"
         names = ", ".join(f"{{{m}}}" for m in missing)
+        hint = (
+            " The input is not template variables: a str, or a dict made only of input keywords such as "
+            "{'text': ...}, is the document; give template variables as text={...}."
+            if not variables else ""
+        )
         raise ConfigurationError(
             f"template placeholder(s) {names} have no value; available variables: {available}. "
-            "Write {{name}} for a literal '{name}'."
+            "Write {{name}} for a literal '{name}'." + hint
         )
     return "".join(value if kind == "lit" else format_value(variables[value]) for kind, value in tokens)
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from ._cache import CacheBackend, resolve_cache
 from ._compat import LEGACY_INIT_KEYS, LegacyPrompterAPI, apply_legacy_init, pop_legacy_init, renamed_path
 from ._example import Example
-from ._inputs import INPUT_KEYS, InputDoc, InputOptions, build_input, check_input_options
+from ._inputs import InputDoc, InputKeywords, build_input, check_input_options, input_keywords
 from ._options import PROMPTER_ARGS, check_runtime
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
@@ -356,17 +356,11 @@ class Prompter(LegacyPrompterAPI):
             )
 
     def _input(self, item: Any) -> InputDoc:
+        """One input as a document: an InputDoc as is, an Example's input, else :func:`input_keywords`
+        (the one rule for a str or a dict, shared by every verb and batch item)."""
         if isinstance(item, InputDoc):
             return item
-        if isinstance(item, Example):
-            item = item.input_kwargs()
-        elif isinstance(item, str):
-            item = {"text": item}
-        elif not isinstance(item, Mapping):
-            raise ConfigurationError(
-                f"an input must be a str, a dict, an Example or an InputDoc, got {type(item).__name__}"
-            )
-        kwargs = dict(item) if set(item) <= INPUT_KEYS else {"text": dict(item)}
+        kwargs = item.input_kwargs() if isinstance(item, Example) else input_keywords(item)
         doc = build_input(**kwargs)
         try:
             doc.text.encode("utf-8")
@@ -404,30 +398,39 @@ class Prompter(LegacyPrompterAPI):
                 return stop.value
 
     # -- public verbs ------------------------------------------------------------------------------
+    # ``input`` (positional only) is one input, read exactly as a batch item is (see ``input_keywords``:
+    # a str is the text, a dict made only of input keywords is those keywords, any other dict is template
+    # variables, an Example its input); ``inputs`` are the input keywords by name (``text=``, ``pdf_path=``...).
     def predict_with_confidence(
-        self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
     ) -> ExtractionResult[Any]:
         """Extract one input; returns data, confidence, raw output and usage (summed over re-asks)."""
-        return self._run_plan(_item(text, inputs))
+        return self._run_plan(_item(input, inputs))
 
-    def predict(self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]) -> Any:
+    def predict(
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
+    ) -> Any:
         """Extract one input into an instance of the model (text, template dict, image or PDF)."""
-        return self._run_plan(_item(text, inputs)).data
+        return self._run_plan(_item(input, inputs)).data
 
-    def run(self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]) -> Any:
+    def run(
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
+    ) -> Any:
         """Alias of :meth:`predict`."""
-        return self._run_plan(_item(text, inputs)).data
+        return self._run_plan(_item(input, inputs)).data
 
     __call__ = run
 
     async def apredict_with_confidence(
-        self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
     ) -> ExtractionResult[Any]:
-        return await self._arun_plan(_item(text, inputs))
+        return await self._arun_plan(_item(input, inputs))
 
-    async def apredict(self, text: str | Mapping[str, Any] | None = None, **inputs: Unpack[InputOptions]) -> Any:
+    async def apredict(
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
+    ) -> Any:
         """Native async :meth:`predict` (async HTTP; the local model runs in a worker thread)."""
-        return (await self._arun_plan(_item(text, inputs))).data
+        return (await self._arun_plan(_item(input, inputs))).data
 
     arun = apredict
 
@@ -563,14 +566,22 @@ class Prompter(LegacyPrompterAPI):
             self._lm.close()
 
 
-def _item(text: Any, options: Mapping[str, Any]) -> Any:
-    check_input_options(options)  # the one input spec (unknown keywords, option values)
-    inputs = dict(options)
-    if text is not None:
-        inputs = {"text": text, **inputs}
-    if not inputs:
+def _item(item: Any, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """The input keywords of one call: the positional input read by the one rule (as a batch item is),
+    plus the keywords given by name (the one input spec checks both)."""
+    check_input_options(keywords)
+    merged: dict[str, Any] = {}
+    if isinstance(item, Example):
+        merged = item.input_kwargs()
+    elif item is not None:
+        merged = input_keywords(item)
+    both = sorted(set(merged) & set(keywords))
+    if both:
+        raise ConfigurationError(f"input keyword(s) {both} given both in the input and by name; give each once")
+    merged.update(keywords)
+    if not merged:
         raise ConfigurationError("nothing to extract from: pass text=..., image_path=..., or pdf_path=...")
-    return inputs
+    return merged
 
 
 def _workers(n: int, on_error: str) -> int:
