@@ -459,6 +459,15 @@ def test_prompter_016_arguments_are_served(lm: FakeLLMServer, tmp_path: Path) ->
     assert p.run("Ada Lovelace, 36").age == 36 and lm.request_count == before
 
 
+def test_016_arguments_pass_the_keyword_check_a_misspelt_one_does_not(lm: FakeLLMServer) -> None:
+    """The Prompter rejects unknown keywords (naming the accepted ones); 0.1's optimized_* are accepted."""
+    with pytest.raises(ConfigurationError) as info:
+        prompter(optimized_system_prompt="You extract people.", optimised_descriptions={"name": "Full name"})
+    message = str(info.value)
+    assert "optimised_descriptions" in message and "optimized_descriptions" in message and "timeout" in message
+    assert isinstance(info.value, ValueError) and lm.request_count == 0
+
+
 def test_prompter_016_attributes_before_and_after_optimize(lm: FakeLLMServer) -> None:
     p = prompter()
     assert p.optimized_descriptions == {} and p.optimized_system_prompt is None and p.optimized_demos is None
