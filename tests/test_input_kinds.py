@@ -137,3 +137,88 @@ def test_optimize_with_image_and_pdf_examples_then_save_and_load(
     assert any((tmp_path / "saved" / "demos").iterdir())
     assert "base64" not in (tmp_path / "saved" / "prompts.json").read_text()
     assert loaded.run(image_path=str(files["png"])) == Receipt(**ANSWER)
+
+
+def _messages_by_verb(p: Prompter, srv: FakeLLMServer, item: object) -> dict[str, list]:  # type: ignore[type-arg]
+    """The messages each verb sends for ``item`` given positionally (a batch verb: as its one item)."""
+
+    async def one(coro: object) -> None:
+        await coro  # type: ignore[misc]
+
+    calls = {
+        "run": lambda: p.run(item),  # type: ignore[arg-type]
+        "predict": lambda: p.predict(item),  # type: ignore[arg-type]
+        "predict_with_confidence": lambda: p.predict_with_confidence(item),  # type: ignore[arg-type]
+        "apredict": lambda: asyncio.run(one(p.apredict(item))),  # type: ignore[arg-type]
+        "apredict_with_confidence": lambda: asyncio.run(one(p.apredict_with_confidence(item))),  # type: ignore[arg-type]
+        "predict_batch": lambda: p.predict_batch([item]),
+        "apredict_batch": lambda: asyncio.run(one(p.apredict_batch([item]))),
+    }
+    out = {}
+    for verb, call in calls.items():
+        before = srv.request_count
+        call()
+        assert srv.request_count == before + 1, verb
+        out[verb] = srv.requests[-1].body["messages"]
+    return out
+
+
+def test_a_dict_input_means_the_same_in_every_verb(srv: FakeLLMServer, files: dict[str, Path]) -> None:
+    """One rule for a verb's positional input and a batch item: a dict made only of input keywords is those
+    keywords, any other dict is template variables (reported: ``run({"text": ...})`` read it as template
+    variables while ``predict_batch`` read it as the text)."""
+    srv.set_responder(lambda body: ANSWER)
+    p = Prompter(Receipt, "openai/vision", api_base=srv.base_url, instruction_prompt="Extract the {kind}.")
+    plain = Prompter(Receipt, "openai/vision", api_base=srv.base_url)
+
+    # {"text": ...} is the text: exactly what the str and text= send
+    as_dict = _messages_by_verb(plain, srv, {"text": "Corner Cafe, 6.40"})
+    assert all(m == as_dict["run"] for m in as_dict.values()), as_dict
+    plain.run("Corner Cafe, 6.40")
+    assert srv.requests[-1].body["messages"] == as_dict["run"]
+    plain.run(text="Corner Cafe, 6.40")
+    assert srv.requests[-1].body["messages"] == as_dict["run"]
+    assert last_text(as_dict["run"]) == "Corner Cafe, 6.40"
+
+    # a dict with another key is template variables: it fills {kind} and is shown as key: value lines
+    variables = {"kind": "receipt", "text": "Corner Cafe, 6.40"}
+    templated = _messages_by_verb(p, srv, variables)
+    assert all(m == templated["run"] for m in templated.values()), templated
+    assert "Extract the receipt." in json_text(templated["run"])
+    assert "kind: receipt" in last_text(templated["run"]) and "text: Corner Cafe, 6.40" in last_text(templated["run"])
+    # ... the same as text= by name, Example(text=...) and {"text": {...}}
+    p.run(text=variables)
+    assert srv.requests[-1].body["messages"] == templated["run"]
+    assert p.predict_batch([{"text": variables}, Example(text=variables)]) == [Receipt(**ANSWER)] * 2
+    assert srv.requests[-1].body["messages"] == srv.requests[-2].body["messages"] == templated["run"]
+
+    # a dict of other input keywords: the same file in every verb, and keywords by name add to it
+    image = _messages_by_verb(plain, srv, {"image_path": str(files["png"])})
+    assert all(m == image["run"] for m in image.values())
+    assert any(part.get("type") == "image_url" for part in image["run"][-1]["content"])
+    plain.run({"image_path": str(files["png"])}, text="Corner Cafe")
+    merged = srv.requests[-1].body["messages"]
+    plain.predict_batch([{"image_path": str(files["png"]), "text": "Corner Cafe"}])
+    assert srv.requests[-1].body["messages"] == merged
+    assert "Corner Cafe" in last_text(merged) and merged != image["run"]
+
+
+def test_an_input_keyword_given_twice_is_a_configuration_error(srv: FakeLLMServer) -> None:
+    srv.set_responder(lambda body: ANSWER)
+    p = Prompter(Receipt, "openai/vision", api_base=srv.base_url)
+    for call in (lambda: p.run("Corner Cafe", text="Other Cafe"),
+                 lambda: p.predict({"text": "Corner Cafe"}, text="Other Cafe"),
+                 lambda: p.run(Example(text="Corner Cafe"), text="Other Cafe")):
+        with pytest.raises(ConfigurationError, match=r"\['text'\] given both"):
+            call()
+    with pytest.raises(ConfigurationError, match="an input must be"):
+        p.run(42)  # type: ignore[arg-type]
+    assert srv.request_count == 0
+
+
+def last_text(messages: list) -> str:  # type: ignore[type-arg]
+    return message_text(messages[-1]["content"])
+
+
+def json_text(messages: list) -> str:  # type: ignore[type-arg]
+    return "\n".join(message_text(m["content"]) for m in messages)

@@ -44,10 +44,47 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # the evaluator registry pulls in optional machinery: import it on first use only
-    if name in ("register_evaluator", "get_evaluator"):
-        from .optimize import evaluators
+# names imported on first use: the evaluator registry pulls in optional machinery, and dspydantic 0.1's
+# names (docs/migrating-from-0.1.md) live in modules at 0.1's paths
+_LAZY = {
+    "register_evaluator": ".optimize.evaluators",
+    "get_evaluator": ".optimize.evaluators",
+    "OptimizationResult": ".optimize.report",
+    "EvaluationReport": ".optimize.report",
+    # dspydantic 0.1
+    "FieldOptimizationProgress": ".types",
+    "PrompterState": ".types",
+    "create_output_model": ".types",
+    "PydanticOptimizer": ".optimizer",
+    "extract_field_descriptions": ".extractor",
+    "apply_optimized_descriptions": ".extractor",
+    "create_optimized_model": ".extractor",
+    "prepare_input_data": ".utils",
+    "image_to_base64": ".utils",
+    "pdf_to_base64_images": ".utils",
+    "BaseEvaluator": ".evaluators.config",
+    "EvaluatorFactory": ".evaluators.config",
+    "EVALUATOR_REGISTRY": ".evaluators.config",
+    "StringCheckEvaluator": ".evaluators",
+    "LevenshteinEvaluator": ".evaluators",
+    "TextSimilarityEvaluator": ".evaluators",
+    "ScoreJudge": ".evaluators",
+    "LabelModelGrader": ".evaluators",
+    "PythonCodeEvaluator": ".evaluators",
+    "PredefinedScoreEvaluator": ".evaluators",
+    "OptimizeFieldDescription": ".module",
+    "OptimizeSystemPrompt": ".module",
+    "OptimizeInstructionPrompt": ".module",
+}
 
-        return getattr(evaluators, name)
-    raise AttributeError(f"module 'dspydantic' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dspydantic' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    if module != ".module":  # the deprecated signatures warn on every access
+        globals()[name] = value
+    return value

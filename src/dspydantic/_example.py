@@ -2,63 +2,100 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import base64
+from typing import Any, Unpack
 
 from pydantic import BaseModel
 
+from ._inputs import INPUT_KEYS, INPUT_OPTIONS, SOURCE_KEYS, InputOptions, check_input_options
 from .errors import ConfigurationError
 
-INPUT_KEYS = frozenset(
-    {"text", "image_path", "image_base64", "image_bytes", "image", "pdf_path", "pdf_bytes", "pdf_mode"}
-)
+__all__ = ["INPUT_KEYS", "Example"]
 
 
-@dataclass(init=False, slots=True)
 class Example:
     """An input and, optionally, the output expected from it.
 
     ``expected_output`` may be a dict, an instance of the model, a string (free-text mode, compared to
     ``{"output": s}``) or ``None`` (unlabelled: scored by an LLM judge). ``text`` may be a string or a dict
-    of template variables. The reference design's positional order ``Example(expected_output, text)`` is
-    still accepted.
+    of template variables. The other input keywords are those of ``Prompter.run`` (one spec,
+    :class:`dspydantic._inputs.InputOptions`): ``image_path``, ``image_base64``, ``image_bytes``, ``image``,
+    ``image_mime``, ``pdf_path``, ``pdf_bytes``, ``pdf_mode``, ``pdf_dpi``, ``max_pdf_pages``; they are
+    checked when the Example is built and readable as attributes (``example.pdf_dpi``; ``None`` when not
+    given). Positionally it is ``Example(text, expected_output)``; dspydantic 0.1's positional order
+    ``Example(expected_output, text)`` is recognised when the first is a dict or a model and the second a
+    string (keyword arguments are taken as given).
     """
+
+    __slots__ = ("expected_output", "inputs", "text")
 
     text: str | dict[str, Any] | None
     expected_output: dict[str, Any] | BaseModel | str | None
-    image_path: str | None
-    image_base64: str | None
-    pdf_path: str | None
+    #: the input keywords given besides ``text`` (``None`` values left out)
+    inputs: dict[str, Any]
 
     def __init__(
         self,
-        text: str | dict[str, Any] | BaseModel | None = None,
+        *args: Any,
+        text: str | dict[str, Any] | None = None,
         expected_output: dict[str, Any] | BaseModel | str | None = None,
-        *,
-        image_path: str | None = None,
-        image_base64: str | None = None,
-        pdf_path: str | None = None,
+        **inputs: Unpack[InputOptions],
     ) -> None:
-        # Example({"vendor": ...}, "Invoice from ...") -- the reference design's order
-        if isinstance(expected_output, str) and isinstance(text, (dict, BaseModel)):
-            text, expected_output = expected_output, text
+        # positionally: Example(text, expected_output), or dspydantic 0.1's Example(expected_output, text)
+        # when the first is a label (dict or model) and the second a string; keywords are never reordered
+        if len(args) > 2:
+            raise TypeError(f"Example takes at most 2 positional arguments (text, expected_output), got {len(args)}")
+        if (args and text is not None) or (len(args) == 2 and expected_output is not None):
+            raise TypeError("Example got text or expected_output both positionally and by keyword")
+        if len(args) == 2:
+            text, expected_output = args
+            if isinstance(expected_output, str) and isinstance(text, (dict, BaseModel)):
+                text, expected_output = expected_output, text
+        elif args:
+            text = args[0]
         if isinstance(text, BaseModel):
             raise ConfigurationError("Example text must be a string or a dict of template variables")
+        check_input_options(inputs)
         self.text = text
         self.expected_output = expected_output
-        self.image_path = image_path
-        self.image_base64 = image_base64
-        self.pdf_path = pdf_path
-        if text is None and image_path is None and image_base64 is None and pdf_path is None:
-            raise ConfigurationError("an Example needs an input: text, image_path, image_base64 or pdf_path")
+        self.inputs = {k: v for k, v in inputs.items() if v is not None}
+        if text is None and not SOURCE_KEYS & set(self.inputs):
+            raise ConfigurationError(
+                "an Example needs an input: text, image_path, image_base64, image_bytes, image, pdf_path or pdf_bytes"
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        # the input keywords read as attributes (example.image_path, example.pdf_dpi, ...)
+        if name in INPUT_OPTIONS:
+            try:
+                return object.__getattribute__(self, "inputs").get(name)
+            except AttributeError:  # not initialised (e.g. while unpickling)
+                return None
+        raise AttributeError(f"'Example' object has no attribute {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Example):
+            return NotImplemented
+        return (self.text, self.expected_output, self.inputs) == (other.text, other.expected_output, other.inputs)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"text": self.text, "expected_output": self.expected_output, "inputs": self.inputs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.text = state["text"]
+        self.expected_output = state["expected_output"]
+        self.inputs = dict(state.get("inputs") or {})
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.inputs.items() if k not in ("image_bytes", "pdf_bytes"))
+        return f"Example(text={self.text!r}, expected_output={self.expected_output!r}{extra})"
 
     def input_kwargs(self) -> dict[str, Any]:
         """The keyword arguments ``Prompter.predict`` takes for this example's input."""
-        kw: dict[str, Any] = {}
-        for key in ("text", "image_path", "image_base64", "pdf_path"):
-            value = getattr(self, key)
-            if value is not None:
-                kw[key] = value
+        kw: dict[str, Any] = {"text": self.text} if self.text is not None else {}
+        kw.update(self.inputs)
         return kw
 
     def expected_dict(self) -> dict[str, Any] | None:
@@ -73,3 +110,30 @@ class Example:
         from pydantic_core import to_jsonable_python
 
         return dict(to_jsonable_python(exp))
+
+    # -- dspydantic 0.1 names --------------------------------------------------------------------------
+    @property
+    def text_dict(self) -> dict[str, Any]:
+        """The template variables when ``text`` is a dict, else ``{}`` (dspydantic 0.1's name)."""
+        return dict(self.text) if isinstance(self.text, dict) else {}
+
+    @property
+    def input_data(self) -> dict[str, Any]:
+        """What the LM is shown for this example, in dspydantic 0.1's shape: ``{"text": ...}`` and/or
+        ``{"images": [base64, ...]}`` (files are read and PDFs rendered now; a PDF with a text layer gives
+        its text, as the extraction sends it, where 0.1 always sent page images)."""
+        from ._inputs import build_input
+
+        doc = build_input(**self.input_kwargs())
+        out: dict[str, Any] = {}
+        if doc.text:
+            out["text"] = doc.text
+        images = [_base64_of(p["image_url"]["url"]) for p in doc.parts if p.get("type") == "image_url"]
+        if images:
+            out["images"] = images
+        return out
+
+
+def _base64_of(data_url: str) -> str:
+    head, _, payload = data_url.partition(",")
+    return payload if head.endswith(";base64") else base64.b64encode(payload.encode()).decode("ascii")

@@ -22,22 +22,120 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from dspydantic.errors import ConfigurationError, MissingExtraError
 
 __all__ = [
+    "INPUT_KEYS",
+    "INPUT_OPTIONS",
     "InputDoc",
+    "InputFileNotFoundError",
+    "InputKeywords",
+    "InputOptions",
     "PdfMode",
     "build_input",
+    "check_input_options",
     "encode_png",
     "format_value",
+    "input_keywords",
     "render_template",
     "render_variables",
     "template_placeholders",
 ]
 
 PdfMode = Literal["auto", "text", "images"]
+
+
+class InputOptions(TypedDict, total=False):
+    """The input keywords besides ``text``: the one spec shared by :func:`build_input`, ``Example``,
+    ``Prompter.run/predict*`` and the batch verbs (a dict input made only of these keys)."""
+
+    image_path: str | os.PathLike[str] | None
+    image_base64: str | bytes | None
+    image_bytes: bytes | bytearray | memoryview | None
+    image: Any
+    image_mime: str | None
+    pdf_path: str | os.PathLike[str] | None
+    pdf_bytes: bytes | bytearray | memoryview | None
+    pdf_mode: PdfMode
+    pdf_dpi: int
+    max_pdf_pages: int | None
+
+
+class InputKeywords(InputOptions, total=False):
+    """Every input keyword: ``text`` (a string, or a mapping of template variables) and :class:`InputOptions`."""
+
+    text: str | Mapping[str, Any] | None
+
+
+#: the input keywords besides ``text``
+INPUT_OPTIONS: frozenset[str] = frozenset(InputOptions.__annotations__)
+#: every input keyword (``text`` and :data:`INPUT_OPTIONS`)
+INPUT_KEYS: frozenset[str] = INPUT_OPTIONS | {"text"}
+#: the keywords that carry a document (the others only say how to read one)
+SOURCE_KEYS: frozenset[str] = frozenset(
+    {"text", "image_path", "image_base64", "image_bytes", "image", "pdf_path", "pdf_bytes"}
+)
+DEFAULT_PDF_DPI = 144
+
+
+def check_input_options(options: Mapping[str, Any]) -> None:
+    """Validate input keywords without reading anything: unknown names and bad option values raise
+    :class:`ConfigurationError` (the same checks :func:`build_input` makes, so an ``Example`` fails when
+    it is built, not when it is first used)."""
+    unknown = set(options) - INPUT_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown input argument(s) {sorted(unknown)}; the input keywords are {sorted(INPUT_KEYS)}"
+        )
+    pdf_mode = options.get("pdf_mode", "auto")
+    if pdf_mode not in ("auto", "text", "images"):
+        raise ConfigurationError(f"pdf_mode must be 'auto', 'text' or 'images', got {pdf_mode!r}")
+    pdf_dpi = options.get("pdf_dpi", DEFAULT_PDF_DPI)
+    if isinstance(pdf_dpi, bool) or not isinstance(pdf_dpi, int) or not 18 <= pdf_dpi <= 1200:
+        raise ConfigurationError(f"pdf_dpi must be an int between 18 and 1200, got {pdf_dpi!r}")
+    max_pdf_pages = options.get("max_pdf_pages")
+    if max_pdf_pages is not None and (
+        isinstance(max_pdf_pages, bool) or not isinstance(max_pdf_pages, int) or max_pdf_pages < 1
+    ):
+        raise ConfigurationError(f"max_pdf_pages must be a positive int or None, got {max_pdf_pages!r}")
+    image_mime = options.get("image_mime")
+    if image_mime is not None and not isinstance(image_mime, str):
+        raise ConfigurationError(f"image_mime must be a MIME type string such as 'image/png', got {image_mime!r}")
+    if options.get("pdf_path") is not None and options.get("pdf_bytes") is not None:
+        raise ConfigurationError("pass either pdf_path or pdf_bytes, not both")
+
+
+def input_keywords(item: Any) -> dict[str, Any]:
+    """The input keywords one *input* stands for: the one rule for a verb's positional argument
+    (``run(input)``, ``predict*``, ``apredict*``) and for every item of ``predict_batch`` / ``apredict_batch``.
+
+    - a ``str`` is the text: ``{"text": item}``;
+    - a mapping whose keys are all input keywords (:data:`INPUT_KEYS`: ``text``, ``image_path``,
+      ``pdf_path``, ``pdf_dpi``, ...) *is* those keywords: ``{"text": "..."}`` is that text,
+      ``{"pdf_path": "a.pdf", "pdf_dpi": 300}`` that PDF;
+    - any other mapping is template variables: ``{"text": item}`` (to use template variables whose names
+      are all input keywords, pass them as the text: ``{"text": {"text": ...}}`` or ``text={...}``).
+
+    ``text=`` given by name (to a verb, ``Example`` or :func:`build_input`) is never reinterpreted: a
+    mapping there is always template variables. Anything else raises :class:`ConfigurationError`.
+    """
+    if isinstance(item, str):
+        return {"text": item}
+    if isinstance(item, Mapping):
+        if all(isinstance(k, str) and k in INPUT_KEYS for k in item):
+            return dict(item)
+        return {"text": dict(item)}
+    raise ConfigurationError(
+        f"an input must be a str, a dict (input keywords or template variables) or an Example, "
+        f"got {type(item).__name__}"
+    )
+
+
+class InputFileNotFoundError(ConfigurationError, FileNotFoundError):
+    """An input file (image or PDF) does not exist: a :class:`ConfigurationError` (a ``ValueError``) that
+    ``except FileNotFoundError`` also catches, as dspydantic 0.1 raised ``FileNotFoundError`` there."""
 
 #: average number of non-space characters per page above which ``pdf_mode="auto"`` trusts the text layer
 MIN_TEXT_CHARS_PER_PAGE = 20
@@ -215,9 +313,14 @@ def render_template(template: str, variables: Mapping[str, Any]) -> str:
     if missing:
         available = ", ".join(sorted(str(k) for k in variables)) or "(none)"
         names = ", ".join(f"{{{m}}}" for m in missing)
+        hint = (
+            " The input is not template variables: a str, or a dict made only of input keywords such as "
+            "{'text': ...}, is the document; give template variables as text={...}."
+            if not variables else ""
+        )
         raise ConfigurationError(
             f"template placeholder(s) {names} have no value; available variables: {available}. "
-            "Write {{name}} for a literal '{name}'."
+            "Write {{name}} for a literal '{name}'." + hint
         )
     return "".join(value if kind == "lit" else format_value(variables[value]) for kind, value in tokens)
 
@@ -334,7 +437,7 @@ def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
     try:
         return p.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigurationError(f"{what} not found: {str(p)!r}") from exc
+        raise InputFileNotFoundError(f"{what} not found: {str(p)!r}") from exc
     except IsADirectoryError as exc:
         raise ConfigurationError(f"{what} is a directory, not a file: {str(p)!r}") from exc
     except OSError as exc:
@@ -584,42 +687,32 @@ def _warn_truncated(source: str, total: int, max_pages: int | None) -> None:
 # the builder
 
 
-def build_input(
-    text: str | Mapping[str, Any] | None = None,
-    *,
-    image_path: str | os.PathLike[str] | None = None,
-    image_base64: str | bytes | None = None,
-    image_bytes: bytes | bytearray | memoryview | None = None,
-    image: Any = None,
-    image_mime: str | None = None,
-    pdf_path: str | os.PathLike[str] | None = None,
-    pdf_bytes: bytes | bytearray | memoryview | None = None,
-    pdf_mode: PdfMode = "auto",
-    pdf_dpi: int = 144,
-    max_pdf_pages: int | None = None,
-) -> InputDoc:
+def build_input(text: str | Mapping[str, Any] | None = None, **options: Unpack[InputOptions]) -> InputDoc:
     """Normalise the inputs of one extraction into an :class:`InputDoc`.
 
     ``text`` is the document, or a mapping of template variables (rendered as ``key: value`` lines).
-    Images may be given by path, base64 (with or without a ``data:`` prefix), raw bytes or as a PIL
-    image; the MIME type comes from the magic bytes (``image_mime`` only for formats that are not
-    recognised). PDFs: ``pdf_mode="auto"`` uses the text layer when it averages at least
-    ``MIN_TEXT_CHARS_PER_PAGE`` visible characters per page (also rendering the pages of it that look
-    scanned: an image and almost no text), else renders every page to PNG at ``pdf_dpi``;
-    ``"text"`` / ``"images"`` force one. Encrypted (with a user password) or corrupt PDFs raise
-    :class:`ConfigurationError`; missing pypdf/pypdfium2 raise :class:`MissingExtraError`.
-    ``max_pdf_pages`` keeps only the first pages (with a warning). Parts are ordered: text, PDF, images.
+    Images may be given by ``image_path``, ``image_base64`` (with or without a ``data:`` prefix),
+    ``image_bytes`` or as a PIL ``image``; the MIME type comes from the magic bytes (``image_mime`` only
+    for formats that are not recognised). PDFs (``pdf_path`` or ``pdf_bytes``): ``pdf_mode="auto"`` uses
+    the text layer when it averages at least ``MIN_TEXT_CHARS_PER_PAGE`` visible characters per page
+    (also rendering the pages of it that look scanned: an image and almost no text), else renders every
+    page to PNG at ``pdf_dpi`` (default 144); ``"text"`` / ``"images"`` force one. Encrypted (with a user
+    password) or corrupt PDFs raise :class:`ConfigurationError`; missing pypdf/pypdfium2 raise
+    :class:`MissingExtraError`. ``max_pdf_pages`` keeps only the first pages (with a warning). Parts are
+    ordered: text, PDF, images. The keywords are :class:`InputOptions` (checked by
+    :func:`check_input_options`).
     """
-    if pdf_mode not in ("auto", "text", "images"):
-        raise ConfigurationError(f"pdf_mode must be 'auto', 'text' or 'images', got {pdf_mode!r}")
-    if isinstance(pdf_dpi, bool) or not isinstance(pdf_dpi, int) or not 18 <= pdf_dpi <= 1200:
-        raise ConfigurationError(f"pdf_dpi must be an int between 18 and 1200, got {pdf_dpi!r}")
-    if max_pdf_pages is not None and (
-        isinstance(max_pdf_pages, bool) or not isinstance(max_pdf_pages, int) or max_pdf_pages < 1
-    ):
-        raise ConfigurationError(f"max_pdf_pages must be a positive int or None, got {max_pdf_pages!r}")
-    if pdf_path is not None and pdf_bytes is not None:
-        raise ConfigurationError("pass either pdf_path or pdf_bytes, not both")
+    check_input_options(options)
+    image_path = options.get("image_path")
+    image_base64 = options.get("image_base64")
+    image_bytes = options.get("image_bytes")
+    image = options.get("image")
+    image_mime = options.get("image_mime")
+    pdf_path = options.get("pdf_path")
+    pdf_bytes = options.get("pdf_bytes")
+    pdf_mode: PdfMode = options.get("pdf_mode", "auto")
+    pdf_dpi = options.get("pdf_dpi", DEFAULT_PDF_DPI)
+    max_pdf_pages = options.get("max_pdf_pages")
 
     parts: list[dict[str, Any]] = []
     texts: list[str] = []

@@ -16,13 +16,14 @@ import math
 import os
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from pydantic import BaseModel
 
 from ._cache import CacheBackend, resolve_cache
-from ._example import INPUT_KEYS, Example
-from ._inputs import InputDoc, build_input
+from ._compat import LEGACY_INIT_KEYS, LegacyPrompterAPI, apply_legacy_init, pop_legacy_init, renamed_path
+from ._example import Example
+from ._inputs import InputDoc, InputKeywords, build_input, check_input_options, input_keywords
 from ._observe import extraction
 from ._options import PROMPTER_ARGS, check_runtime
 from ._render import Demo, OutputParseError, PromptState, Renderer
@@ -39,11 +40,12 @@ OnError = Literal["raise", "return"]
 _Plan = Generator[LMRequest, LMResponse, ExtractionResult[Any]]
 
 
-class Prompter:
+class Prompter(LegacyPrompterAPI):
     """Extracts instances of a Pydantic model with an LLM, and optimizes its own prompts.
 
     Each Prompter owns its LM backend (it never calls ``dspy.configure``). See the README for the choice
-    of backend from ``model_id`` / ``lm``.
+    of backend from ``model_id`` / ``lm``. dspydantic 0.1's ``optimized_*`` arguments and attributes are
+    accepted (see :class:`~dspydantic._compat.LegacyPrompterAPI` and docs/migrating-from-0.1.md).
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class Prompter:
         context_window: int | None = None,
         **backend_options: Any,
     ) -> None:
+        # dspydantic 0.1's optimized_* arguments: popped before the backend checks the remaining keywords
+        legacy = pop_legacy_init(backend_options)
         check_runtime(
             max_retries=max_retries, lm_retries=lm_retries, retry_backoff=retry_backoff,
             retry_max_time=retry_max_time, timeout=timeout, connect_timeout=connect_timeout, verify=verify,
@@ -98,7 +102,7 @@ class Prompter:
             model_id, lm=lm, api_key=api_key, api_base=api_base, timeout=timeout, context_window=context_window,
             transport={"connect_timeout": connect_timeout, "verify": verify, "proxy": proxy,
                        "max_connections": max_connections},
-            accepted=(*PROMPTER_ARGS, *SETTING_NAMES),
+            accepted=(*PROMPTER_ARGS, *SETTING_NAMES, *LEGACY_INIT_KEYS),
             **backend_options,
         )
         check = getattr(self.backend, "check_settings", None)
@@ -124,6 +128,8 @@ class Prompter:
         self._original_state = self._state
         self._renderer: Renderer | None = None
         self.optimization_result: Any = None
+        if legacy:
+            apply_legacy_init(self, legacy)
 
     def __repr__(self) -> str:
         return f"Prompter(model={self.model.__name__}, backend={self.backend!r})"
@@ -372,17 +378,11 @@ class Prompter:
             )
 
     def _input(self, item: Any) -> InputDoc:
+        """One input as a document: an InputDoc as is, an Example's input, else :func:`input_keywords`
+        (the one rule for a str or a dict, shared by every verb and batch item)."""
         if isinstance(item, InputDoc):
             return item
-        if isinstance(item, Example):
-            item = item.input_kwargs()
-        elif isinstance(item, str):
-            item = {"text": item}
-        elif not isinstance(item, Mapping):
-            raise ConfigurationError(
-                f"an input must be a str, a dict, an Example or an InputDoc, got {type(item).__name__}"
-            )
-        kwargs = dict(item) if set(item) <= INPUT_KEYS else {"text": dict(item)}
+        kwargs = item.input_kwargs() if isinstance(item, Example) else input_keywords(item)
         doc = build_input(**kwargs)
         try:
             doc.text.encode("utf-8")
@@ -434,30 +434,39 @@ class Prompter:
                 return stop.value
 
     # -- public verbs ------------------------------------------------------------------------------
+    # ``input`` (positional only) is one input, read exactly as a batch item is (see ``input_keywords``:
+    # a str is the text, a dict made only of input keywords is those keywords, any other dict is template
+    # variables, an Example its input); ``inputs`` are the input keywords by name (``text=``, ``pdf_path=``...).
     def predict_with_confidence(
-        self, text: str | Mapping[str, Any] | None = None, **inputs: Any
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
     ) -> ExtractionResult[Any]:
         """Extract one input; returns data, confidence, raw output and usage (summed over re-asks)."""
-        return self._run_plan(_item(text, inputs))
+        return self._run_plan(_item(input, inputs))
 
-    def predict(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+    def predict(
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
+    ) -> Any:
         """Extract one input into an instance of the model (text, template dict, image or PDF)."""
-        return self._run_plan(_item(text, inputs)).data
+        return self._run_plan(_item(input, inputs)).data
 
-    def run(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+    def run(
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
+    ) -> Any:
         """Alias of :meth:`predict`."""
-        return self._run_plan(_item(text, inputs)).data
+        return self._run_plan(_item(input, inputs)).data
 
     __call__ = run
 
     async def apredict_with_confidence(
-        self, text: str | Mapping[str, Any] | None = None, **inputs: Any
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
     ) -> ExtractionResult[Any]:
-        return await self._arun_plan(_item(text, inputs))
+        return await self._arun_plan(_item(input, inputs))
 
-    async def apredict(self, text: str | Mapping[str, Any] | None = None, **inputs: Any) -> Any:
+    async def apredict(
+        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
+    ) -> Any:
         """Native async :meth:`predict` (async HTTP; the local model runs in a worker thread)."""
-        return (await self._arun_plan(_item(text, inputs))).data
+        return (await self._arun_plan(_item(input, inputs))).data
 
     arun = apredict
 
@@ -559,11 +568,13 @@ class Prompter:
         return resume_batch(self, id_or_path, store=store)
 
     # -- optimization, evaluation and persistence live in their own modules ------------------------
-    def optimize(self, examples: Sequence[Example], **kwargs: Any) -> Any:
-        """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`."""
+    def optimize(self, examples: Sequence[Example], *args: Any, **kwargs: Any) -> Any:
+        """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`.
+        (``args``: dspydantic 0.1's positional arguments, see :mod:`dspydantic.optimize._compat`.)"""
+        from .optimize._compat import translate_optimize_kwargs
         from .optimize.run import optimize_prompter
 
-        return optimize_prompter(self, examples, **kwargs)
+        return optimize_prompter(self, examples, **translate_optimize_kwargs(self, kwargs, args))
 
     def evaluate(self, examples: Sequence[Example], evaluator: Any = None, **kwargs: Any) -> Any:
         """Score this prompter on held-out examples (overall, per field, P/R/F1, failing examples)."""
@@ -571,23 +582,28 @@ class Prompter:
 
         return evaluate_prompter(self, examples, evaluator=evaluator, **kwargs)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(
+        self, path: str | os.PathLike[str] | None = None, *, save_path: str | os.PathLike[str] | None = None
+    ) -> None:
         """Write this prompter to a versioned directory of JSON (atomic; no secrets)."""
         from ._persist import save_prompter
 
-        save_prompter(self, path)
+        save_prompter(self, renamed_path("save", path, "save_path", save_path))
 
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         model: type[BaseModel] | None = None,
         model_id: str | None = None,
+        *,
+        load_path: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> Prompter:
         """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
         from ._persist import load_prompter
 
+        path = renamed_path("load", path, "load_path", load_path)
         return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
 
     def with_fallback(self, *others: Any, min_confidence: float | None = None) -> Any:
@@ -610,15 +626,22 @@ class Prompter:
             self._lm.close()
 
 
-def _item(text: Any, inputs: dict[str, Any]) -> Any:
-    unknown = set(inputs) - INPUT_KEYS
-    if unknown:
-        raise ConfigurationError(f"unknown input argument(s) {sorted(unknown)}; expected {sorted(INPUT_KEYS)}")
-    if text is not None:
-        inputs = {"text": text, **inputs}
-    if not inputs:
+def _item(item: Any, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """The input keywords of one call: the positional input read by the one rule (as a batch item is),
+    plus the keywords given by name (the one input spec checks both)."""
+    check_input_options(keywords)
+    merged: dict[str, Any] = {}
+    if isinstance(item, Example):
+        merged = item.input_kwargs()
+    elif item is not None:
+        merged = input_keywords(item)
+    both = sorted(set(merged) & set(keywords))
+    if both:
+        raise ConfigurationError(f"input keyword(s) {both} given both in the input and by name; give each once")
+    merged.update(keywords)
+    if not merged:
         raise ConfigurationError("nothing to extract from: pass text=..., image_path=..., or pdf_path=...")
-    return inputs
+    return merged
 
 
 def _workers(n: int, on_error: str) -> int:

@@ -57,12 +57,15 @@ class LMError(DspydanticError):
         self.attempts = 1
 
 
-class ExtractionError(DspydanticError):
+class ExtractionError(DspydanticError, ValueError):
     """The LM answered, but no answer validated against the model after all re-asks.
 
     ``raw_output`` is the last answer, ``errors`` the validation errors of every attempt, ``usage`` the LM
     usage of the whole extraction. ``truncated`` is True when the answer was cut by the token limit
     (``finish_reason == "length"``) even after one retry with a larger ``max_tokens``.
+
+    A ``ValueError`` too: dspydantic 0.1 raised ``ValueError`` (or pydantic's ``ValidationError``, a
+    ``ValueError``) for an answer it could not parse or validate, so ``except ValueError`` still catches it.
     """
 
     def __init__(

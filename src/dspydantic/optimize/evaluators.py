@@ -438,7 +438,7 @@ class TextSimilarityEvaluator(_SimilarityEvaluator):
 
     Config:
 
-    * ``model`` (str): a sentence-transformers model name or a local directory; the default
+    * ``model`` (str; alias ``model_name``): a sentence-transformers model name or a local directory; the default
       (``"sentence-transformers/all-MiniLM-L6-v2"``) resolves to the bundled copy;
     * ``device`` (str, optional), ``local_files_only`` (bool, default ``False`` for other names);
     * ``embedder`` (callable ``list[str] -> list[vector]``): use your own embedding function instead;
@@ -451,7 +451,15 @@ class TextSimilarityEvaluator(_SimilarityEvaluator):
 
     def __init__(self, config: dict[str, Any] | None = None, lm: Any = None) -> None:
         super().__init__(config, lm)
-        self.model_name = str(self.config.get("model", _DEFAULT_EMBEDDING_MODEL))
+        self.model_name = str(self.config.get("model", self.config.get("model_name", _DEFAULT_EMBEDDING_MODEL)))
+        if self.config.get("provider", "sentence-transformers") != "sentence-transformers":
+            from .._compat import warn_deprecated
+
+            warn_deprecated(
+                f"text_similarity config provider={self.config['provider']!r}",
+                "embeddings come from a sentence-transformers model (config 'model'); for another provider "
+                "pass config 'embedder': a function list[str] -> list of vectors",
+            )
         self.device: str | None = self.config.get("device")
         self.local_files_only = bool(self.config.get("local_files_only", False))
         embedder = self.config.get("embedder")
@@ -806,6 +814,14 @@ class LabelModelGrader(_Judge):
         if not labels or not isinstance(labels, (list, tuple)):
             raise ConfigurationError("label_model_grader needs config 'labels': a non-empty list of strings")
         self.labels = [str(label) for label in labels]
+        if "exact_match_score" in self.config or "partial_match_score" in self.config:
+            from .._compat import warn_deprecated
+
+            warn_deprecated(
+                "label_model_grader config exact_match_score / partial_match_score",
+                "a label scores 1.0 when it is the expected one and 0.0 otherwise; for partial credit use "
+                "passing_labels or a python_code evaluator",
+            )
         passing = self.config.get("passing_labels")
         self.passing_labels: list[str] | None = None if passing is None else [str(p) for p in passing]
         # without passing_labels the chosen label is compared with the expected value: a label is needed

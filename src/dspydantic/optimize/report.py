@@ -337,6 +337,9 @@ class OptimizationResult:
     Usage counts this run only: ``lm_calls`` are real LM calls (cache hits in ``cache_hits``),
     ``requests`` is both (what ``max_lm_calls`` limits), tokens are those of real calls and
     ``estimated_cost_usd`` their price where the model's price is known (``None`` otherwise).
+
+    ``validated`` is False when nothing could be scored on held-out examples (``optimize()`` got a single
+    example and no ``valset``): the scores are then NaN, never made up, and ``message`` says so.
     """
 
     baseline_score: float
@@ -373,6 +376,8 @@ class OptimizationResult:
     original_score: float | None = None
     original_per_field: dict[str, float] = field(default_factory=dict)
     original_report: EvaluationReport | None = field(default=None, repr=False)
+    #: False when there was no held-out validation at all (one example, no valset): scores are NaN
+    validated: bool = True
 
     # -- the adopted prompts (dspydantic 0.1 names) --------------------------------------------------
     @property
@@ -390,7 +395,10 @@ class OptimizationResult:
 
     @property
     def optimized_demos(self) -> list[dict[str, Any]]:
-        return [d.to_json() for d in self.state.demos]
+        """The adopted demos: ours (``input``/``output``) and 0.1's keys (``input_data``/``expected_output``)."""
+        from .._compat import legacy_demo_json
+
+        return [{**d.to_json(), **legacy_demo_json(d)} for d in self.state.demos]
 
     @property
     def demos(self) -> tuple[Demo, ...]:
@@ -418,9 +426,20 @@ class OptimizationResult:
         return self.prompt_tokens + self.completion_tokens
 
     @property
+    def api_calls(self) -> int:
+        """dspydantic 0.1's name for :attr:`lm_calls` (the LM calls this run made; cache hits excluded)."""
+        return self.lm_calls
+
+    @property
     def metrics(self) -> dict[str, Any]:
-        """A flat dict of the numbers (dspydantic 0.1 had ``metrics``)."""
+        """A flat dict of the numbers (dspydantic 0.1 had ``metrics``; its keys are here too)."""
+        base = self.baseline_score
         return {
+            "average_score": self.optimized_score,
+            "improvement_percent": self.improvement / base * 100 if base == base and base > 0 else 0.0,
+            "validation_size": self.n_val,
+            "training_size": self.n_train,
+            "validated": self.validated,
             "baseline_score": self.baseline_score,
             "optimized_score": self.optimized_score,
             "candidate_score": self.candidate_score,
@@ -451,7 +470,7 @@ class OptimizationResult:
             "candidate_score", "baseline_per_field", "candidate_per_field", "n_train", "n_val", "n_examples",
             "lm_calls", "requests", "cache_hits", "prompt_tokens", "completion_tokens", "estimated_cost_usd",
             "wall_time_s", "budget_exhausted", "seed", "stages", "demo_budget", "field_descriptions_before",
-            "original_score", "original_per_field",
+            "original_score", "original_per_field", "validated",
         ):
             value = getattr(self, name)
             if isinstance(value, float) and value != value:  # NaN is not JSON
@@ -482,6 +501,8 @@ class OptimizationResult:
 
     def summary(self) -> str:
         verdict = "accepted" if self.accepted else "not accepted"
+        if not self.validated:
+            return f"{self.optimizer}: not validated (no held-out example); {self.message}"
         lines = [
             f"{self.optimizer}: baseline {self.baseline_score:.3f} -> candidate "
             + (f"{self.candidate_score:.3f}" if self.candidate_score is not None else "n/a")

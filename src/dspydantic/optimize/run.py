@@ -759,6 +759,49 @@ def _decide(
     return _Verdict(False, serve_baseline, message, served)
 
 
+def _unvalidated(
+    prompter: Prompter,
+    example: Example,
+    plan: _Plan,
+    *,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    verbose: bool,
+    seed: int,
+    started: float,
+) -> OptimizationResult:
+    """``optimize([one_example])`` without a valset: there is nothing to validate a candidate on, so no
+    optimizer runs and no score is made up (NaN, ``validated=False``). A labelled example becomes a plain
+    few-shot demo -- the one thing it can give without a held-out comparison -- and the message says so."""
+    original = prompter.state
+    state = _plain_demos(prompter, original, [example], len(original.demos) + 1)
+    if state != original:
+        what = "the example was added as a few-shot demo (unvalidated); the prompts are unchanged"
+    else:
+        what = "the example has no label (or is already a demo), so nothing changed"
+    message = (
+        f"no held-out validation was possible: optimize() got 1 example and no valset, so nothing was scored "
+        f"and no optimizer ran; {what}. Give at least 2 examples (or valset=...) to optimize and validate"
+    )
+    nan = float("nan")
+    with Progress(on_progress, verbose=verbose) as progress:
+        progress.emit({"event": "start", "optimizer": plan.name, "reason": "1 example, no valset: nothing to "
+                       "validate on", "n_train": 1, "n_val": 0, "demo_budget": len(state.demos)})
+        result = OptimizationResult(
+            baseline_score=nan, optimized_score=nan, accepted=False, message=message, optimizer=plan.name,
+            optimizer_reason="1 example and no valset: used as a demo, no optimizer run", state=state,
+            baseline_state=original, candidate_state=state, candidate_score=None, baseline_per_field={},
+            candidate_per_field={}, n_train=1, n_val=0, n_examples=1, lm_calls=0, requests=0, cache_hits=0,
+            prompt_tokens=0, completion_tokens=0, estimated_cost_usd=None,
+            wall_time_s=time.perf_counter() - started, seed=seed, demo_budget=len(state.demos),
+            field_descriptions_before=dict(prompter.renderer.descriptions), validated=False,
+        )
+        log.info("optimize: %s", message)
+        progress.emit({"event": "done", "accepted": False, "message": message, "lm_calls": 0, "requests": 0})
+    prompter.state = state
+    prompter.optimization_result = result
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # cost
 # --------------------------------------------------------------------------------------------------
@@ -855,9 +898,11 @@ def optimize_prompter(
     for name, value in limits:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigurationError(f"{name} must be a positive int or None, got {value!r}")
-    split = _split(items, val_items, float(train_split), seed, max_val_examples)
+    # one example and no valset: nothing can be validated; the arguments are still checked (see _unvalidated)
+    single = val_items is None and len(items) < 2
+    split = _Split(items, []) if single else _split(items, val_items, float(train_split), seed, max_val_examples)
     plan = _plan(optimizer, len(split.train))
-    _configure_stages(plan, len(split.train), optimizer_kwargs)
+    _configure_stages(plan, 1 << 30 if single else len(split.train), optimizer_kwargs)
     own = {k: v for k, v in optimizer_kwargs.items() if k in _OWN_KWARGS}
     auto_preset = own.get("auto")
     if auto_preset is not None and auto_preset not in _GEPA_PRESETS:
@@ -878,6 +923,9 @@ def optimize_prompter(
     fallback = own.get("fallback", "original")
     if fallback not in ("original", "baseline"):
         raise ConfigurationError(f"fallback must be 'original' or 'baseline', got {fallback!r}")
+    if single:
+        return _unvalidated(prompter, items[0], plan, on_progress=on_progress, verbose=verbose, seed=seed,
+                            started=started)
     n_val = len(split.val)
     unlabelled_val = sum(1 for ex in split.val if ex.expected_output is None)
     from .._schema import iter_field_paths

@@ -1,0 +1,94 @@
+"""dspydantic 0.1's ``dspydantic.extractor``: field descriptions of a Pydantic model by dotted path.
+
+Paths are 0.1's: ``address.street``, and ``items.name`` for a field of the models in a list (we write
+``items[].name`` elsewhere; both are accepted here). A Prompter applies descriptions itself
+(``Prompter(field_descriptions=...)``, ``prompter.state``); these helpers are for code that used them
+directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, create_model
+
+__all__ = ["apply_optimized_descriptions", "create_optimized_model", "extract_field_descriptions"]
+
+
+def _legacy(path: str) -> str:
+    return path.replace("[]", "").replace("{}", "")
+
+
+def extract_field_descriptions(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """Every field path -> its description, or the field's name when it has none (as 0.1 did)."""
+    from ._schema import iter_field_paths, model_schema
+
+    out: dict[str, str] = {}
+    for f in iter_field_paths(model_schema(model)):
+        path = _legacy(f.path)
+        out.setdefault(f"{prefix}.{path}" if prefix else path, f.description or path.rsplit(".", 1)[-1])
+    return out
+
+
+def apply_optimized_descriptions(model: type[BaseModel], optimized_descriptions: Mapping[str, str]) -> dict[str, Any]:
+    """The model's JSON schema with these descriptions set (0.1 or our paths; ``$ref``s are inlined and
+    titles dropped, unlike 0.1's schema: it is what the Prompter sends as structured-output schema)."""
+    from ._compat import our_paths
+    from ._schema import apply_descriptions, model_schema
+
+    schema = model_schema(model)
+    return apply_descriptions(schema, our_paths(schema, optimized_descriptions, "optimized_descriptions"))
+
+
+def create_optimized_model(model: type[BaseModel], optimized_descriptions: Mapping[str, str]) -> type[BaseModel]:
+    """A subclass of ``model`` (nested models too) whose fields carry these descriptions; validators,
+    defaults and methods are inherited. Unknown paths are ignored, as in 0.1."""
+    wanted = {_legacy(str(k)): str(v) for k, v in optimized_descriptions.items()}
+    return _rebuild(model, "", wanted, {})
+
+
+def _rebuild(cls: type[BaseModel], prefix: str, wanted: dict[str, str], done: dict[tuple[type, str], Any]) -> Any:
+    key = (cls, prefix)
+    if key in done:
+        return done[key]
+    done[key] = cls  # a recursive model refers to itself unchanged
+    fields: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        annotation = _substitute(info.annotation, path, wanted, done)
+        description = wanted.get(path)
+        if annotation is info.annotation and description is None:
+            continue
+        new_info = copy.copy(info)
+        if description is not None:
+            new_info.description = description
+        fields[name] = (annotation, new_info)
+    if not fields:
+        done[key] = cls
+        return cls
+    new = create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)
+    done[key] = new
+    return new
+
+
+def _substitute(annotation: Any, path: str, wanted: dict[str, str], done: dict[tuple[type, str], Any]) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _rebuild(annotation, path, wanted, done)
+    args = get_args(annotation)
+    if not args:
+        return annotation
+    origin = get_origin(annotation)
+    if origin is typing.Literal:
+        return annotation
+    new_args = tuple(_substitute(a, path, wanted, done) if isinstance(a, type) or get_args(a) else a for a in args)
+    if all(n is a for n, a in zip(new_args, args, strict=True)):
+        return annotation
+    if origin is typing.Union or origin is types.UnionType:
+        return typing.Union[new_args]  # noqa: UP007 -- built from a tuple
+    if origin is typing.Annotated:
+        return typing.Annotated[new_args]
+    return origin[new_args] if len(new_args) > 1 else origin[new_args[0]]
