@@ -172,7 +172,8 @@ def test_a_client_without_dspydantic_calls_the_tasks_by_name(
     assert out["file_txt"]["data"] == {"vendor": "TextCo", "total": 30.0}
     batch = out["batch"]
     assert [b["data"] for b in batch[:2]] == [{"vendor": "A", "total": 1.0}, {"vendor": "B", "total": 2.0}]
-    assert batch[2]["data"] is None and batch[2]["error"]["type"] == "ConfigurationError"
+    # a missing file is an InputFileNotFoundError (a ConfigurationError and a FileNotFoundError)
+    assert batch[2]["data"] is None and batch[2]["error"]["type"] == "InputFileNotFoundError"
     assert "PDF file not found" in batch[2]["error"]["message"]
     returned = out["returned"]
     assert returned["data"] is None and returned["error"]["type"] == "ExtractionError"

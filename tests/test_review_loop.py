@@ -177,28 +177,14 @@ def test_review_and_optimize_from_the_command_line(srv: FakeLLMServer, tmp_path:
     assert empty.returncode == 2 and "no approved or corrected documents" in empty.stderr
 
 
-def test_from_store_joins_an_optimize_command_registered_by_another_module() -> None:
-    """When `optimize EXAMPLES.jsonl` comes from its own module, `--from-store` is added to it and dispatched
-    to the store path; its own invocations still reach its own handler."""
-    import argparse
-
-    from dspydantic.cli import review
-
-    parser = argparse.ArgumentParser(prog="dspydantic")
-    sub = parser.add_subparsers(dest="command")
-    theirs = sub.add_parser("optimize")
-    theirs.add_argument("examples", nargs="?")
-    theirs.add_argument("--out")
-    theirs.add_argument("--seed", type=int, default=0)
-    calls: list[str] = []
-    theirs.set_defaults(handler=lambda args: calls.append(f"file:{args.examples}:{args.out}") or 0)
-    review.register(sub)
-
-    own = parser.parse_args(["optimize", "ex.jsonl", "--out", "o"])
-    assert own.handler(own) == 0
-    assert calls == ["file:ex.jsonl:o"]
-    args = parser.parse_args(["optimize", "--from-store", "sqlite://", "--prompter", "p", "--out", "o", "--seed", "3"])
-    assert (args.from_store, args.prompter, args.out, args.seed) == ("sqlite://", "p", "o", 3)
-    incomplete = parser.parse_args(["optimize", "--from-store", "sqlite://"])
-    assert incomplete.handler(incomplete) == 2  # the store path: it needs --prompter and --out
-    assert calls == ["file:ex.jsonl:o"]
+def test_optimize_takes_a_file_or_a_store_and_says_what_is_missing(tmp_path: Path) -> None:
+    """`optimize` has two sources of examples: a file (with --model and --model-id) or --from-store (with
+    --prompter); a call with neither, both, or an incomplete one exits 2 naming what is missing, before any LM."""
+    missing = run_cli("optimize", "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "EXAMPLES.jsonl, --model, --model-id" in missing.stderr
+    no_model = run_cli("optimize", str(tmp_path / "ex.jsonl"), "--out", str(tmp_path / "o"))
+    assert no_model.returncode == 2 and "--model, --model-id" in no_model.stderr
+    both = run_cli("optimize", str(tmp_path / "ex.jsonl"), "--from-store", "sqlite://", "--out", str(tmp_path / "o"))
+    assert both.returncode == 2 and "not both" in both.stderr
+    no_prompter = run_cli("optimize", "--from-store", "sqlite://", "--out", str(tmp_path / "o"))
+    assert no_prompter.returncode == 2 and "needs --prompter DIR" in no_prompter.stderr

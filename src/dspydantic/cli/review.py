@@ -1,10 +1,8 @@
 """``dspydantic review list|approve|correct`` over an ExtractionStore, and ``dspydantic optimize
 --from-store URL``: the review loop from the command line (``dspydantic[db]``).
 
-``optimize --from-store`` lives here as :func:`add_from_store_arguments` + :func:`optimize_from_store`, so
-that the ``optimize`` command (which also takes an examples file) can offer it; :func:`register` adds an
-``optimize`` command of its own only when no other module has registered one, and otherwise adds
-``--from-store`` (and whichever of its options that command lacks) to it, dispatching on ``--from-store``.
+The ``optimize`` command (:mod:`dspydantic.cli.optimize`) takes its examples from a JSON-lines file or,
+with ``--from-store``, from a store's reviewed documents through :func:`optimize_from_store` here.
 """
 
 from __future__ import annotations
@@ -48,52 +46,6 @@ def register(sub: Any) -> None:
     group.add_argument("--data", help="the corrected data as a JSON object")
     group.add_argument("--data-file", help="a file holding the corrected data as a JSON object")
     fix.set_defaults(handler=_correct)
-
-    existing = getattr(sub, "choices", {}).get("optimize")
-    if existing is None:
-        opt = sub.add_parser("optimize", help="optimize a saved prompter on the reviewed examples of a store",
-                             description="Load a saved prompter, optimize it on the approved and corrected "
-                             "documents of an ExtractionStore and save the result.")
-        add_from_store_arguments(opt, required=True)
-        opt.set_defaults(handler=optimize_from_store)
-        return
-    # another module owns `optimize`: add --from-store (and whichever of our options it lacks) to it
-    add_from_store_arguments(existing, required=False)
-    theirs = existing.get_default("handler")
-
-    def dispatch(args: argparse.Namespace) -> int:
-        if getattr(args, "from_store", None):
-            return optimize_from_store(args)
-        return int(theirs(args) or 0) if theirs is not None else 2
-
-    existing.set_defaults(handler=dispatch)
-
-
-#: (flags, dest, keyword arguments) of the options of ``optimize --from-store``
-_FROM_STORE_OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
-    (("--from-store",), "from_store",
-     {"metavar": "URL", "help": "optimize on the approved and corrected documents of this ExtractionStore"}),
-    (("--prompter",), "prompter", {"metavar": "DIR", "help": "the saved prompter to optimize (with --from-store)"}),
-    (("--out",), "out", {"metavar": "DIR", "help": "where to save the optimized prompter"}),
-    (("--name",), "name", {"help": "the prompter name the documents were stored under (default: the only one)"}),
-    (("--optimizer",), "optimizer", {"default": "auto"}),
-    (("--max-lm-calls",), "max_lm_calls", {"type": int, "default": None}),
-    (("--fallback",), "fallback", {"choices": ("original", "baseline"), "default": "baseline",
-                                   "help": "what to serve when the candidate does not win on validation"}),
-    (("--seed",), "seed", {"type": int, "default": 0}),
-]
-
-
-def add_from_store_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
-    """Add the options of ``optimize --from-store`` to ``p``; an option ``p`` has already is left to it (the
-    handler reads the same ``dest`` names: from_store, prompter, out, name, optimizer, max_lm_calls, fallback,
-    seed)."""
-    taken = set(getattr(p, "_option_string_actions", {}))
-    for flags, dest, kwargs in _FROM_STORE_OPTIONS:
-        if taken & set(flags):
-            continue
-        needed = required and dest in ("from_store", "prompter", "out")
-        p.add_argument(*flags, dest=dest, required=needed, **kwargs)
 
 
 def _open(url: str) -> Any:
@@ -184,12 +136,12 @@ def optimize_from_store(args: argparse.Namespace) -> int:
     from .._prompter import Prompter
     from ..errors import DspydanticError
 
-    url, saved, out = getattr(args, "from_store", None), getattr(args, "prompter", None), getattr(args, "out", None)
+    url, saved, out = args.from_store, args.prompter, args.out
     if not (url and saved and out):
         return _fail("optimize --from-store URL needs --prompter DIR and --out DIR")
     try:
         store = _open(url)
-        name = getattr(args, "name", None)
+        name = args.name
         if name is None:
             names = sorted({d.prompter_name for d in store.documents(status=("approved", "corrected"))})
             if len(names) > 1:
@@ -198,11 +150,10 @@ def optimize_from_store(args: argparse.Namespace) -> int:
         if not examples:
             return _fail("the store has no approved or corrected documents yet (dspydantic review approve|correct)")
         prompter = Prompter.load(saved)
-        kwargs: dict[str, Any] = {"optimizer": getattr(args, "optimizer", None) or "auto",
-                                  "seed": getattr(args, "seed", None) or 0,
-                                  "fallback": getattr(args, "fallback", None) or "baseline"}
-        if getattr(args, "max_lm_calls", None) is not None:
-            kwargs["max_lm_calls"] = args.max_lm_calls
+        kwargs: dict[str, Any] = {"optimizer": args.optimizer, "seed": args.seed,
+                                  "fallback": args.fallback or "baseline"}
+        if args.budget is not None:
+            kwargs["max_lm_calls"] = args.budget
         result = prompter.optimize(examples, **kwargs)
         prompter.save(out)
     except DspydanticError as exc:
