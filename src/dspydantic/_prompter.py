@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -21,6 +21,7 @@ from ._inputs import InputDoc, build_input
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
+from .confidence.answer import AnswerCheck, merge_chunk_confidences
 from .errors import BatchError, ConfigurationError, DspydanticError, ExtractionError, LMError
 from .lm import LMBackend, LMRequest, LMResponse, resolve_backend
 
@@ -59,10 +60,16 @@ class Prompter:
         timeout: float = 120.0,
         logprobs: bool | None = None,
         context_window: int | None = None,
+        require_grounding: bool | Iterable[str] = False,
+        confidence_samples: int = 0,
+        sample_temperature: float = 0.7,
+        calibrator: Any = None,
         **lm_kwargs: Any,
     ) -> None:
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be a non-negative int, got {max_retries!r}")
+        if isinstance(confidence_samples, bool) or not isinstance(confidence_samples, int) or confidence_samples < 0:
+            raise ConfigurationError(f"confidence_samples must be a non-negative int, got {confidence_samples!r}")
         self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
         self.free_text = model is None
         self.model_id = model_id
@@ -88,6 +95,15 @@ class Prompter:
         self._original_state = self._state
         self._renderer: Renderer | None = None
         self.optimization_result: Any = None
+        #: True (every free string field), a set of field paths, or False; see :mod:`dspydantic.confidence`
+        self.require_grounding = require_grounding
+        #: extra sampled answers per extraction for the agreement signal (each is one more LM call)
+        self.confidence_samples = confidence_samples
+        self.sample_temperature = sample_temperature
+        #: a fitted :class:`dspydantic.confidence.Calibrator` (``calibrate()``/``optimize()`` set it)
+        self.calibrator = calibrator
+        self._answer_check: AnswerCheck | None = None
+        self.answer_check  # noqa: B018 - a bad require_grounding fails here, before any LM call
 
     def __repr__(self) -> str:
         return f"Prompter(model={self.model.__name__}, backend={self.backend!r})"
@@ -106,6 +122,7 @@ class Prompter:
         """Show the LM exactly this (saved) schema instead of the one generated from the model class."""
         self._base_schema = schema
         self._renderer = None
+        self._answer_check = None
 
     @property
     def renderer(self) -> Renderer:
@@ -113,6 +130,16 @@ class Prompter:
         if r is None:
             r = self._renderer = Renderer(self.model, self._state, base_schema=self._base_schema)
         return r
+
+    @property
+    def answer_check(self) -> AnswerCheck:
+        """Grounding and per-field confidence of answers for this prompter's schema."""
+        check = self._answer_check
+        if check is None:
+            check = self._answer_check = AnswerCheck(
+                self._base_schema, self.require_grounding, grounding=not self.free_text
+            )
+        return check
 
     @property
     def system_prompt(self) -> str | None:
@@ -149,22 +176,30 @@ class Prompter:
                 log.debug("chunk %d of %d gave no valid extraction: %s", len(results), len(chunks), exc)
         if not results:
             raise ExtractionError(f"no chunk of the {len(chunks)}-chunk document gave a valid {self.model.__name__}")
-        merged = merge_extractions(
-            [r.data.model_dump(mode="json", by_alias=True) for r in results],
-            self._base_schema,
-            [r.confidence for r in results],
-        )
+        dumps = [r.data.model_dump(mode="json", by_alias=True) for r in results]
+        merged = merge_extractions(dumps, self._base_schema, [r.confidence for r in results])
         usage = Usage()
         for r in results:
             usage.add(r.usage)
+        data = self.model.model_validate(merged)
+        # spans against the whole document; each field's confidence from the chunks that gave its value
+        grounded = self.answer_check.regrounded(data, doc.text)
+        fields = merge_chunk_confidences(
+            self.answer_check, data.model_dump(mode="json", by_alias=True),
+            [(d, r.field_confidences) for d, r in zip(dumps, results, strict=True)],
+        )
         return ExtractionResult(
-            data=self.model.model_validate(merged),
-            confidence=min(r.confidence for r in results),
+            data=data,
+            confidence=min(fields.values()) if fields else min(r.confidence for r in results),
             raw_output=json.dumps(merged, ensure_ascii=False),
             usage=usage,
             attempts=max(r.attempts for r in results),
             cached=all(r.cached for r in results),
             confidence_source=results[0].confidence_source,
+            field_confidences=fields,
+            spans=grounded.spans,
+            ungrounded=grounded.ungrounded,
+            calibrated=results[0].calibrated,
             extra={"chunks": len(chunks), "chunks_extracted": len(results)},
         )
 
@@ -198,38 +233,53 @@ class Prompter:
 
     def _plan_doc(self, doc: InputDoc) -> _Plan:
         renderer = self.renderer
+        check = self.answer_check
         messages = renderer.messages(doc.as_content(), doc.variables)
         usage = Usage()
         errors: list[Any] = []
         raw = ""
         cached_all = True
         for attempt in range(1, self.max_retries + 2):
-            response, hit = yield self._request(renderer, messages)
+            request = self._request(renderer, messages)
+            response, hit = yield request
             raw = response.text
-            if hit:
-                usage.cache_hits += 1
-            else:
-                cached_all = False
-                usage.calls += 1
-                usage.prompt_tokens += response.prompt_tokens
-                usage.completion_tokens += response.completion_tokens
+            cached_all = _count(usage, response, hit) and cached_all
             try:
                 data = renderer.parse(raw)
+                # grounding in the source and require_grounding (an ungrounded required value is re-asked)
+                data, assessment = check.check(
+                    renderer, raw, data, doc.text or None, token_logprobs=response.token_logprobs,
+                    token_texts=response.token_texts, attempt=attempt,
+                )
             except OutputParseError as exc:
                 errors.append(exc.errors)
                 if attempt <= self.max_retries:
                     log.debug("answer did not validate (attempt %d): %s", attempt, exc.feedback)
                     messages = renderer.reask(messages, raw, exc)
                 continue
-            confidence, source = _confidence(attempt, response.token_logprobs)
+            samples = []  # opt-in agreement signal: extra sampled answers to the same request
+            for i in range(1, self.confidence_samples + 1):
+                sampled, hit = yield dataclasses.replace(
+                    request, temperature=self.sample_temperature, extra={**request.extra, "seed": i}
+                )
+                cached_all = _count(usage, sampled, hit) and cached_all
+                samples.append(check.sample(renderer, sampled.text))
+            conf = check.confidences(
+                assessment, samples=samples, calibrator=self.calibrator, logprobs=bool(response.token_logprobs)
+            )
             return ExtractionResult(
                 data=data,
-                confidence=confidence,
+                confidence=conf.confidence,
                 raw_output=raw,
                 usage=usage,
                 attempts=attempt,
                 cached=cached_all,
-                confidence_source=source,
+                confidence_source=conf.source,
+                field_confidences=conf.field_confidences,
+                spans=conf.spans,
+                ungrounded=conf.ungrounded,
+                field_signals=conf.field_signals,
+                calibrated=conf.calibrated,
             )
         raise ExtractionError(
             f"no valid {self.model.__name__} after {self.max_retries + 1} attempts; last errors: "
@@ -418,6 +468,13 @@ class Prompter:
 
         return optimize_prompter(self, examples, **kwargs)
 
+    def calibrate(self, examples: Sequence[Example], *, method: str = "auto", **kwargs: Any) -> Any:
+        """Fit this prompter's field-confidence calibrator on held-out labelled examples (never the ones
+        its demos or prompts were made from); returns a :class:`dspydantic.confidence.CalibrationReport`."""
+        from .confidence.fit import calibrate_prompter
+
+        return calibrate_prompter(self, examples, method=method, **kwargs)
+
     def evaluate(self, examples: Sequence[Example], evaluator: Any = None, **kwargs: Any) -> Any:
         """Score this prompter on held-out examples (overall, per field, P/R/F1, failing examples)."""
         from .optimize.report import evaluate_prompter
@@ -485,9 +542,12 @@ def _finish(results: list[Any], on_error: str) -> list[Any]:
     return results
 
 
-def _confidence(attempt: int, logprobs: list[float] | None) -> tuple[float, str]:
-    factor = max(0.0, 1.0 - 0.25 * (attempt - 1))
-    if logprobs:
-        mean = sum(logprobs) / len(logprobs)
-        return round(factor * math.exp(mean), 4), "logprobs"
-    return factor, "attempts"
+def _count(usage: Usage, response: LMResponse, hit: bool) -> bool:
+    """Add one answer to ``usage``; returns whether it was a cache hit."""
+    if hit:
+        usage.cache_hits += 1
+    else:
+        usage.calls += 1
+        usage.prompt_tokens += response.prompt_tokens
+        usage.completion_tokens += response.completion_tokens
+    return hit

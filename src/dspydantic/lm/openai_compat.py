@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, LMError, redact
-from ._base import LMRequest, LMResponse, chat_params
+from ._base import LMRequest, LMResponse, chat_params, token_logprobs
 
 OPENAI_BASE = "https://api.openai.com/v1"
 _RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -108,16 +108,14 @@ class OpenAICompatBackend:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise LMError(f"{self.model} at {self.base_url} sent a malformed completion: {exc!r}") from None
         usage = data.get("usage") or {}
-        logprobs = None
-        lp = choice.get("logprobs")
-        if isinstance(lp, dict) and isinstance(lp.get("content"), list):
-            logprobs = [float(t["logprob"]) for t in lp["content"] if "logprob" in t]
+        logprobs, texts = token_logprobs(choice.get("logprobs"))
         return LMResponse(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             finish_reason=choice.get("finish_reason"),
             token_logprobs=logprobs,
+            token_texts=texts,
         )
 
     def _downgrade(self, exc: LMError) -> bool:
