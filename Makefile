@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+	@# the review-page test renders in a real headless browser; as root, install Debian's chromium when missing
+	@# (never fails the install: without apt or network the test skips and says why)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		  >/dev/null 2>&1)) || echo "note: chromium not installed; the review-page browser test will skip"; } || true
 
 lint: install
 	$(BIN)/ruff check src tests bench

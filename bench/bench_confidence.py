@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dspydantic import Example, Prompter  # noqa: E402
+from dspydantic._render import Demo  # noqa: E402
 from dspydantic.confidence.calibration import fit_calibrator  # noqa: E402
 from dspydantic.confidence.fit import calibration_pairs  # noqa: E402
 from dspydantic.confidence.metrics import (  # noqa: E402
@@ -53,7 +54,6 @@ from dspydantic.confidence.metrics import (  # noqa: E402
     reliability_diagram,
 )
 from dspydantic.confidence.signals import FieldSignals  # noqa: E402
-from dspydantic._render import Demo  # noqa: E402
 
 _candidates = [ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data", Path("/work/shared/data")]
 DATA = Path(os.environ.get("DSPYDANTIC_DATA") or next((p for p in _candidates if p.is_dir()), _candidates[0]))
@@ -149,14 +149,19 @@ def collect(name: str, split: Split, args: argparse.Namespace) -> dict[str, Any]
     texts = [json.dumps(e.text) for e in (*demos, *cal)]
     assert not set(texts) & {json.dumps(e.text) for e in test}, "a test text is in the demos or calibration split"
     print(f"{name}: {len(demos)} demos, {len(cal)} calibration, {len(test)} test examples; {info}", flush=True)
+    extra: dict[str, Any] = {"n_threads": args.threads} if args.threads and args.model.startswith("local") else {}
     prompter = Prompter(
-        model, model_id=args.model, cache=args.cache_dir,
+        model, model_id=args.model, cache=args.cache_dir, **extra,
         demos=[Demo(input=str(e.text), output=dict(e.expected_output or {})) for e in demos],
     )
     out: dict[str, Any] = {}
     for part, examples in (("cal", cal), ("test", test)):
         t = time.perf_counter()
-        report = prompter.evaluate(examples, num_threads=1)
+        def progress(event: dict[str, Any], t: float = t, part: str = part) -> None:
+            if event.get("done", 0) % 20 == 0:
+                print(f"    {part} {event['done']}/{event['total']} ({time.perf_counter() - t:.0f} s)", flush=True)
+
+        report = prompter.evaluate(examples, num_threads=1, on_progress=progress)
         signals, labels, skipped = calibration_pairs(report.outcomes)
         out[part] = {"signals": [s.to_json() for s in signals], "labels": labels}
         print(f"  {part}: score {report.score:.3f}, {len(labels)} fields ({sum(labels):.0f} right), "
@@ -189,7 +194,9 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             "document (old: answer token mean x re-asks)": [
                 _exp(s.answer_logprob) * max(0.0, 1 - 0.25 * (s.attempts - 1)) for s in test_sig
             ],
-            "value tokens, mean prob": [_exp(s.logprob if s.logprob is not None else s.answer_logprob) for s in test_sig],
+            "value tokens, mean prob": [
+                _exp(s.logprob if s.logprob is not None else s.answer_logprob) for s in test_sig
+            ],
             "value tokens, min prob": [_exp(s.min_logprob if s.min_logprob is not None else s.answer_logprob)
                                        for s in test_sig],
             "uncalibrated (combine)": [s.raw for s in test_sig],
@@ -235,13 +242,14 @@ def main() -> None:
     ap.add_argument("--n-cal", type=int, default=100)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: every core)")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dspydantic-bench-confidence"))
     ap.add_argument("--fields-out", default="/tmp/confidence-fields.json", help="where the field points go")
     ap.add_argument("--analyse", default=None, help="only analyse a --fields-out file of an earlier run")
     ap.add_argument("--png", default=str(ROOT / "docs" / "confidence_reliability.png"))
     args = ap.parse_args()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"load at start: {load}")
+    print(f"load at start: {load}", flush=True)
     if args.analyse:
         analyse(json.loads(Path(args.analyse).read_text()), Path(args.png) if args.png else None)
         return
