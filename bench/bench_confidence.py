@@ -162,10 +162,11 @@ def collect(name: str, split: Split, args: argparse.Namespace) -> dict[str, Any]
                 print(f"    {part} {event['done']}/{event['total']} ({time.perf_counter() - t:.0f} s)", flush=True)
 
         report = prompter.evaluate(examples, num_threads=1, on_progress=progress)
-        signals, labels, skipped = calibration_pairs(report.outcomes)
-        out[part] = {"signals": [s.to_json() for s in signals], "labels": labels}
+        pairs = calibration_pairs(report.outcomes)
+        labels = pairs.labels
+        out[part] = {"signals": [s.to_json() for s in pairs.signals], "labels": labels, "paths": pairs.paths}
         print(f"  {part}: score {report.score:.3f}, {len(labels)} fields ({sum(labels):.0f} right), "
-              f"{skipped} failed extractions, {report.usage.calls} LM calls, {time.perf_counter() - t:.0f} s",
+              f"{pairs.skipped} failed extractions, {report.usage.calls} LM calls, {time.perf_counter() - t:.0f} s",
               flush=True)
     prompter.close()
     return out
@@ -183,6 +184,9 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             sig += [FieldSignals.from_json(s) for s in data[n][part]["signals"]]
             lab += data[n][part]["labels"]
         return sig, lab
+
+    def paths(part: str, name: str) -> list[str] | None:
+        return data[name][part].get("paths")
 
     names = list(data)
     scores: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
@@ -207,8 +211,9 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             for n in group:
                 cal_sig, cal_lab = load("cal", [n])
                 t_sig, _ = load("test", [n])
-                cal = fit_calibrator(cal_sig, cal_lab, method)  # type: ignore[arg-type]
-                preds += [cal.predict(s) for s in t_sig]
+                cal = fit_calibrator(cal_sig, cal_lab, method, paths=paths("cal", n))  # type: ignore[arg-type]
+                t_paths = paths("test", n) or [None] * len(t_sig)
+                preds += [cal.predict(s, p) for s, p in zip(t_sig, t_paths, strict=True)]
             series[f"calibrated: {method}"] = preds
         scores[label] = {k: (v, test_lab) for k, v in series.items()}
         acc = sum(test_lab) / len(test_lab) if test_lab else float("nan")

@@ -216,6 +216,15 @@ def test_ungrounded_value_is_flagged_and_lowers_only_its_field(srv: FakeLLMServe
     assert res.data.vendor == "Globex Industries"  # flagged, not changed: require_grounding is off
 
 
+def test_a_field_the_answer_left_out_still_gets_a_confidence(srv: FakeLLMServer) -> None:
+    srv.add_response({"vendor": "Müller & Söhne", "total": 12.5, "address": {"city": "東京"}})
+    res = make(srv).predict_with_confidence(DOC)
+    # note, items and address.street were left out: absent (their defaults), with a confidence to route on
+    assert {"note", "items", "address.street"} <= set(res.field_confidences)
+    assert res.field_signals["note"].null and res.field_signals["address.street"].null
+    assert "items[].name" not in res.field_confidences  # no item, nothing to say about item fields
+
+
 def test_value_token_logprobs_reach_their_own_field(srv: FakeLLMServer) -> None:
     class Pair(BaseModel):
         vendor: str
@@ -292,6 +301,31 @@ def test_agreement_across_samples(srv: FakeLLMServer) -> None:
     assert res.field_confidences["total"] == pytest.approx(0.5)
     samples = [r.body for r in srv.requests[1:]]
     assert [b["temperature"] for b in samples] == [0.7, 0.7] and [b["seed"] for b in samples] == [1, 2]
+
+
+def test_chunked_document_spans_are_offsets_in_the_whole_document(srv: FakeLLMServer) -> None:
+    class Contract(BaseModel):
+        party: str | None = None
+        penalty: str | None = None
+
+    def answer(body: dict) -> dict:
+        text = body["messages"][-1]["content"]
+        return {
+            "party": "Globex Café" if "Party: Globex Café" in text else None,
+            "penalty": "5 % pro Woche" if "PENALTY" in text else None,
+        }
+
+    srv.set_responder(answer)
+    filler = "\n\n".join(f"Paragraph {i}: the parties agree on ordinary terms number {i}." for i in range(400))
+    doc = "Party: Globex Café\n\n" + filler + "\n\nPENALTY: 5 % pro Woche."
+    res = make(srv, Contract, context_window=2048, max_tokens=200).predict_with_confidence(doc)
+    assert res.extra["chunks"] > 3
+    assert {p: [doc[a:b] for a, b in s] for p, s in res.spans.items()} == {
+        "party": ["Globex Café"], "penalty": ["5 % pro Woche"],
+    }
+    assert res.spans["penalty"][0][0] > 20_000  # an offset in the whole document, not in its chunk
+    # each field's confidence comes from the chunk that gave its value
+    assert res.field_confidences == {"party": 1.0, "penalty": 1.0} and res.ungrounded == []
 
 
 # -- calibration through the prompter, saved and loaded ------------------------------------------------

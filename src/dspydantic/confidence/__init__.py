@@ -10,12 +10,21 @@
 
 from __future__ import annotations
 
-from .calibration import Calibrator, fit_calibrator
-from .fit import CalibrationReport
-from .grounding import Grounding, ground
-from .metrics import auroc, expected_calibration_error, reliability_diagram
-from .review import render_review_html
-from .signals import FieldSignals, combine
+from typing import Any
+
+_EXPORTS = {
+    "CalibrationReport": ".fit",
+    "Calibrator": ".calibration",
+    "fit_calibrator": ".calibration",
+    "FieldSignals": ".signals",
+    "combine": ".signals",
+    "Grounding": ".grounding",
+    "ground": ".grounding",
+    "auroc": ".metrics",
+    "expected_calibration_error": ".metrics",
+    "reliability_diagram": ".metrics",
+    "render_review_html": ".review",
+}
 
 __all__ = [
     "CalibrationReport",
@@ -30,3 +39,13 @@ __all__ = [
     "reliability_diagram",
     "render_review_html",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # lazily: the extraction plan imports only what it needs (``import dspydantic`` stays fast)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dspydantic.confidence' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)

@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from .._render import OutputParseError, Renderer
 from .assess import Assessment, FieldPlan, apply_required, assess, canonical_values, field_plan, with_agreement
-from .calibration import Calibrator
 from .signals import FieldSignals, reask_factor
+
+if TYPE_CHECKING:
+    from .calibration import Calibrator
 
 __all__ = ["AnswerCheck", "Confidences", "merge_chunk_confidences"]
 
@@ -106,7 +108,7 @@ class AnswerCheck:
         logprobs: bool = False,
     ) -> Confidences:
         with_agreement(a, samples, self.plan)
-        fields = {p: (calibrator.predict(s) if calibrator is not None else s.raw) for p, s in a.signals.items()}
+        fields = {p: calibrator.predict(s, p) if calibrator is not None else s.raw for p, s in a.signals.items()}
         attempts = max((s.attempts for s in a.signals.values()), default=1)
         overall = min(fields.values()) if fields else reask_factor(attempts)
         source = "logprobs" if logprobs else "agreement" if samples else "attempts"

@@ -210,24 +210,40 @@ def assess(
                     ungrounded.append(path)
                 if path in plan.require_grounding:
                     violations.append(Violation(path, loc.segments, loc.value))
+    shared = _shared_spans(spans)
     signals: dict[str, FieldSignals] = {}
     for path, locs in by_path.items():
         lps: list[float] = []
+        firsts: list[float] = []
         if token_spans is not None and token_logprobs:
             ranges = [(loc.start, loc.end) for loc in locs]
+            seen: set[int] = set()
             for (ts, te), lp in zip(token_spans, token_logprobs, strict=False):
-                if te > ts and any(ts < e and te > s for s, e in ranges):
+                hit = [k for k, (s, e) in enumerate(ranges) if te > ts and ts < e and te > s]
+                if hit:
                     lps.append(max(MIN_LOGPROB, float(lp)))
+                    if hit[0] not in seen:  # the first token of this value
+                        seen.update(hit)
+                        firsts.append(max(MIN_LOGPROB, float(lp)))
         values = [loc.value for loc in locs]
         signals[path] = FieldSignals(
             logprob=sum(lps) / len(lps) if lps else None,
             min_logprob=min(lps) if lps else None,
+            first_logprob=min(firsts) if firsts else None,
             answer_logprob=answer_lp,
             n_tokens=len(lps),
             grounding=scores.get(path) if path in plan.groundable and not _is_null(values) else None,
+            shared_span=path in shared,
             null=_is_null(values),
             attempts=attempts,
         )
+    # fields the answer left out (optional fields take their default): absent, as far as the LM said
+    for path in plan.paths:
+        if path in signals or "[]" in path or "{}" in path:
+            continue
+        parent = path.rpartition(".")[0]
+        if parent == "" or any(isinstance(loc.value, dict) for loc in by_path.get(parent, ())):
+            signals[path] = FieldSignals(answer_logprob=answer_lp, null=True, attempts=attempts)
     canonical = {p: _canonical([loc.value for loc in locs]) for p, locs in by_path.items()}
     return Assessment(
         signals=signals,
@@ -237,6 +253,19 @@ def assess(
         answer=answer,
         canonical=canonical,
     )
+
+
+def _shared_spans(spans: Mapping[str, Sequence[tuple[int, int]]]) -> set[str]:
+    """Fields with a span that overlaps a span of another field."""
+    flat = sorted((s, e, p) for p, ss in spans.items() for s, e in ss)
+    out: set[str] = set()
+    for i, (s, e, p) in enumerate(flat):
+        for s2, e2, p2 in flat[i + 1 :]:
+            if s2 >= e:
+                break
+            if p2 != p and s2 < e and s < e2:
+                out.update((p, p2))
+    return out
 
 
 def with_agreement(assessment: Assessment, samples: Sequence[Mapping[str, Any] | None], plan: FieldPlan) -> None:

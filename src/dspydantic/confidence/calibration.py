@@ -8,8 +8,9 @@ and pure Python (no numpy needed for a few thousand fields):
   pool-adjacent-violators and interpolated linearly between the pooled blocks;
 * ``"platt"``: a logistic curve over the logit of the uncalibrated confidence (two parameters);
 * ``"logistic"``: a logistic regression over the individual signals (value-token log-probabilities,
-  grounding, null, re-asks, agreement), L2-regularized — it learns how much each signal is worth, so it can
-  also *rank* fields better than the fixed combination.
+  grounding, null, re-asks, agreement) and, per field path seen in the fit, an offset for its values and
+  one for its nulls (some fields are harder than others), L2-regularized — it learns how much each signal
+  is worth, so it also *ranks* fields better than the fixed combination.
 
 A calibrator serializes to JSON (:meth:`Calibrator.to_json`) and is checked strictly when read back
 (:meth:`Calibrator.from_json` raises ``ValueError`` on anything it did not write): a saved prompter
@@ -38,8 +39,11 @@ _EPS = 1e-6
 FEATURES = (
     "logprob",  # mean log-probability of the value tokens (else of the whole answer; 0 without any)
     "min_logprob",  # minimum log-probability of the value tokens
-    "grounded",  # 1: a string value found in the source (exactly, normalized or fuzzy: the ratio)
+    "null_min_logprob",  # min_logprob of a null value (0 for a value): how sure the model was it is absent
+    "first_logprob",  # log-probability of the value's first token (value or null: the decision)
+    "grounded",  # a string value found in the source: 1 exactly or normalized, the fuzzy ratio, else 0
     "ungrounded",  # 1: a string value not found in the source
+    "shared_span",  # 1: the value sits where another field's value does
     "null",  # 1: the value is null / empty
     "reasks",  # attempts - 1
     "agreement",  # agreement rate with the extra samples (0.5 when not sampled)
@@ -51,11 +55,16 @@ def features(s: FieldSignals) -> list[float]:
     """The feature vector of :data:`FEATURES` for one field."""
     lp = s.logprob if s.logprob is not None else s.answer_logprob
     mn = s.min_logprob if s.min_logprob is not None else lp
+    mn_value = max(MIN_LOGPROB, mn) if mn is not None else 0.0
+    first = s.first_logprob if s.first_logprob is not None else mn
     return [
         max(MIN_LOGPROB, lp) if lp is not None else 0.0,
-        max(MIN_LOGPROB, mn) if mn is not None else 0.0,
+        mn_value,
+        mn_value if s.null else 0.0,
+        max(MIN_LOGPROB, first) if first is not None else 0.0,
         float(s.grounding) if s.grounding is not None and s.grounding > 0 else 0.0,
         1.0 if s.ungrounded else 0.0,
+        1.0 if s.shared_span else 0.0,
         1.0 if s.null else 0.0,
         float(max(0, s.attempts - 1)),
         float(s.agreement) if s.agreement is not None else 0.5,
@@ -85,8 +94,8 @@ class Calibrator:
     positives: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def predict(self, s: FieldSignals) -> float:
-        """The calibrated confidence of one field, in [0, 1]."""
+    def predict(self, s: FieldSignals, path: str | None = None) -> float:
+        """The calibrated confidence of one field (``path``: its field path), in [0, 1]."""
         if self.kind == "isotonic":
             return round(_interp(s.raw, self.params["x"], self.params["y"]), 6)
         if self.kind == "platt":
@@ -97,6 +106,9 @@ class Calibrator:
                 self.params["weights"], features(s), self.params["mean"], self.params["scale"], strict=True
             )
         )
+        offsets = self.params.get("paths", {}).get(path) if path is not None else None
+        if offsets is not None:
+            z += offsets[1] if s.null else offsets[0]
         return round(_sigmoid(z), 6)
 
     # -- JSON ----------------------------------------------------------------------------------------
@@ -145,6 +157,15 @@ class Calibrator:
             if any(v <= 0 for v in clean["scale"]):
                 raise ValueError("logistic scale values must be positive")
             clean["features"] = list(FEATURES)
+            paths = params.get("paths", {})
+            if not isinstance(paths, dict) or len(paths) > 10_000:
+                raise ValueError("logistic paths must be an object of field path -> [offset, null offset]")
+            clean["paths"] = {}
+            for key, pair in paths.items():
+                offsets = _floats(pair, "path offsets")
+                if not isinstance(key, str) or len(offsets) != 2:
+                    raise ValueError("logistic paths must map a field path to [offset, null offset]")
+                clean["paths"][key] = offsets
         else:
             raise ValueError(f"unknown calibrator kind {kind!r}")
         meta = data.get("meta")
@@ -231,26 +252,28 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float]:
     return [m[i][n] / m[i][i] if abs(m[i][i]) >= 1e-12 else 0.0 for i in range(n)]
 
 
-def _logreg(rows: Sequence[Sequence[float]], ys: Sequence[float], l2: float, iters: int = 50) -> list[float]:
-    """Weights (bias first) of an L2-regularized logistic regression by Newton's method."""
-    d = len(rows[0]) + 1
+def _logreg(
+    rows: Sequence[Sequence[tuple[int, float]]], ys: Sequence[float], d: int, l2: float, iters: int = 50
+) -> list[float]:
+    """Weights (index 0: the bias, never penalized) of an L2-regularized logistic regression by Newton's
+    method; ``rows`` are sparse: (feature index >= 1, value) pairs."""
     w = [0.0] * d
-    xs = [[1.0, *r] for r in rows]
+    xs = [[(0, 1.0), *r] for r in rows]
     for _ in range(iters):
         grad = [0.0] * d
         hess = [[0.0] * d for _ in range(d)]
         for x, y in zip(xs, ys, strict=True):
-            p = _sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
+            p = _sigmoid(sum(w[i] * v for i, v in x))
             g = p - y
             h = max(p * (1 - p), 1e-9)
-            for i in range(d):
-                grad[i] += g * x[i]
-                for j in range(i, d):
-                    hess[i][j] += h * x[i] * x[j]
+            for a, (i, vi) in enumerate(x):
+                grad[i] += g * vi
+                for j, vj in x[a:]:
+                    hess[i][j] += h * vi * vj
         for i in range(d):
             for j in range(i):
-                hess[i][j] = hess[j][i]
-            if i > 0:  # no penalty on the bias
+                hess[i][j] = hess[j][i] = hess[i][j] + hess[j][i]
+            if i > 0:
                 grad[i] += l2 * w[i]
                 hess[i][i] += l2
         step = _solve(hess, grad)
@@ -265,13 +288,20 @@ def fit_calibrator(
     correct: Sequence[float | bool],
     method: Kind | Literal["auto"] = "auto",
     *,
+    paths: Sequence[str] | None = None,
     l2: float = 1.0,
 ) -> Calibrator:
     """Fit a calibrator on fields with known outcomes (``correct``: 1/True right, 0/False wrong; a partial
-    score in between counts as that fraction of right).
+    score in between counts as that fraction of right). ``paths`` (one field path per point) lets the
+    ``logistic`` calibrator learn an offset per field.
 
-    ``method="auto"`` is ``"logistic"`` (which weighs each signal); it needs both right and wrong fields.
+    ``method="auto"`` picks by 5-fold cross-validation on these points (contiguous folds, so the fields of
+    one example stay together) the calibrator with the lowest log-loss among the logistic one with and
+    without per-field offsets, isotonic and Platt; the choice and the cross-validated losses are in
+    ``calibrator.meta``. Every method needs both right and wrong fields.
     """
+    if paths is not None and len(paths) != len(signals):
+        raise ConfigurationError(f"got {len(signals)} fields but {len(paths)} paths")
     if len(signals) != len(correct):
         raise ConfigurationError(f"got {len(signals)} fields but {len(correct)} outcomes")
     ys = [min(1.0, max(0.0, float(c))) for c in correct]
@@ -282,12 +312,14 @@ def fit_calibrator(
             f"calibration needs right and wrong fields on held-out data; got {n} field(s), {positives} right. "
             "Give more (or harder) labelled examples."
         )
-    kind: Kind = "logistic" if method == "auto" else method
+    if method == "auto":
+        return _auto(signals, ys, paths, l2)
+    kind: Kind = method
     meta: dict[str, Any] = {}
     if kind == "isotonic":
         params = _isotonic([s.raw for s in signals], ys)
     elif kind == "platt":
-        w = _logreg([[_logit(s.raw)] for s in signals], ys, l2=1e-3)
+        w = _logreg([[(1, _logit(s.raw))] for s in signals], ys, d=2, l2=1e-3)
         a, b = w[1], w[0]
         params = {"a": a, "b": b}
     elif kind == "logistic":
@@ -298,9 +330,55 @@ def fit_calibrator(
         for j in range(d):
             var = sum((r[j] - mean[j]) ** 2 for r in rows) / n
             scale.append(math.sqrt(var) if var > 1e-12 else 1.0)
-        z = [[(r[j] - mean[j]) / scale[j] for j in range(d)] for r in rows]
-        w = _logreg(z, ys, l2=l2)
-        params = {"bias": w[0], "weights": w[1:], "mean": mean, "scale": scale, "features": list(FEATURES)}
+        names = sorted(set(paths or ()))
+        column = {p: 1 + d + 2 * k for k, p in enumerate(names)}  # two offsets per path: value, null
+        sparse = []
+        for i, r in enumerate(rows):
+            x = [(1 + j, (r[j] - mean[j]) / scale[j]) for j in range(d)]
+            if paths is not None:
+                x.append((column[paths[i]] + (1 if signals[i].null else 0), 1.0))
+            sparse.append(x)
+        w = _logreg(sparse, ys, d=1 + d + 2 * len(names), l2=l2)
+        params = {
+            "bias": w[0], "weights": w[1 : 1 + d], "mean": mean, "scale": scale, "features": list(FEATURES),
+            "paths": {p: [w[column[p]], w[column[p] + 1]] for p in names},
+        }
     else:
         raise ConfigurationError(f"method must be 'auto', 'isotonic', 'platt' or 'logistic', got {method!r}")
     return Calibrator(kind=kind, params=params, n=n, positives=positives, meta=meta)
+
+
+def _log_loss(p: float, y: float) -> float:
+    p = min(1 - _EPS, max(_EPS, p))
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def _auto(signals: Sequence[FieldSignals], ys: Sequence[float], paths: Sequence[str] | None, l2: float) -> Calibrator:
+    candidates: list[tuple[str, Kind, bool]] = [
+        ("logistic+paths", "logistic", True), ("logistic", "logistic", False), ("isotonic", "isotonic", False),
+        ("platt", "platt", False),
+    ]
+    if paths is None:
+        candidates = [c for c in candidates if not c[2]]
+    n, k = len(ys), 5
+    losses: dict[str, float] = {}
+    for name, kind, with_paths in candidates:
+        total, count = 0.0, 0
+        for fold in range(k):
+            test = [i for i in range(n) if (i * k) // n == fold]
+            train = [i for i in range(n) if (i * k) // n != fold]
+            train_y = [ys[i] for i in train]
+            if not test or min(train_y) == max(train_y):
+                continue
+            cal = fit_calibrator(
+                [signals[i] for i in train], train_y, kind,
+                paths=[paths[i] for i in train] if with_paths and paths is not None else None, l2=l2,
+            )
+            for i in test:
+                total += _log_loss(cal.predict(signals[i], paths[i] if paths is not None else None), ys[i])
+                count += 1
+        losses[name] = total / count if count else math.inf
+    best = min(candidates, key=lambda c: losses[c[0]])
+    chosen = fit_calibrator(signals, ys, best[1], paths=paths if best[2] else None, l2=l2)
+    meta = {"method": "auto", "chosen": best[0], **{f"cv_log_loss_{k}": round(v, 5) for k, v in losses.items()}}
+    return Calibrator(kind=chosen.kind, params=chosen.params, n=chosen.n, positives=chosen.positives, meta=meta)

@@ -48,16 +48,16 @@ class CalibrationReport:
         )
 
 
-def signal_for(path: str, signals: Mapping[str, Any]) -> FieldSignals | None:
-    """The signals of ``path`` or, when the answer did not reach it (``address.city`` under a null
+def signal_for(path: str, signals: Mapping[str, Any]) -> tuple[str, FieldSignals] | None:
+    """(path, signals) of ``path`` or, when the answer did not reach it (``address.city`` under a null
     ``address``), of its nearest ancestor that it did."""
     p = path
     while p:
         s = signals.get(p)
         if isinstance(s, FieldSignals):
-            return s
+            return p, s
         if isinstance(s, dict):
-            return FieldSignals.from_json(s)
+            return p, FieldSignals.from_json(s)
         cut = max(p.rfind("."), p.rfind("["), p.rfind("{"))
         if cut <= 0:
             return None
@@ -65,39 +65,48 @@ def signal_for(path: str, signals: Mapping[str, Any]) -> FieldSignals | None:
     return None
 
 
-def calibration_pairs(outcomes: Sequence[Any]) -> tuple[list[FieldSignals], list[float], int]:
-    """(signals, right 1.0 / wrong 0.0, examples skipped) over scored outcomes
-    (:class:`dspydantic.optimize.report.ExampleOutcome` with their ``result``)."""
-    signals: list[FieldSignals] = []
-    labels: list[float] = []
-    skipped = 0
+@dataclass
+class CalibrationData:
+    """One point per scored field: its signals, its field path, and whether it was right (1.0) or not."""
+
+    signals: list[FieldSignals] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)
+    skipped: int = 0
+
+
+def calibration_pairs(outcomes: Sequence[Any]) -> CalibrationData:
+    """The calibration points of scored outcomes (:class:`dspydantic.optimize.report.ExampleOutcome` with
+    their ``result``); ``skipped`` counts the examples without per-field signals."""
+    out = CalibrationData()
     for o in outcomes:
         result = getattr(o, "result", None)
         if result is None or not result.field_signals:
-            skipped += 1
+            out.skipped += 1
             continue
         for path, score in o.score.fields.items():
-            s = signal_for(path, result.field_signals)
-            if s is not None:
-                signals.append(s)
-                labels.append(1.0 if score >= 1.0 - 1e-9 else 0.0)
-    return signals, labels, skipped
+            found = signal_for(path, result.field_signals)
+            if found is not None:
+                out.paths.append(found[0])
+                out.signals.append(found[1])
+                out.labels.append(1.0 if score >= 1.0 - 1e-9 else 0.0)
+    return out
 
 
 def fit_from_outcomes(outcomes: Sequence[Any], method: str = "auto") -> CalibrationReport:
-    signals, labels, skipped = calibration_pairs(outcomes)
-    cal = fit_calibrator(signals, labels, method)  # type: ignore[arg-type]
-    before = [s.raw for s in signals]
-    after = [cal.predict(s) for s in signals]
+    data = calibration_pairs(outcomes)
+    cal = fit_calibrator(data.signals, data.labels, method, paths=data.paths)  # type: ignore[arg-type]
+    before = [s.raw for s in data.signals]
+    after = [cal.predict(s, p) for s, p in zip(data.signals, data.paths, strict=True)]
     return CalibrationReport(
         calibrator=cal,
-        n_examples=len(outcomes) - skipped,
-        n_fields=len(signals),
+        n_examples=len(outcomes) - data.skipped,
+        n_fields=len(data.signals),
         positives=cal.positives,
-        auroc=auroc(after, labels),
-        ece_before=expected_calibration_error(before, labels),
-        ece_after=expected_calibration_error(after, labels),
-        skipped=skipped,
+        auroc=auroc(after, data.labels),
+        ece_before=expected_calibration_error(before, data.labels),
+        ece_after=expected_calibration_error(after, data.labels),
+        skipped=data.skipped,
     )
 
 

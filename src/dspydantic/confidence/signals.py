@@ -33,19 +33,24 @@ MIN_LOGPROB = -30.0
 class FieldSignals:
     """What is known about one field of one answer (JSON-safe via :meth:`to_json`).
 
-    ``logprob`` / ``min_logprob``: mean and minimum natural-log probability of the value's tokens (None
-    without token log-probabilities or when no token could be aligned to the value); ``answer_logprob``:
+    ``logprob`` / ``min_logprob`` / ``first_logprob``: mean, minimum and first natural-log probability of
+    the value's tokens (None without token log-probabilities or when no token could be aligned to the
+    value; the first token is where the model chose between a value and null); ``answer_logprob``:
     the mean over the whole answer (the fallback); ``grounding``: the lowest grounding score of the field's
     string values (1.0 found exactly or normalized, the fuzzy ratio, 0.0 not found; None when the field
-    has no string value to ground); ``null``: the value is null (or an empty list); ``attempts``: answers
-    needed (1 = no re-ask); ``agreement``: fraction of extra samples agreeing (None when not sampled).
+    has no string value to ground); ``shared_span``: a grounded value sits where another field's value
+    does (two fields read from one place: one of them is likely wrong); ``null``: the value is null (or an
+    empty list); ``attempts``: answers needed (1 = no re-ask); ``agreement``: fraction of extra samples
+    agreeing (None when not sampled).
     """
 
     logprob: float | None = None
     min_logprob: float | None = None
+    first_logprob: float | None = None
     answer_logprob: float | None = None
     n_tokens: int = 0
     grounding: float | None = None
+    shared_span: bool = False
     null: bool = False
     attempts: int = 1
     agreement: float | None = None
@@ -60,18 +65,19 @@ class FieldSignals:
         return combine(self)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and v is not False}
 
     @classmethod
     def from_json(cls, data: Any) -> FieldSignals:
         if not isinstance(data, dict):
             raise ValueError("field signals must be an object")
         kwargs: dict[str, Any] = {}
-        for name in ("logprob", "min_logprob", "answer_logprob", "grounding", "agreement"):
+        for name in ("logprob", "min_logprob", "first_logprob", "answer_logprob", "grounding", "agreement"):
             if data.get(name) is not None:
                 kwargs[name] = float(data[name])
         kwargs["n_tokens"] = int(data.get("n_tokens", 0))
         kwargs["null"] = bool(data.get("null", False))
+        kwargs["shared_span"] = bool(data.get("shared_span", False))
         kwargs["attempts"] = int(data.get("attempts", 1))
         return cls(**kwargs)
 
@@ -84,12 +90,12 @@ def reask_factor(attempts: int) -> float:
 def combine(s: FieldSignals) -> float:
     """The uncalibrated confidence of a field, in [0, 1]:
 
-    ``p × g × r`` where ``p`` is the geometric mean of the probability-like signals present (the value
-    tokens' geometric-mean probability — else the whole answer's — and the agreement rate), 1.0 when
-    there is none; ``g`` is 1.0 for a grounded or non-string value, the fuzzy ratio for a fuzzy match and
+    ``p × g × r`` where ``p`` is the geometric mean of the probability-like signals present (the
+    probability of the value's least likely token — else the whole answer's geometric-mean token
+    probability — and the agreement rate), 1.0 when there is none; ``g`` is 1.0 for a grounded or non-string value, the fuzzy ratio for a fuzzy match and
     :data:`UNGROUNDED_FACTOR` for a value not found in the source; ``r`` is :func:`reask_factor`.
     """
-    logprob = s.logprob if s.logprob is not None else s.answer_logprob
+    logprob = s.min_logprob if s.min_logprob is not None else s.answer_logprob
     parts = []
     if logprob is not None:
         parts.append(math.exp(max(MIN_LOGPROB, min(0.0, logprob))))

@@ -1100,7 +1100,7 @@ def _calibrate(
     if report is None:
         result.calibration_note = "no calibrator: the served prompts were not scored on the validation split"
         return
-    n = len(calibration_pairs(report.outcomes)[0])
+    n = len(calibration_pairs(report.outcomes).labels)
     if n < _MIN_CALIBRATION_FIELDS:
         result.calibration_note = (
             f"no calibrator: {n} scored validation field(s), fewer than {_MIN_CALIBRATION_FIELDS}; call "
