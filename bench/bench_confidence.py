@@ -206,12 +206,15 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             "uncalibrated (combine)": [s.raw for s in test_sig],
         }
         # calibrators: fitted per dataset on its calibration split, applied to its own test split
-        for method in ("isotonic", "platt", "logistic"):
+        for method in ("auto", "isotonic", "platt", "logistic"):
             preds: list[float] = []
             for n in group:
                 cal_sig, cal_lab = load("cal", [n])
                 t_sig, _ = load("test", [n])
                 cal = fit_calibrator(cal_sig, cal_lab, method, paths=paths("cal", n))  # type: ignore[arg-type]
+                if method == "auto" and len(group) == 1:
+                    print(f"   {n}: auto picked {cal.meta.get('chosen')} by 5-fold CV on the calibration split "
+                          f"({', '.join(f'{k[12:]} {v}' for k, v in cal.meta.items() if k.startswith('cv_'))})")
                 t_paths = paths("test", n) or [None] * len(t_sig)
                 preds += [cal.predict(s, p) for s, p in zip(t_sig, t_paths, strict=True)]
             series[f"calibrated: {method}"] = preds
@@ -225,7 +228,7 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             rows.append((label, k, a, e, b))
     if png is not None:
         group = "+".join(names) if len(names) > 1 else names[0]
-        best = "calibrated: logistic"
+        best = "calibrated: auto"
         reliability_diagram(
             png,
             {"uncalibrated": scores[group]["uncalibrated (combine)"], best: scores[group][best]},
