@@ -124,7 +124,7 @@ def e2e(n_cal: int, n_test: int, seed: int) -> Split:
         if key in ("name", "near"):
             fields[key] = (str | None, None)
         else:
-            fields[key] = (Literal[tuple(sorted(closed[key]))] | None, None)  # type: ignore[misc]
+            fields[key] = (Literal[tuple(sorted(closed[key]))] | None, None)
     model = create_model("Restaurant", **fields)
     mrs = sorted(records)
     rng = random.Random(seed)
@@ -152,7 +152,7 @@ def collect(name: str, split: Split, args: argparse.Namespace) -> dict[str, Any]
     extra: dict[str, Any] = {"n_threads": args.threads} if args.threads and args.model.startswith("local") else {}
     prompter = Prompter(
         model, model_id=args.model, cache=args.cache_dir, **extra,
-        demos=[Demo(input=str(e.text), output=dict(e.expected_output or {})) for e in demos],
+        demos=[Demo(input=str(e.text), output=dict(e.expected_output or {})) for e in demos],  # type: ignore[arg-type]
     )
     out: dict[str, Any] = {}
     for part, examples in (("cal", cal), ("test", test)):
@@ -211,11 +211,12 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             for n in group:
                 cal_sig, cal_lab = load("cal", [n])
                 t_sig, _ = load("test", [n])
-                cal = fit_calibrator(cal_sig, cal_lab, method, paths=paths("cal", n))  # type: ignore[arg-type]
+                cal = fit_calibrator(cal_sig, cal_lab, method, paths=paths("cal", n))
                 if method == "auto" and len(group) == 1:
                     print(f"   {n}: auto picked {cal.meta.get('chosen')} by 5-fold CV on the calibration split "
                           f"({', '.join(f'{k[12:]} {v}' for k, v in cal.meta.items() if k.startswith('cv_'))})")
-                t_paths = paths("test", n) or [None] * len(t_sig)
+                found = paths("test", n)
+                t_paths: list[str | None] = list(found) if found is not None else [None] * len(t_sig)
                 preds += [cal.predict(s, p) for s, p in zip(t_sig, t_paths, strict=True)]
             series[f"calibrated: {method}"] = preds
         scores[label] = {k: (v, test_lab) for k, v in series.items()}
@@ -227,12 +228,12 @@ def analyse(data: dict[str, Any], png: Path | None) -> None:
             print(f"   {k:<46} {_fmt(a):>6} {_fmt(e):>6} {_fmt(b):>6}")
             rows.append((label, k, a, e, b))
     if png is not None:
-        group = "+".join(names) if len(names) > 1 else names[0]
+        everything = "+".join(names) if len(names) > 1 else names[0]
         best = "calibrated: auto"
         reliability_diagram(
             png,
-            {"uncalibrated": scores[group]["uncalibrated (combine)"], best: scores[group][best]},
-            title=f"Field confidence on held-out test fields ({group}, local model)",
+            {"uncalibrated": scores[everything]["uncalibrated (combine)"], best: scores[everything][best]},
+            title=f"Field confidence on held-out test fields ({everything}, local model)",
         )
         print(f"\nreliability diagram: {png}")
 

@@ -92,8 +92,9 @@ def combine(s: FieldSignals) -> float:
 
     ``p × g × r`` where ``p`` is the geometric mean of the probability-like signals present (the
     probability of the value's least likely token — else the whole answer's geometric-mean token
-    probability — and the agreement rate), 1.0 when there is none; ``g`` is 1.0 for a grounded or non-string value, the fuzzy ratio for a fuzzy match and
-    :data:`UNGROUNDED_FACTOR` for a value not found in the source; ``r`` is :func:`reask_factor`.
+    probability — and the agreement rate), 1.0 when there is none; ``g`` is 1.0 for a grounded or
+    non-string value, the fuzzy ratio for a fuzzy match and :data:`UNGROUNDED_FACTOR` for a value not found
+    in the source; ``r`` is :func:`reask_factor`.
     """
     logprob = s.min_logprob if s.min_logprob is not None else s.answer_logprob
     parts = []
