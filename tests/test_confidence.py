@@ -427,25 +427,34 @@ def test_optimize_fits_the_calibrator_on_the_validation_split_only(srv: FakeLLMS
 @pytest.mark.local
 def test_local_model_spans_logprobs_and_field_confidences() -> None:
     pytest.importorskip("llama_cpp")
+    from dspydantic.lm import LMRequest
 
     class Shop(BaseModel):
         name: str = Field(description="the shop's name as written")
         city: str = Field(description="the city")
-        invented: str | None = Field(default=None, description="the shop's fax number, null if not given")
+        fax: str | None = Field(default=None, description="the fax number, null if not given")
 
-    p = Prompter(Shop, "local", max_tokens=80, require_grounding={"invented"})
+    p = Prompter(Shop, "local", max_tokens=80, require_grounding={"fax"})
     doc = "Die Bäckerei Schäfer in Köln öffnet um 7 Uhr. 🎉"
     res = p.predict_with_confidence(doc)
-    assert res.confidence_source == "logprobs"
-    assert {"name", "city", "invented"} <= set(res.field_confidences)
-    for path in ("name", "city"):
-        value = getattr(res.data, path)
-        if path in res.spans:
-            assert {doc[a:b] for a, b in res.spans[path]} <= {value, *[doc[a:b] for a, b in res.spans[path]]}
-            assert all(doc[a:b].casefold() in value.casefold() or value.casefold() in doc[a:b].casefold()
-                       for a, b in res.spans[path] if res.field_signals[path].grounding == 1.0)
-    assert res.field_signals["city"].n_tokens >= 1 and res.field_signals["city"].logprob is not None
-    if res.data.city == "Köln":
-        assert res.spans["city"] == [(doc.index("Köln"), doc.index("Köln") + 4)]
-    assert res.data.invented is None or "invented" not in res.ungrounded
+    assert res.confidence_source == "logprobs" and set(res.field_confidences) == {"name", "city", "fax"}
+    assert res.field_signals["city"].n_tokens >= 1 and res.field_signals["city"].min_logprob is not None
     assert all(0.0 <= c <= 1.0 for c in res.field_confidences.values())
+    assert res.confidence == min(res.field_confidences.values())
+    for path, spans in res.spans.items():  # each span is where grounding finds that value in the document
+        assert set(spans) <= set(ground(getattr(res.data, path), doc).spans)
+    if res.data.city == "Köln":
+        start = doc.index("Köln")
+        assert res.spans["city"] == [(start, start + 4)]
+    # require_grounding: a fax number the document does not contain cannot survive
+    assert res.data.fax is None or ground(res.data.fax, doc).grounded
+
+    # the backend's token texts spell its answer exactly (multi-byte characters included)
+    out = p.backend.complete(LMRequest(
+        messages=[{"role": "user", "content": "Reply with JSON: the city of Köln and the word 東京"}],
+        json_schema={"type": "object", "properties": {"city": {"type": "string"}, "word": {"type": "string"}},
+                     "required": ["city", "word"]},
+        max_tokens=40, logprobs=True,
+    ))
+    assert out.token_texts is not None and out.token_logprobs is not None
+    assert "".join(out.token_texts) == out.text and len(out.token_texts) == len(out.token_logprobs)
