@@ -428,6 +428,7 @@ def test_optimize_fits_the_calibrator_on_the_validation_split_only(srv: FakeLLMS
 def test_local_model_spans_logprobs_and_field_confidences() -> None:
     pytest.importorskip("llama_cpp")
     from dspydantic.lm import LMRequest
+    from dspydantic.lm.settings import ModelSettings
 
     class Shop(BaseModel):
         name: str = Field(description="the shop's name as written")
@@ -454,7 +455,7 @@ def test_local_model_spans_logprobs_and_field_confidences() -> None:
         messages=[{"role": "user", "content": "Reply with JSON: the city of Köln and the word 東京"}],
         json_schema={"type": "object", "properties": {"city": {"type": "string"}, "word": {"type": "string"}},
                      "required": ["city", "word"]},
-        max_tokens=40, logprobs=True,
+        settings=ModelSettings(max_tokens=40), logprobs=True,
     ))
     assert out.token_texts is not None and out.token_logprobs is not None
     assert "".join(out.token_texts) == out.text and len(out.token_texts) == len(out.token_logprobs)

@@ -27,6 +27,7 @@ from dspydantic.errors import ConfigurationError, LMError, MissingExtraError
 from dspydantic.lm._assemble import QWEN, SplitModel, ensure_split_model
 from dspydantic.lm._base import LMBackend, LMRequest
 from dspydantic.lm.local import LocalBackend, bound_string_lengths, local_model_path, resolve_local
+from dspydantic.lm.settings import ModelSettings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -291,12 +292,15 @@ def test_logprobs_from_the_logits_processor(qwen: LocalBackend) -> None:
     assert max(r.token_logprobs) > -0.1  # most tokens of an easy answer are near-certain
 
     # stopped by the token limit: the last token was never evaluated, it still gets its logprob
-    r = qwen.complete(LMRequest(messages=_messages("Say hello."), max_tokens=5, logprobs=True))
+    r = qwen.complete(
+        LMRequest(messages=_messages("Say hello."), settings=ModelSettings(max_tokens=5), logprobs=True)
+    )
     assert r.finish_reason == "length" and r.completion_tokens == 5
     assert r.token_logprobs is not None and len(r.token_logprobs) == 5
     assert all(-math.inf < lp <= 0.0 for lp in r.token_logprobs)
 
-    assert qwen.complete(LMRequest(messages=_messages("Say hi."), max_tokens=3)).token_logprobs is None
+    short = LMRequest(messages=_messages("Say hi."), settings=ModelSettings(max_tokens=3))
+    assert qwen.complete(short).token_logprobs is None
 
 
 @pytest.mark.local
@@ -373,7 +377,11 @@ def test_async_calls_run_concurrently_and_keep_the_loop_responsive(qwen: LocalBa
         started = time.perf_counter()
         results = await asyncio.gather(
             *(
-                qwen.acomplete(LMRequest(messages=_messages(f"Count from {k} to {k + 20}."), max_tokens=16))
+                qwen.acomplete(
+                    LMRequest(
+                        messages=_messages(f"Count from {k} to {k + 20}."), settings=ModelSettings(max_tokens=16)
+                    )
+                )
                 for k in range(3)
             )
         )
@@ -397,7 +405,10 @@ def test_smollm2_loads_from_its_package_and_answers() -> None:
         assert small.cache_id.startswith("local:smollm2-135m-q4_1:")
         assert small.model_path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
         r = small.complete(
-            LMRequest(messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24)
+            LMRequest(
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                settings=ModelSettings(max_tokens=24),
+            )
         )
         assert r.text.strip() and r.completion_tokens > 0
         schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -418,7 +429,7 @@ def test_smollm2_loads_from_its_package_and_answers() -> None:
 
 @pytest.mark.local
 def test_forked_child_gets_an_error_instead_of_hanging(qwen: LocalBackend) -> None:
-    request = LMRequest(messages=_messages("Say hi."), max_tokens=2)
+    request = LMRequest(messages=_messages("Say hi."), settings=ModelSettings(max_tokens=2))
     qwen.complete(request)  # llama.cpp has computed in this process: its thread pool won't survive a fork
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -366,7 +366,7 @@ def test_example_accepts_reference_argument_order() -> None:
 
 
 def test_import_is_light() -> None:
-    heavy = "('dspy', 'litellm', 'llama_cpp', 'httpx')"
+    heavy = "('dspy', 'litellm', 'llama_cpp', 'httpx', 'aiohttp')"
     code = f"import sys, dspydantic; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,23 +1,29 @@
-"""Persistent request cache: an identical request makes no LM call, in this process and after a restart.
+"""Persistent response cache: an identical request makes no LM call, in this process and after a restart.
 
-Entries live in SQLite (WAL mode, safe for several processes) with an in-memory LRU in front. The key is
-the SHA-256 of the backend's ``cache_id`` (endpoint + model, never a secret) and the full request
-(messages, response schema, temperature, max_tokens, logprobs flag). The API key is never part of it.
+Entries live in SQLite (WAL mode, safe for several processes) with an in-memory LRU in front. What is stored,
+and under which key, is the cache *layer's* business (:class:`dspydantic.lm.layers.CachingBackend`): only
+answers that parsed and validated, keyed by endpoint, model, every model setting, schema and messages, never
+the API key. A cache that cannot be opened (corrupt file, unwritable directory) is no cache, with one
+:class:`~dspydantic.errors.CacheWarning`: an extraction never fails because of its cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .lm._base import LMRequest, LMResponse
+from .errors import CacheWarning, ConfigurationError
+from .lm._base import LMResponse
+
+log = logging.getLogger("dspydantic")
 
 
 @runtime_checkable
@@ -37,25 +43,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "dspydantic"
 
 
-def request_key(cache_id: str, request: LMRequest) -> str:
-    payload = json.dumps(
-        [
-            cache_id,
-            request.messages,
-            request.json_schema,
-            request.temperature,
-            request.max_tokens,
-            request.logprobs,
-            request.extra,
-        ],
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def response_to_json(resp: LMResponse) -> dict[str, Any]:
     return {
         "text": resp.text,
@@ -67,15 +54,39 @@ def response_to_json(resp: LMResponse) -> dict[str, Any]:
     }
 
 
-def response_from_json(data: dict[str, Any]) -> LMResponse:
-    return LMResponse(
-        text=data["text"],
-        prompt_tokens=int(data.get("prompt_tokens") or 0),
-        completion_tokens=int(data.get("completion_tokens") or 0),
-        finish_reason=data.get("finish_reason"),
-        token_logprobs=data.get("token_logprobs"),
-        token_texts=data.get("token_texts"),
+def response_from_json(data: Any) -> LMResponse | None:
+    """A cached answer, or ``None`` for an entry that does not look like one (treated as a miss)."""
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+        return None
+    try:
+        return LMResponse(
+            text=data["text"],
+            prompt_tokens=int(data.get("prompt_tokens") or 0),
+            completion_tokens=int(data.get("completion_tokens") or 0),
+            finish_reason=data.get("finish_reason"),
+            token_logprobs=data.get("token_logprobs"),
+            token_texts=_token_texts(data.get("token_texts"), data.get("token_logprobs")),
+            cached=True,
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _token_texts(texts: Any, logprobs: Any) -> list[str] | None:
+    """The cached token texts when they are what the backend recorded (one string per log-probability),
+    else ``None`` (the confidence then falls back to the whole answer's probabilities)."""
+    ok = (
+        isinstance(texts, list) and isinstance(logprobs, list) and len(texts) == len(logprobs)
+        and all(isinstance(t, str) for t in texts)
     )
+    return texts if ok else None
+
+
+def cache_failed(where: str, exc: BaseException) -> None:
+    """Say once (one :class:`CacheWarning`) that a cache failed and extraction goes on without it."""
+    message = f"the response cache {where} failed ({type(exc).__name__}: {exc}); continuing without a cache"
+    log.debug(message)
+    warnings.warn(CacheWarning(message), stacklevel=3)
 
 
 class SQLiteCache:
@@ -96,7 +107,10 @@ class SQLiteCache:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
         )
-        conn.commit()
+        conn.execute("SELECT 1 FROM entries LIMIT 1").fetchall()  # a corrupt file fails here, not mid-run
+
+    def __repr__(self) -> str:
+        return f"SQLiteCache({str(self.path)!r})"
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -107,27 +121,36 @@ class SQLiteCache:
             self._local.conn = conn
         return conn
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get_memory(self, key: str) -> dict[str, Any] | None:
+        """The in-memory LRU only (never touches the disk: safe on an event loop)."""
         with self._lock:
             hit = self._memory.get(key)
             if hit is not None:
                 self._memory.move_to_end(key)
-                return hit
+            return hit
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        hit = self.get_memory(key)
+        if hit is not None:
+            return hit
         row = self._conn().execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        value: dict[str, Any] = json.loads(row[0])
-        self._remember(key, value)
+        try:
+            value: dict[str, Any] = json.loads(row[0])
+        except ValueError:
+            return None
+        self.remember(key, value)
         return value
 
     def set(self, key: str, value: dict[str, Any]) -> None:
+        self.remember(key, value)
         self._conn().execute(
             "INSERT OR REPLACE INTO entries (key, value, created) VALUES (?, ?, ?)",
             (key, json.dumps(value, ensure_ascii=False), time.time()),
         )
-        self._remember(key, value)
 
-    def _remember(self, key: str, value: dict[str, Any]) -> None:
+    def remember(self, key: str, value: dict[str, Any]) -> None:
         with self._lock:
             self._memory[key] = value
             self._memory.move_to_end(key)
@@ -143,39 +166,29 @@ class SQLiteCache:
         return int(self._conn().execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
 
-class MemoryCache:
-    """An in-process cache (lost at exit); handy for tests and notebooks."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, dict[str, Any]] = {}
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self._data.get(key)
-
-    def set(self, key: str, value: dict[str, Any]) -> None:
-        self._data[key] = value
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 _shared: dict[Path, SQLiteCache] = {}
 _shared_lock = threading.Lock()
 
 
 def resolve_cache(spec: Any) -> CacheBackend | None:
-    """``False``/``None`` -> no cache; ``True`` -> the default file; a path -> that file; an object -> itself."""
+    """``False``/``None`` -> no cache; ``True`` -> the default file; a path -> that file; an object -> itself.
+
+    A file that cannot be opened (corrupt, unwritable directory) -> no cache and one :class:`CacheWarning`.
+    """
     if spec is None or spec is False:
         return None
-    if spec is True or isinstance(spec, (str, os.PathLike)):
+    if spec is True or isinstance(spec, str | os.PathLike):
         key = default_cache_dir() if spec is True else Path(spec)
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:
-                cache = _shared[key] = SQLiteCache(key)
+                try:
+                    cache = SQLiteCache(key)
+                except (sqlite3.Error, OSError) as exc:
+                    cache_failed(f"at {str(key)!r}", exc)
+                    return None
+                _shared[key] = cache
             return cache
     if isinstance(spec, CacheBackend):
         return spec
-    from .errors import ConfigurationError
-
     raise ConfigurationError(f"cache must be a bool, a path or an object with get()/set(), got {spec!r}")

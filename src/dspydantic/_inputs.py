@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -60,18 +61,22 @@ class InputDoc:
     layer with its page markers) joined with blank lines; the ``--- page N ---`` labels placed before
     the page images of a fully rendered PDF are not part of it.
     ``kind`` is ``"text"``, ``"template"``, ``"image"``, ``"pdf"`` or ``"mixed"``.
-    ``fingerprint`` is a sha256 hex digest over the parts (stable across processes, for cache keys).
+    ``fingerprint`` is a sha256 hex digest over the parts (stable across processes), computed lazily.
     ``variables`` holds the template variables when ``text`` was given as a mapping.
     """
 
     parts: tuple[dict[str, Any], ...]
     text: str
     kind: str
-    fingerprint: str
     variables: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __hash__(self) -> int:
         return hash(self.fingerprint)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Computed on first use only: an extraction without a cache never hashes its document."""
+        return _fingerprint(self.parts)
 
     @property
     def has_images(self) -> bool:
@@ -690,6 +695,5 @@ def build_input(
         parts=frozen_parts,
         text="\n\n".join(texts),
         kind=kind,
-        fingerprint=_fingerprint(frozen_parts),
         variables=variables,
     )

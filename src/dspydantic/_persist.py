@@ -42,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
+from ._options import MAX_CONFIDENCE_SAMPLES
 from ._render import Demo, PromptState
 from ._schema import (
     _strip_titles,
@@ -86,8 +87,11 @@ _STALE_TMP_SECONDS = 3600.0
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
 _EXT_MIME = {v: k for k, v in _MIME_EXT.items()} | {"jpeg": "image/jpeg"}
 _PROMPT_KWARGS = ("system_prompt", "instruction_prompt", "field_descriptions", "demos")
+# model settings except extra_body (it may hold anything: it is not written to disk), runtime options, and the
+# confidence options (issue 11)
+_MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 _SETTINGS = (
-    "temperature", "max_tokens", "max_retries", "lm_retries", "retry_backoff", "timeout", "logprobs",
+    *_MODEL_SETTINGS, "max_retries", "lm_retries", "retry_backoff", "retry_max_time", "timeout", "logprobs",
     "require_grounding", "confidence_samples",
 )
 # JSON schema keys that constrain a value without changing its type (a change is "compatible")
@@ -250,7 +254,10 @@ def _state_to_json(state: PromptState, images: _Images, what: str) -> dict[str, 
 
 def _settings(prompter: Prompter) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("temperature", "max_tokens", "max_retries", "lm_retries", "retry_backoff"):
+    model_settings = getattr(prompter, "settings", None)
+    if model_settings is not None:
+        out.update({k: v for k, v in model_settings.as_dict().items() if k in _MODEL_SETTINGS})
+    for name in ("max_retries", "lm_retries", "retry_backoff", "retry_max_time"):
         value = getattr(prompter, name, None)
         if value is not None:
             out[name] = value
@@ -676,8 +683,10 @@ def _check_settings(directory: Path, settings: dict[str, Any]) -> dict[str, Any]
     )
     _expect(ok, directory, MANIFEST, "require_grounding is neither a bool nor a list of field paths")
     samples = settings.get("confidence_samples")
-    ok = samples is None or (isinstance(samples, int) and not isinstance(samples, bool) and 0 <= samples <= 64)
-    _expect(ok, directory, MANIFEST, "confidence_samples is not an int between 0 and 64")
+    ok = samples is None or (
+        isinstance(samples, int) and not isinstance(samples, bool) and 0 <= samples <= MAX_CONFIDENCE_SAMPLES
+    )
+    _expect(ok, directory, MANIFEST, f"confidence_samples is not an int between 0 and {MAX_CONFIDENCE_SAMPLES}")
     return settings
 
 

@@ -1,35 +1,41 @@
-"""``Prompter``: the public verbs. Composes schema, renderer, backend and cache; holds no protocol detail."""
+"""``Prompter``: the public verbs. Composes schema, renderer and a backend stack; holds no protocol detail.
+
+The backend stack is ``CachingBackend(RetryingBackend(backend))`` (:mod:`dspydantic.lm.layers`): retries and
+the cache are layers around the backend, not methods here. The extraction *plan* is one generator (sans-IO):
+it yields requests and receives answers; two small drivers run it, sync and async, so they cannot drift.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import copy
 import itertools
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ._cache import CacheBackend, request_key, resolve_cache, response_from_json, response_to_json
+from ._cache import CacheBackend, resolve_cache
 from ._example import INPUT_KEYS, Example
 from ._inputs import InputDoc, build_input
+from ._options import PROMPTER_ARGS, check_confidence, check_runtime
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
 from .confidence.answer import AnswerCheck, merge_chunk_confidences
-from .errors import BatchError, ConfigurationError, DspydanticError, ExtractionError, LMError
+from .errors import BatchError, ConfigurationError, DspydanticError, ExtractionError
 from .lm import LMBackend, LMRequest, LMResponse, resolve_backend
+from .lm.settings import SETTING_NAMES, ModelSettings
 
 log = logging.getLogger("dspydantic")
 
 OnError = Literal["raise", "return"]
 # The plan of one extraction: yields requests, receives responses, returns the result.
-_Plan = Generator[LMRequest, tuple[LMResponse, bool], ExtractionResult[Any]]
+_Plan = Generator[LMRequest, LMResponse, ExtractionResult[Any]]
 
 
 class Prompter:
@@ -54,38 +60,82 @@ class Prompter:
         demos: Sequence[Demo] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | tuple[str, ...] | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         max_retries: int = 2,
         lm_retries: int = 2,
         retry_backoff: float = 0.5,
+        retry_max_time: float | None = 60.0,
         timeout: float = 120.0,
+        connect_timeout: float | None = None,
+        verify: bool | str = True,
+        proxy: str | None = None,
+        max_connections: int = 100,
         logprobs: bool | None = None,
         context_window: int | None = None,
         require_grounding: bool | Iterable[str] = False,
         confidence_samples: int = 0,
         sample_temperature: float = 0.7,
         calibrator: Any = None,
-        **lm_kwargs: Any,
+        **backend_options: Any,
     ) -> None:
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries must be a non-negative int, got {max_retries!r}")
-        if isinstance(confidence_samples, bool) or not isinstance(confidence_samples, int) or confidence_samples < 0:
-            raise ConfigurationError(f"confidence_samples must be a non-negative int, got {confidence_samples!r}")
+        check_runtime(
+            max_retries=max_retries, lm_retries=lm_retries, retry_backoff=retry_backoff,
+            retry_max_time=retry_max_time, timeout=timeout, connect_timeout=connect_timeout, verify=verify,
+            proxy=proxy, max_connections=max_connections, logprobs=logprobs, context_window=context_window,
+        )
+        check_confidence(
+            confidence_samples=confidence_samples, sample_temperature=sample_temperature, calibrator=calibrator
+        )
+        #: sampling settings sent with every request (and part of every cache key)
+        self.settings = ModelSettings(
+            temperature=temperature, max_tokens=max_tokens, top_p=top_p, seed=seed,
+            stop=stop,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, extra_body=extra_body,
+        )
         self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
         self.free_text = model is None
         self.model_id = model_id
+        self._base_schema = model_schema(self.model)
+        #: True (every free string field), a set of field paths, or False; see :mod:`dspydantic.confidence`
+        self.require_grounding = require_grounding
+        self._answer_check: AnswerCheck | None = None
+        self.answer_check  # noqa: B018 - a bad require_grounding fails here, before any backend is built
+        #: extra sampled answers per extraction for the agreement signal (each is one more LM call)
+        self.confidence_samples = confidence_samples
+        self.sample_temperature = float(sample_temperature)
+        #: a fitted :class:`dspydantic.confidence.Calibrator` (``calibrate()``/``optimize()`` set it)
+        self.calibrator = calibrator
         self.backend: LMBackend = resolve_backend(
-            model_id, lm=lm, api_key=api_key, api_base=api_base, timeout=timeout,
-            context_window=context_window, **lm_kwargs,
+            model_id, lm=lm, api_key=api_key, api_base=api_base, timeout=timeout, context_window=context_window,
+            transport={"connect_timeout": connect_timeout, "verify": verify, "proxy": proxy,
+                       "max_connections": max_connections},
+            accepted=(*PROMPTER_ARGS, *SETTING_NAMES),
+            **backend_options,
         )
+        check = getattr(self.backend, "check_settings", None)
+        if callable(check):
+            check(self.settings)
         self.api_base = api_base
-        self.temperature = temperature
-        self.max_tokens = max_tokens
         self.max_retries = max_retries
         self.lm_retries = lm_retries
-        self.retry_backoff = retry_backoff
+        self.retry_backoff = float(retry_backoff)
+        self.retry_max_time = retry_max_time
+        self.timeout = float(timeout)
         self.logprobs = bool(getattr(self.backend, "cheap_logprobs", False)) if logprobs is None else logprobs
         self.cache = resolve_cache(cache)
-        self._base_schema = model_schema(self.model)
+        from .lm.layers import CachingBackend, RetryingBackend
+
+        # what the plan drivers call: the backend wrapped in the retry and cache layers
+        self._lm: LMBackend = RetryingBackend(
+            self.backend, retries=lm_retries, backoff=self.retry_backoff, max_time=retry_max_time
+        )
+        if self.cache is not None:
+            self._lm = CachingBackend(self._lm, self.cache)
         self._state = PromptState(
             system_prompt=system_prompt,
             instruction_prompt=instruction_prompt,
@@ -95,20 +145,29 @@ class Prompter:
         self._original_state = self._state
         self._renderer: Renderer | None = None
         self.optimization_result: Any = None
-        #: True (every free string field), a set of field paths, or False; see :mod:`dspydantic.confidence`
-        self.require_grounding = require_grounding
-        #: extra sampled answers per extraction for the agreement signal (each is one more LM call)
-        self.confidence_samples = confidence_samples
-        self.sample_temperature = sample_temperature
-        #: a fitted :class:`dspydantic.confidence.Calibrator` (``calibrate()``/``optimize()`` set it)
-        self.calibrator = calibrator
-        self._answer_check: AnswerCheck | None = None
-        self.answer_check  # noqa: B018 - a bad require_grounding fails here, before any LM call
 
     def __repr__(self) -> str:
         return f"Prompter(model={self.model.__name__}, backend={self.backend!r})"
 
     # -- prompt state ------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> float | None:
+        return self.settings.temperature
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.settings.max_tokens
+
+    def _derive(self, *, state: PromptState | None = None, lm: LMBackend | None = None) -> Prompter:
+        """A shallow copy serving ``state`` and/or calling ``lm`` (e.g. a budgeted stack) instead of ours."""
+        clone = copy.copy(self)
+        if state is not None:
+            clone.state = state
+        if lm is not None:
+            clone._lm = lm
+        clone.optimization_result = None
+        return clone
+
     @property
     def state(self) -> PromptState:
         return self._state
@@ -158,29 +217,46 @@ class Prompter:
         return self._state.demos
 
     # -- the plan of one extraction (shared by the sync and the async driver) ----------------------
-    def _plan(self, item: Any) -> _Plan:
+    def _plan(self, item: Any, renderer: Renderer | None = None) -> _Plan:
         doc = self._input(item)
-        chunks = self._chunks(doc)
+        renderer = renderer if renderer is not None else self.renderer
+        chunks = self._chunks(doc, renderer)
         if chunks is None:
-            return (yield from self._plan_doc(doc))
+            return (yield from self._plan_doc(doc, renderer))
         # a long document: extract per chunk, merge (scalars by agreement, lists by union)
         from ._chunking import merge_extractions
 
         results: list[ExtractionResult[Any]] = []
+        failures: list[ExtractionError] = []
         for chunk in chunks:
             part = InputDoc(parts=({"type": "text", "text": chunk},), text=chunk, kind=doc.kind,
-                            fingerprint=f"{doc.fingerprint}:{len(results)}", variables=doc.variables)
+                            variables=doc.variables)
             try:
-                results.append((yield from self._plan_doc(part)))
+                results.append((yield from self._plan_doc(part, renderer)))
             except ExtractionError as exc:
-                log.debug("chunk %d of %d gave no valid extraction: %s", len(results), len(chunks), exc)
-        if not results:
-            raise ExtractionError(f"no chunk of the {len(chunks)}-chunk document gave a valid {self.model.__name__}")
-        dumps = [r.data.model_dump(mode="json", by_alias=True) for r in results]
-        merged = merge_extractions(dumps, self._base_schema, [r.confidence for r in results])
+                log.debug("chunk %d of %d gave no valid extraction: %s", len(results) + len(failures), len(chunks), exc)
+                failures.append(exc)
         usage = Usage()
         for r in results:
             usage.add(r.usage)
+        for f in failures:
+            if isinstance(f.usage, Usage):
+                usage.add(f.usage)
+        if not results:
+            last = failures[-1] if failures else None
+            truncated = bool(failures) and all(f.truncated for f in failures)
+            raise ExtractionError(
+                f"no chunk of the {len(chunks)}-chunk document gave a valid {self.model.__name__}"
+                + (" (every chunk's answer was cut by the token limit)" if truncated else "")
+                + (f"; last: {last}" if last is not None else ""),
+                raw_output=last.raw_output if last is not None else None,
+                errors=[e for f in failures for e in f.errors],
+                attempts=max((f.attempts for f in failures), default=0),
+                usage=usage,
+                truncated=truncated,
+            )
+        dumps = [r.data.model_dump(mode="json", by_alias=True) for r in results]
+        merged = merge_extractions(dumps, self._base_schema, [r.confidence for r in results])
         data = self.model.model_validate(merged)
         # spans against the whole document; each field's confidence from the chunks that gave its value
         grounded = self.answer_check.regrounded(data, doc.text)
@@ -203,7 +279,7 @@ class Prompter:
             extra={"chunks": len(chunks), "chunks_extracted": len(results)},
         )
 
-    def _chunks(self, doc: InputDoc) -> list[str] | None:
+    def _chunks(self, doc: InputDoc, renderer: Renderer) -> list[str] | None:
         """Split a text document that does not fit the backend's context window (else None)."""
         window = getattr(self.backend, "context_window", None)
         if not window or doc.has_images:
@@ -213,37 +289,68 @@ class Prompter:
         doc_tokens = estimate_tokens(doc.text)
         if doc_tokens + (self.max_tokens or 512) < window // 2:  # the common case: clearly fits
             return None
-        overhead = estimate_tokens(json.dumps(self.renderer.messages("", doc.variables), ensure_ascii=False))
+        overhead = estimate_tokens(json.dumps(renderer.messages("", doc.variables), ensure_ascii=False))
         budget = chunk_budget(window, overhead, self.max_tokens or 512)
         if doc_tokens <= budget:
             return None
         return [c.text for c in split_text(doc.text, max_tokens=budget, overlap_tokens=min(64, budget // 8))]
 
-    def _request(self, renderer: Renderer, messages: list[dict[str, Any]]) -> LMRequest:
+    def _request(
+        self, renderer: Renderer, messages: list[dict[str, Any]], settings: ModelSettings | None = None
+    ) -> LMRequest:
         """The extraction request for rendered ``messages`` (the optimizer's student sends exactly this too,
         so candidates are scored, and cached, as inference would send them)."""
         return LMRequest(
             messages=messages,
             json_schema=renderer.schema,
             schema_name=renderer.schema_name,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
+            settings=settings if settings is not None else self.settings,
             logprobs=self.logprobs,
         )
 
-    def _plan_doc(self, doc: InputDoc) -> _Plan:
-        renderer = self.renderer
+    def _larger_limit(self, request: LMRequest, response: LMResponse) -> tuple[int | None, int | None]:
+        """``(limit that was hit, a larger one the model allows or None)`` after ``finish_reason="length"``:
+        double the limit, capped by the context window when it is known."""
+        limit = request.settings.max_tokens or getattr(self.backend, "max_tokens", None) or response.completion_tokens
+        if not isinstance(limit, int) or limit <= 0:
+            return None, None
+        bigger = limit * 2
+        window = getattr(self.backend, "context_window", None)
+        if isinstance(window, int) and window > 0:
+            bigger = min(bigger, window - max(response.prompt_tokens, 1) - 1)
+        return limit, (bigger if bigger > limit else None)
+
+    def _plan_doc(self, doc: InputDoc, renderer: Renderer) -> _Plan:
         check = self.answer_check
         messages = renderer.messages(doc.as_content(), doc.variables)
         usage = Usage()
         errors: list[Any] = []
         raw = ""
         cached_all = True
-        for attempt in range(1, self.max_retries + 2):
-            request = self._request(renderer, messages)
-            response, hit = yield request
+        settings = self.settings
+        grown = False
+        attempt = 1
+        while True:
+            request = self._request(renderer, messages, settings)
+            response = yield request
             raw = response.text
-            cached_all = _count(usage, response, hit) and cached_all
+            cached_all = _count(usage, response) and cached_all
+            if response.finish_reason == "length":  # cut by the token limit: never parsed, never cached
+                limit, bigger = self._larger_limit(request, response)
+                if bigger is not None and not grown:
+                    log.debug("answer cut at max_tokens=%s; asking once more with max_tokens=%d", limit, bigger)
+                    settings, grown = settings.replace(max_tokens=bigger), True
+                    continue
+                raise ExtractionError(
+                    f"the answer was cut by the token limit (max_tokens={limit if limit else 'the default'}"
+                    f"{', also after one retry with a larger limit' if grown else ''}): raise max_tokens"
+                    + (" (the context window allows no more)" if limit and bigger is None else ""),
+                    raw_output=raw,
+                    errors=[*errors, [{"type": "truncated", "msg": "output cut by the token limit"}]],
+                    attempts=attempt,
+                    usage=usage,
+                    truncated=True,
+                )
             try:
                 data = renderer.parse(raw)
                 # grounding in the source and require_grounding (an ungrounded required value is re-asked)
@@ -256,14 +363,29 @@ class Prompter:
                 if attempt <= self.max_retries:
                     log.debug("answer did not validate (attempt %d): %s", attempt, exc.feedback)
                     messages = renderer.reask(messages, raw, exc)
-                continue
-            samples = []  # opt-in agreement signal: extra sampled answers to the same request
+                    attempt += 1
+                    continue
+                raise ExtractionError(
+                    f"no valid {self.model.__name__} after {attempt} attempts; last errors: {errors[-1]}",
+                    raw_output=raw,
+                    errors=errors,
+                    attempts=attempt,
+                    usage=usage,
+                ) from None
+            # validated, and grounded where grounding is required: the cache layer may keep it now (an answer
+            # that failed the grounding check was re-asked above and is never cached as good)
+            response.confirm()
+            samples: list[dict[str, Any] | None] = []  # opt-in agreement signal: extra sampled answers
             for i in range(1, self.confidence_samples + 1):
-                sampled, hit = yield dataclasses.replace(
-                    request, temperature=self.sample_temperature, extra={**request.extra, "seed": i}
+                sampled = yield self._request(
+                    renderer, messages, settings.replace(temperature=self.sample_temperature, seed=i)
                 )
-                cached_all = _count(usage, sampled, hit) and cached_all
-                samples.append(check.sample(renderer, sampled.text))
+                cached_all = _count(usage, sampled) and cached_all
+                # a sample cut by the token limit or that does not validate counts as one that disagrees
+                sample = None if sampled.finish_reason == "length" else check.sample(renderer, sampled.text)
+                if sample is not None:
+                    sampled.confirm()
+                samples.append(sample)
             conf = check.confidences(
                 assessment, samples=samples, calibrator=self.calibrator, logprobs=bool(response.token_logprobs)
             )
@@ -281,14 +403,6 @@ class Prompter:
                 field_signals=conf.field_signals,
                 calibrated=conf.calibrated,
             )
-        raise ExtractionError(
-            f"no valid {self.model.__name__} after {self.max_retries + 1} attempts; last errors: "
-            f"{errors[-1] if errors else '?'}",
-            raw_output=raw,
-            errors=errors,
-            attempts=self.max_retries + 1,
-            usage=usage,
-        )
 
     def _input(self, item: Any) -> InputDoc:
         if isinstance(item, InputDoc):
@@ -302,65 +416,39 @@ class Prompter:
                 f"an input must be a str, a dict, an Example or an InputDoc, got {type(item).__name__}"
             )
         kwargs = dict(item) if set(item) <= INPUT_KEYS else {"text": dict(item)}
-        return build_input(**kwargs)
+        doc = build_input(**kwargs)
+        try:
+            doc.text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigurationError(
+                f"the input is not valid Unicode text: {exc.object[exc.start:exc.end]!r} at position {exc.start} "
+                "is a lone surrogate (typically from bytes decoded with errors='surrogateescape'); clean it first, "
+                "e.g. text.encode('utf-8', 'replace').decode('utf-8')"
+            ) from None
+        return doc
 
-    # -- calling the backend (cache, transport retries) --------------------------------------------
-    def _cached(self, request: LMRequest) -> tuple[str | None, LMResponse | None]:
-        if self.cache is None:
-            return None, None
-        key = request_key(self.backend.cache_id, request)
-        hit = self.cache.get(key)
-        return key, (response_from_json(hit) if hit is not None else None)
-
-    def _store(self, key: str | None, response: LMResponse) -> None:
-        if key is not None and self.cache is not None:
-            self.cache.set(key, response_to_json(response))
-
-    def _call(self, request: LMRequest) -> tuple[LMResponse, bool]:
-        key, hit = self._cached(request)
-        if hit is not None:
-            return hit, True
-        for attempt in range(self.lm_retries + 1):
-            try:
-                response = self.backend.complete(request)
-                break
-            except LMError as exc:
-                if not exc.retryable or attempt == self.lm_retries:
-                    raise
-                time.sleep(self.retry_backoff * 2**attempt)
-        self._store(key, response)
-        return response, False
-
-    async def _acall(self, request: LMRequest) -> tuple[LMResponse, bool]:
-        key, hit = self._cached(request)
-        if hit is not None:
-            return hit, True
-        for attempt in range(self.lm_retries + 1):
-            try:
-                response = await self.backend.acomplete(request)
-                break
-            except LMError as exc:
-                if not exc.retryable or attempt == self.lm_retries:
-                    raise
-                await asyncio.sleep(self.retry_backoff * 2**attempt)
-        self._store(key, response)
-        return response, False
-
-    def _run_plan(self, item: Any) -> ExtractionResult[Any]:
-        plan = self._plan(item)
+    # -- the two drivers -----------------------------------------------------------------------------
+    def _run_plan(
+        self, item: Any, *, lm: LMBackend | None = None, renderer: Renderer | None = None
+    ) -> ExtractionResult[Any]:
+        backend = lm if lm is not None else self._lm
+        plan = self._plan(item, renderer)
         request = next(plan)
         while True:
+            response = backend.complete(request)
             try:
-                request = plan.send(self._call(request))
+                request = plan.send(response)
             except StopIteration as stop:
                 return stop.value
 
-    async def _arun_plan(self, item: Any) -> ExtractionResult[Any]:
+    async def _arun_plan(self, item: Any, *, lm: LMBackend | None = None) -> ExtractionResult[Any]:
+        backend = lm if lm is not None else self._lm
         plan = self._plan(item)
         request = next(plan)
         while True:
+            response = await backend.acomplete(request)
             try:
-                request = plan.send(await self._acall(request))
+                request = plan.send(response)
             except StopIteration as stop:
                 return stop.value
 
@@ -402,13 +490,22 @@ class Prompter:
         max_concurrency: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
-        """Extract many inputs on ``max_workers`` threads; results in input order.
+        """Extract many inputs, ``max_workers`` at a time; results in input order.
+
+        On an OpenAI-compatible endpoint the batch runs on the async HTTP engine (as :meth:`apredict_batch`,
+        from this thread); on other backends on ``max_workers`` threads.
 
         ``on_error="return"`` puts the exception in a failed item's slot; ``"raise"`` lets every item
         finish, then raises :class:`BatchError` (whose ``results`` hold everything that succeeded).
         """
         items = list(inputs)
         workers = _workers(max_concurrency or max_workers, on_error)
+        run_sync = getattr(self.backend, "run_sync", None)
+        if callable(run_sync) and workers > 1 and len(items) > 1:
+            # a backend on the async HTTP engine: the batch runs as one async batch there, no thread per item
+            out = run_sync(self.apredict_batch(items, max_workers=workers, on_error="return",
+                                               with_confidence=with_confidence, on_progress=on_progress))
+            return _finish(out, on_error)
         results: list[Any] = [None] * len(items)
         done = itertools.count(1)  # next() on a count is atomic: safe from the worker threads
 
@@ -440,26 +537,28 @@ class Prompter:
         max_concurrency: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
-        """Native async batch: at most ``max_workers`` requests in flight; results in input order."""
+        """Native async batch: at most ``max_workers`` extractions in flight; results in input order."""
         items = list(inputs)
-        sem = asyncio.Semaphore(_workers(max_concurrency or max_workers, on_error))
+        width = min(_workers(max_concurrency or max_workers, on_error), max(1, len(items)))
+        results: list[Any] = [None] * len(items)
+        queue = iter(range(len(items)))  # shared by the workers: next() never yields an index twice
         done = 0
 
-        async def one(i: int) -> Any:
+        async def worker() -> None:
             nonlocal done
-            async with sem:
+            for i in queue:
                 try:
                     res = await self._arun_plan(items[i])
-                    out = res if with_confidence else res.data
+                    results[i] = res if with_confidence else res.data
                 except Exception as exc:
-                    out = _tag(exc, i)
-            done += 1
-            if on_progress is not None:
-                on_progress(done, len(items))
-            return out
+                    results[i] = _tag(exc, i)
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, len(items))
 
-        results = await asyncio.gather(*(one(i) for i in range(len(items))))
-        return _finish(list(results), on_error)
+        # ``width`` workers pulling the next index: memory and scheduling stay O(concurrency), not O(items)
+        await asyncio.gather(*(worker() for _ in range(width)))
+        return _finish(results, on_error)
 
     # -- optimization, evaluation and persistence live in their own modules ------------------------
     def optimize(self, examples: Sequence[Example], **kwargs: Any) -> Any:
@@ -501,7 +600,16 @@ class Prompter:
         return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
 
     def close(self) -> None:
-        self.backend.close()
+        """Close the backend's connections (every event loop's and the sync engine's)."""
+        self._lm.close()
+
+    async def aclose(self) -> None:
+        """Wait for pending cache writes, then close the backend's connections."""
+        closer = getattr(self._lm, "aclose", None)
+        if closer is not None:
+            await closer()
+        else:
+            self._lm.close()
 
 
 def _item(text: Any, inputs: dict[str, Any]) -> Any:
@@ -542,12 +650,12 @@ def _finish(results: list[Any], on_error: str) -> list[Any]:
     return results
 
 
-def _count(usage: Usage, response: LMResponse, hit: bool) -> bool:
-    """Add one answer to ``usage``; returns whether it was a cache hit."""
-    if hit:
+def _count(usage: Usage, response: LMResponse) -> bool:
+    """Add one answer to ``usage``; returns whether the cache layer served it."""
+    if response.cached:
         usage.cache_hits += 1
     else:
         usage.calls += 1
         usage.prompt_tokens += response.prompt_tokens
         usage.completion_tokens += response.completion_tokens
-    return hit
+    return response.cached

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 
@@ -25,16 +27,43 @@ class MissingExtraError(DspydanticError, ImportError):
 
 
 class LMError(DspydanticError):
-    """The LM call itself failed (transport, HTTP status, timeout)."""
+    """The LM call itself failed (transport, HTTP status, timeout).
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
+    ``status`` is the HTTP status (``None`` for a transport fault), ``retryable`` says whether the retry
+    policy may try again, ``headers`` are the response's headers (lower-cased names; never the request's),
+    ``request_id`` comes from ``x-request-id`` / ``request-id`` and ``retry_after`` (seconds) from
+    ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``. The message is redacted (see
+    :func:`redact`) and capped.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        headers: dict[str, str] | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        secrets: tuple[str | None, ...] = (),
+    ) -> None:
+        super().__init__(redact(message, *secrets))
         self.status = status
         self.retryable = retryable
+        self.headers: dict[str, str] = dict(headers or {})
+        self.request_id = request_id
+        self.retry_after = retry_after
+        #: how many attempts were made (set by the retry layer)
+        self.attempts = 1
 
 
 class ExtractionError(DspydanticError):
-    """The LM answered, but no answer validated against the model after all re-asks."""
+    """The LM answered, but no answer validated against the model after all re-asks.
+
+    ``raw_output`` is the last answer, ``errors`` the validation errors of every attempt, ``usage`` the LM
+    usage of the whole extraction. ``truncated`` is True when the answer was cut by the token limit
+    (``finish_reason == "length"``) even after one retry with a larger ``max_tokens``.
+    """
 
     def __init__(
         self,
@@ -44,28 +73,80 @@ class ExtractionError(DspydanticError):
         errors: list[Any] | None = None,
         attempts: int = 0,
         usage: Any = None,
+        truncated: bool = False,
     ) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))  # it may quote the LM's answer
         self.raw_output = raw_output
         self.errors = errors or []
         self.attempts = attempts
         self.usage = usage
+        self.truncated = truncated
 
 
 class PersistenceError(DspydanticError):
     """A prompter directory could not be saved or loaded."""
 
 
+class CacheWarning(UserWarning):
+    """The response cache failed (corrupt file, unwritable directory): extraction continues without it."""
+
+
 class SchemaDriftWarning(UserWarning):
     """The model given to ``Prompter.load`` differs from the saved one in a compatible way."""
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """Remove every given secret from ``text`` (used on anything that may be shown)."""
+#: longest error message we show (a 5 MB error body must not become a 5 MB exception)
+MESSAGE_LIMIT = 2000
+
+@functools.cache
+def _secret_patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Compiled on first use (not at ``import dspydantic``)."""
+    return (
+        # header echoes: "Authorization: Bearer ...", "x-api-key": "..."
+        (
+            re.compile(r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|cookie)([\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?[^\s\"',}]+"),
+            r"\1\2***",
+        ),
+        (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
+        (re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_-]{8,}"), r"\1-***"),
+        # credentials in URLs: scheme://user:password@host
+        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]+@"), r"\1***@"),
+        # key=... in query strings and key: ... in JSON
+        (
+            re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|client[_-]?secret|password|secret)"
+                       r"([\"']?\s*[:=]\s*[\"']?)[^\"'\s,&}]+"),
+            r"\1\2***",
+        ),
+    )
+
+
+def redact(text: str, *secrets: str | None, limit: int | None = MESSAGE_LIMIT) -> str:
+    """The one redaction applied to everything that may be shown (error messages, logs, reprs).
+
+    Removes every given secret, then anything that looks like one (``Authorization``/``x-api-key``
+    values, ``Bearer``/``Basic`` credentials, ``sk-...`` keys, ``user:password@`` in URLs, ``api_key=...``),
+    and only then cuts the text to ``limit`` characters (so a cut can never leave part of a secret).
+    """
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
+    for pattern, repl in _secret_patterns():
+        text = pattern.sub(repl, text)
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
     return text
+
+
+def decode_body(raw: bytes, *secrets: str | None, limit: int = MESSAGE_LIMIT) -> str:
+    """A response body as safe text for a message: secrets removed from the bytes (UTF-8 and UTF-16
+    spellings) and the text, decoded with replacement characters, redacted, then capped."""
+    head = raw[: max(limit * 8, 1 << 16)]  # far beyond what is shown: the cut below still comes last
+    for s in secrets:
+        if s and len(s) >= 4:
+            for enc in ("utf-8", "utf-16-le", "utf-16-be"):
+                head = head.replace(s.encode(enc, "replace"), b"***")
+    text = head.decode("utf-8", "replace").replace("\x00", "")
+    return redact(text, *secrets, limit=limit)
 
 
 class BatchError(DspydanticError):

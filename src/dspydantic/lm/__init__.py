@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigurationError, MissingExtraError
 from ._base import LMBackend, LMRequest, LMResponse
+from .settings import ModelSettings
 
-__all__ = ["LMBackend", "LMRequest", "LMResponse", "is_local_id", "resolve_backend"]
+__all__ = ["LMBackend", "LMRequest", "LMResponse", "ModelSettings", "is_local_id", "resolve_backend"]
 
 log = logging.getLogger("dspydantic")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[^\s/][^\s]*)?$")
@@ -36,6 +38,30 @@ def _configured_dspy_lm() -> Any:
         return None
 
 
+#: options of the HTTP transport and their defaults (only OpenAI-compatible endpoints use it)
+_TRANSPORT_DEFAULTS: dict[str, Any] = {"connect_timeout": None, "verify": True, "proxy": None, "max_connections": 100}
+_LOCAL_OPTIONS = ("n_ctx", "n_threads", "string_max_length", "max_saved_states", "lazy_grammar")
+_OPENAI_OPTIONS = ("structured_output", "headers")
+_LITELLM_OPTIONS = ("litellm_kwargs",)
+
+
+def _check_options(kwargs: dict[str, Any], options: Sequence[str], accepted: Sequence[str], what: str) -> None:
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown argument(s) {unknown} for {what}; accepted: {sorted({*accepted, *options})}"
+        )
+
+
+def _no_transport(transport: dict[str, Any], what: str) -> None:
+    changed = sorted(k for k, v in transport.items() if k in _TRANSPORT_DEFAULTS and v != _TRANSPORT_DEFAULTS[k])
+    if changed:
+        raise ConfigurationError(
+            f"{changed} configure dspydantic's HTTP transport, which only OpenAI-compatible endpoints "
+            f"(model_id='openai/...') use; {what} makes its calls through its own client"
+        )
+
+
 def resolve_backend(
     model_id: str | None,
     *,
@@ -44,13 +70,27 @@ def resolve_backend(
     api_base: str | None = None,
     timeout: float = 120.0,
     context_window: int | None = None,
+    transport: dict[str, Any] | None = None,
+    accepted: Sequence[str] = (),
     **kwargs: Any,
 ) -> LMBackend:
-    """Pick and construct the backend; validates everything that can be checked without a network call."""
+    """Pick and construct the backend; validates everything that can be checked without a network call.
+
+    ``transport`` holds the HTTP transport options (``connect_timeout``, ``verify``, ``proxy``,
+    ``max_connections``); ``kwargs`` are backend-specific options (an unknown one is a
+    :class:`ConfigurationError` listing ``accepted`` and the backend's own).
+    """
     global _said_default
+    transport = dict(transport or {})
+    if api_base is not None and not isinstance(api_base, str):
+        raise ConfigurationError(f"api_base must be a URL string, got {type(api_base).__name__}")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigurationError(f"api_key must be a string, got {type(api_key).__name__}")
     if lm is not None:
         if model_id is not None:
             raise ConfigurationError("pass either model_id or lm, not both")
+        _check_options(kwargs, (), accepted, "lm=...")
+        _no_transport(transport, "lm=...")
         if _is_backend(lm):
             return lm
         if not hasattr(lm, "forward"):
@@ -63,14 +103,18 @@ def resolve_backend(
         if configured is not None:
             from .dspy_lm import DSPyLMBackend
 
+            _check_options(kwargs, (), accepted, "the dspy.configure(lm=...) LM")
+            _no_transport(transport, "a dspy.LM")
             return DSPyLMBackend(configured, context_window=context_window)
         from .local import resolve_local
 
+        _check_options(kwargs, _LOCAL_OPTIONS, accepted, "the local model")
         try:
             backend = resolve_local("local", context_window=context_window, **kwargs)
         except MissingExtraError:
             backend = None
         if backend is not None:
+            _no_transport(transport, "the local model")
             if not _said_default:
                 log.info("No model_id, lm or dspy.configure(lm=...) given: using the embedded local model")
                 _said_default = True
@@ -85,6 +129,8 @@ def resolve_backend(
     if is_local_id(model_id):
         from .local import resolve_local
 
+        _check_options(kwargs, _LOCAL_OPTIONS, accepted, "the local model")
+        _no_transport(transport, "the local model")
         return resolve_local(model_id, context_window=context_window, **kwargs)
     if not _MODEL_ID.match(model_id):
         raise ConfigurationError(
@@ -95,12 +141,15 @@ def resolve_backend(
     if provider == "openai" or (api_base and not name):
         from .openai_compat import OpenAICompatBackend
 
+        _check_options(kwargs, _OPENAI_OPTIONS, accepted, f"{model_id!r}")
         return OpenAICompatBackend(
             name or model_id, api_base=api_base, api_key=api_key, timeout=timeout,
-            context_window=context_window, **kwargs,
+            context_window=context_window, **transport, **kwargs,
         )
     from .litellm import LiteLLMBackend
 
+    _check_options(kwargs, _LITELLM_OPTIONS, accepted, f"{model_id!r} (LiteLLM)")
+    _no_transport(transport, "LiteLLM")
     return LiteLLMBackend(
         model_id, api_key=api_key, api_base=api_base, timeout=timeout, context_window=context_window, **kwargs
     )

@@ -1,9 +1,15 @@
-"""The small protocol every LM backend implements (sync + async call, usage, logprobs)."""
+"""The small protocol every LM backend implements (sync + async call, usage, logprobs, headers)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+from ..errors import ConfigurationError
+from .settings import DEFAULT_SETTINGS, ModelSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,15 +19,49 @@ class LMRequest:
     ``messages`` are OpenAI chat messages; ``content`` is a string or a list of OpenAI content parts
     (``{"type": "text", ...}``, ``{"type": "image_url", ...}``). ``json_schema`` is the JSON schema the
     answer must follow (``None``: free text). ``schema_name`` names it for providers that want a name.
+    ``settings`` are the sampling settings (temperature, max_tokens, top_p, seed, ...).
     """
 
     messages: list[dict[str, Any]]
     json_schema: dict[str, Any] | None = None
     schema_name: str = "output"
-    temperature: float | None = None
-    max_tokens: int | None = None
+    settings: ModelSettings = DEFAULT_SETTINGS
     logprobs: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    _wire: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    @property
+    def temperature(self) -> float | None:
+        return self.settings.temperature
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.settings.max_tokens
+
+    def with_settings(self, **changes: Any) -> LMRequest:
+        return replace(self, settings=self.settings.replace(**changes))
+
+    def messages_json(self) -> bytes:
+        """The messages as compact JSON, encoded once per request (the body and the cache key share it).
+
+        Text that is not valid Unicode (a lone surrogate such as ``"\\udcff"``) is a :class:`ConfigurationError`.
+        """
+        if not self._wire:
+            try:
+                self._wire.append(orjson.dumps(self.messages))
+            except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+                raise ConfigurationError(_encode_problem(exc)) from None
+        return self._wire[0]
+
+
+def _encode_problem(exc: Exception) -> str:
+    text = str(exc)
+    if "surrogates" in text or "utf-8" in text.lower():
+        return (
+            "the request holds text that is not valid Unicode (a lone surrogate such as '\\udcff', typically from "
+            "bytes decoded with errors='surrogateescape'); clean the input first, e.g. "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        )
+    return f"the request cannot be encoded as JSON: {text}"
 
 
 @dataclass(slots=True)
@@ -35,14 +75,29 @@ class LMResponse:
     #: the text of each generated token (same length as ``token_logprobs``; their concatenation spells
     #: ``text`` where the backend knows the exact pieces): aligns the probabilities to the answer's fields
     token_texts: list[str] | None = None
+    #: response headers of the HTTP call (lower-cased names), when there was one
+    headers: dict[str, str] = field(default_factory=dict)
+    #: served by the cache layer (no LM call was made)
+    cached: bool = False
+    #: set by the cache layer: stores this answer once the extraction plan has validated it
+    on_valid: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def confirm(self) -> None:
+        """The answer parsed and validated: layers may now keep it (the cache stores only such answers)."""
+        hook, self.on_valid = self.on_valid, None
+        if hook is not None:
+            hook()
 
 
 @runtime_checkable
 class LMBackend(Protocol):
-    """A backend. ``cache_id`` identifies endpoint + model (never a secret) for cache keys."""
+    """A backend. ``cache_id`` identifies endpoint + model + default settings (never a secret) for cache keys."""
 
-    cache_id: str
-    context_window: int | None
+    @property
+    def cache_id(self) -> str: ...
+
+    @property
+    def context_window(self) -> int | None: ...
 
     def complete(self, request: LMRequest) -> LMResponse: ...
 
@@ -52,14 +107,10 @@ class LMBackend(Protocol):
 
 
 def chat_params(request: LMRequest, *, structured: str = "json_schema") -> dict[str, Any]:
-    """The OpenAI chat-completions parameters of a request besides model and messages (every backend that
-    speaks that dialect builds its call from this). ``structured``: ``"json_schema"``, ``"json_object"``
-    or ``"none"``."""
-    params: dict[str, Any] = {}
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    if request.max_tokens is not None:
-        params["max_tokens"] = request.max_tokens
+    """The OpenAI chat-completions parameters of a request besides model, messages and ``extra_body``
+    (every backend that speaks that dialect builds its call from this). ``structured``: ``"json_schema"``,
+    ``"json_object"`` or ``"none"``."""
+    params: dict[str, Any] = dict(request.settings.params)
     if request.json_schema is not None and structured == "json_schema":
         params["response_format"] = {
             "type": "json_schema",

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 from dspydantic.errors import ConfigurationError, LMError, MissingExtraError
 from dspydantic.lm._assemble import DEFAULT_MODEL, fingerprint, resolve_model_file
 from dspydantic.lm._base import LMRequest, LMResponse
+from dspydantic.lm.settings import ModelSettings
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -64,8 +65,9 @@ DEFAULT_STRING_MAX_LENGTH = 300
 _MIN_RESTORE_GAIN = 16
 #: the live KV state is saved before being overwritten only if at least this many tokens would be lost
 _MIN_SAVE_TOKENS = 64
-#: extra sampling options a request may pass through ``LMRequest.extra``
-_EXTRA_OPTIONS = frozenset({"stop", "seed", "top_p", "top_k", "min_p", "repeat_penalty"})
+#: llama.cpp sampling options a request may pass in ``ModelSettings.extra_body``
+_EXTRA_OPTIONS = frozenset({"top_k", "min_p", "repeat_penalty", "typical_p", "tfs_z", "mirostat_mode",
+                            "mirostat_tau", "mirostat_eta"})
 #: string ``format``s llama.cpp's grammar converter turns into a fixed-shape rule
 _BOUNDED_FORMATS = frozenset(
     {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
@@ -554,9 +556,17 @@ class LocalBackend:
         schema = None
         if request.json_schema is not None:
             schema = bound_string_lengths(request.json_schema, self.string_max_length)
-        options = {k: v for k, v in request.extra.items() if k in _EXTRA_OPTIONS}
-        temperature = 0.0 if request.temperature is None else float(request.temperature)
-        max_tokens = request.max_tokens if request.max_tokens is not None else self.max_tokens
+        settings = request.settings
+        self.check_settings(settings)
+        options: dict[str, Any] = dict(settings.extra_body or {})
+        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+            value = getattr(settings, name)
+            if value is not None:
+                options[name] = value
+        if settings.stop:
+            options["stop"] = list(settings.stop)
+        temperature = 0.0 if settings.temperature is None else float(settings.temperature)
+        max_tokens = settings.max_tokens if settings.max_tokens is not None else self.max_tokens
         with shared.lock:
             tokens, stop, stopping = shared.render(messages)
             if len(tokens) + 1 >= shared.n_ctx:
@@ -627,6 +637,15 @@ class LocalBackend:
             token_logprobs=logprobs,
             token_texts=texts,
         )
+
+    @staticmethod
+    def check_settings(settings: ModelSettings) -> None:
+        """``extra_body`` may hold llama.cpp sampling options only (top_k, min_p, repeat_penalty, ...)."""
+        unknown = sorted(set(settings.extra_body or {}) - _EXTRA_OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"extra_body {unknown} means nothing to the local model; it accepts {sorted(_EXTRA_OPTIONS)}"
+            )
 
     async def acomplete(self, request: LMRequest) -> LMResponse:
         # llama.cpp releases the GIL while it computes; the event loop keeps running meanwhile

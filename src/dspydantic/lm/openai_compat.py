@@ -1,30 +1,43 @@
 """Any OpenAI-compatible chat-completions server: OpenAI itself, vLLM, llama.cpp server, LM Studio, a fake.
 
-Both paths are lean keep-alive HTTP/1.1 clients on the standard library: a shared pool of ``http.client``
-connections for sync calls (any thread), an asyncio connection pool per event loop for async calls (native
-async, no threads). Structured output uses ``response_format={"type": "json_schema", ...}``; a server that
-rejects it is retried once with JSON mode and remembered.
+Calls go through the one HTTP transport (:mod:`dspydantic.lm.transport`, aiohttp, sync and async faces).
+Structured output uses ``response_format={"type": "json_schema", ...}``; a server that rejects it is retried
+once with JSON mode and remembered. The static part of the body (model, settings, response format with its
+schema) is serialized once per schema and settings, not on every call.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
+import base64
+import hashlib
 import os
 import threading
-import weakref
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..errors import ConfigurationError, LMError, redact
+import orjson
+
+from ..errors import ConfigurationError, LMError, decode_body
 from ._base import LMRequest, LMResponse, chat_params, token_logprobs
+from .settings import DEFAULT_SETTINGS, SETTING_NAMES, ModelSettings, settings_from
+from .transport import HTTPReply, Transport, parse_retry_after, request_id, sanitize_url
 
+_T = TypeVar("_T")
 OPENAI_BASE = "https://api.openai.com/v1"
-_RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+#: keyword arguments of this backend besides the transport's and the model settings
+OPTIONS = ("structured_output", "headers")
+TRANSPORT_OPTIONS = ("timeout", "connect_timeout", "verify", "proxy", "max_connections")
+_MAX_HEADS = 64
 
 
 def env_api_base() -> str | None:
     return os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+
+
+def retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
 
 
 class OpenAICompatBackend:
@@ -37,86 +50,172 @@ class OpenAICompatBackend:
         api_base: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        connect_timeout: float | None = None,
+        verify: bool | str = True,
+        proxy: str | None = None,
+        max_connections: int = 100,
         context_window: int | None = None,
         structured_output: str = "json_schema",
-        extra_body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        settings: ModelSettings | None = None,
+        **setting_kwargs: Any,
     ) -> None:
+        unknown = sorted(set(setting_kwargs) - set(SETTING_NAMES))
+        if unknown:
+            accepted = sorted({*OPTIONS, *TRANSPORT_OPTIONS, *SETTING_NAMES, "api_base", "api_key", "context_window"})
+            raise ConfigurationError(
+                f"unknown argument(s) {unknown} for an OpenAI-compatible model; accepted: {accepted}"
+            )
+        if structured_output not in ("json_schema", "json_object", "none"):
+            raise ConfigurationError(
+                f"structured_output must be 'json_schema', 'json_object' or 'none', got {structured_output!r}"
+            )
+        if headers is not None and not (
+            isinstance(headers, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise ConfigurationError("headers must be a dict of str to str")
         base = (api_base or env_api_base() or OPENAI_BASE).rstrip("/")
-        parts = urlsplit(base)
+        if not isinstance(base, str):
+            raise ConfigurationError(f"api_base must be a URL string, got {type(api_base).__name__}")
+        try:
+            parts = urlsplit(base)
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError(f"api_base is not a valid URL: {sanitize_url(base)!r}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"api_base must be an http(s) URL, got {base!r}")
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not key and parts.hostname == "api.openai.com":
+            raise ConfigurationError(f"api_base must be an http(s) URL, got {sanitize_url(base)!r}")
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigurationError(f"api_key must be a string, got {type(api_key).__name__}")
+        secrets: list[str | None] = []
+        auth: str | None = None
+        if parts.username is not None or parts.password is not None:  # credentials in the URL: Basic auth
+            user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            secrets += [parts.password, password, f"{parts.username}:{parts.password}"]
+            if api_key is None:
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                auth = f"Basic {token}"
+                secrets.append(token)
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            netloc = host + (f":{port}" if port else "")
+            base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+        key = api_key if api_key is not None else (None if auth else os.environ.get("OPENAI_API_KEY"))
+        if not key and not auth and parts.hostname == "api.openai.com":
             raise ConfigurationError(
                 "No API key for OpenAI: pass api_key=... or set the OPENAI_API_KEY environment variable "
                 "(or use model_id='local' for the embedded offline model)"
             )
-        self.model = model
-        self.base_url = base
-        self.cache_id = f"openai-compat:{base}:{model}"
-        self.context_window = context_window
-        self.timeout = timeout
-        self.structured_output = structured_output
-        self.extra_body = dict(extra_body or {})
-        self._secret = key or None
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._path = (parts.path or "") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        # idle keep-alive connections shared by every thread (LIFO: the warmest first)
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        weakref.finalize(self, _close_all, self._idle)
-        self._apool: Any = None
+            auth = f"Bearer {key}"
+            secrets.append(key)
+        self.model = model
+        #: the endpoint as shown (no credentials, no query string)
+        self.base_url = sanitize_url(base).rstrip("/")
+        self.settings = settings_from(settings, setting_kwargs)
+        query = urlsplit(base).query
+        self.cache_id = f"openai-compat:{self.base_url}:{model}" + (
+            f"?{hashlib.sha256(query.encode()).hexdigest()[:16]}" if query else ""
+        ) + (f":{self.settings.fingerprint}" if self.settings != DEFAULT_SETTINGS else "")
+        self.context_window = context_window
+        self.structured_output = structured_output
+        self._secrets = tuple(s for s in secrets if s)
+        send = dict(headers or {})
+        if auth:
+            send["Authorization"] = auth
+        self.transport = Transport(
+            base,
+            headers=send,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            verify=verify,
+            proxy=proxy,
+            max_connections=max_connections,
+            secrets=self._secrets,
+        )
+        self.timeout = self.transport.timeout
+        self._heads: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
+        self._heads_lock = threading.Lock()
 
-    def __repr__(self) -> str:  # never shows the key
+    def __repr__(self) -> str:  # never shows the key or URL credentials
         return f"OpenAICompatBackend(model={self.model!r}, api_base={self.base_url!r})"
 
     # -- request/response bodies -------------------------------------------------------------------
+    def _settings(self, request: LMRequest) -> ModelSettings:
+        return request.settings.over(self.settings) if self.settings is not DEFAULT_SETTINGS else request.settings
+
     def body(self, request: LMRequest) -> dict[str, Any]:
         """The JSON body of the request, without sending it (provider batch jobs use this too)."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": request.messages,
-            **chat_params(request, structured=self.structured_output),
-        }
-        body.update(self.extra_body)
-        body.update(request.extra)
-        return body
+        return orjson.loads(self.encode(request))
 
-    def _parse(self, status: int, raw: bytes) -> LMResponse:
+    def encode(self, request: LMRequest) -> bytes:
+        """The request body as bytes: the static head (model, settings, response format and its schema)
+        is serialized once per (schema, settings, mode); only the messages are encoded per call."""
+        mode = self.structured_output
+        key = (id(request.json_schema), request.schema_name, request.settings, request.logprobs, mode)
+        hit = self._heads.get(key)
+        if hit is None or hit[0] is not request.json_schema:
+            settings = self._settings(request)
+            static: dict[str, Any] = {"model": self.model}
+            static.update(chat_params(request if settings is request.settings else _with(request, settings),
+                                      structured=mode))
+            static.update(settings.extra_body or {})
+            static.pop("messages", None)
+            hit = (request.json_schema, orjson.dumps(static)[:-1] + b',"messages":')
+            with self._heads_lock:
+                if len(self._heads) >= _MAX_HEADS:
+                    self._heads.clear()
+                self._heads[key] = hit
+        return hit[1] + request.messages_json() + b"}"
+
+    def _parse(self, reply: HTTPReply) -> LMResponse:
+        status, raw, headers = reply.status, reply.body, reply.headers
         if status >= 400:
-            message = raw[:500].decode("utf-8", "replace")
-            try:
-                err = json.loads(raw)
-                if isinstance(err, dict) and isinstance(err.get("error"), dict):
-                    message = str(err["error"].get("message", message))
-            except ValueError:
-                pass
+            message = decode_body(raw, *self._secrets)
+            if len(raw) < (1 << 20):
+                try:
+                    err = orjson.loads(raw)
+                    if isinstance(err, dict) and isinstance(err.get("error"), dict):
+                        message = str(err["error"].get("message", message))
+                    elif isinstance(err, dict) and isinstance(err.get("error"), str):
+                        message = err["error"]
+                except orjson.JSONDecodeError:
+                    pass
             raise LMError(
-                redact(f"{self.model} at {self.base_url} answered HTTP {status}: {message}", self._secret),
+                f"{self.model} at {self.base_url} answered HTTP {status}: {message}",
                 status=status,
-                retryable=status in _RETRYABLE,
+                retryable=retryable_status(status),
+                headers=headers,
+                request_id=request_id(headers),
+                retry_after=parse_retry_after(headers),
+                secrets=self._secrets,
             )
         try:
-            data = json.loads(raw)
+            data = orjson.loads(raw)
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
+            if not isinstance(text, str):
+                raise TypeError(f"content is {type(text).__name__}")
+            usage = data.get("usage") or {}
+            logprobs, texts = token_logprobs(choice.get("logprobs"))
+            return LMResponse(
+                text=text,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                finish_reason=choice.get("finish_reason"),
+                token_logprobs=logprobs,
+                token_texts=texts,
+                headers=headers,
+            )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise LMError(f"{self.model} at {self.base_url} sent a malformed completion: {exc!r}") from None
-        usage = data.get("usage") or {}
-        logprobs, texts = token_logprobs(choice.get("logprobs"))
-        return LMResponse(
-            text=text,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            finish_reason=choice.get("finish_reason"),
-            token_logprobs=logprobs,
-            token_texts=texts,
-        )
+            snippet = decode_body(raw, *self._secrets, limit=300)
+            raise LMError(
+                f"{self.model} at {self.base_url} sent a malformed completion ({type(exc).__name__}: {exc}): "
+                f"{snippet!r}",
+                status=status,
+                retryable=True,
+                headers=headers,
+                request_id=request_id(headers),
+                secrets=self._secrets,
+            ) from None
 
     def _downgrade(self, exc: LMError) -> bool:
         """A server that rejects ``json_schema`` gets JSON mode from now on (returns True to retry)."""
@@ -125,73 +224,38 @@ class OpenAICompatBackend:
             return True
         return False
 
-    # -- sync --------------------------------------------------------------------------------------
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self.timeout), False
-
-    def _post(self, payload: bytes) -> tuple[int, bytes]:
-        for attempt in (0, 1):
-            conn, reused = self._connection()
-            try:
-                conn.request("POST", self._path, body=payload, headers=self._headers)
-                resp = conn.getresponse()
-                status, data = resp.status, resp.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                if reused and attempt == 0:  # a keep-alive connection the server had closed
-                    continue
-                raise LMError(f"connection to {self.base_url} failed: {exc!r}", retryable=True) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise LMError(f"connection to {self.base_url} failed: {exc!r}", retryable=True) from None
-            if resp.will_close:
-                conn.close()
-            else:
-                with self._lock:
-                    self._idle.append(conn)
-            return status, data
-        raise AssertionError("unreachable")
-
+    # -- calls ---------------------------------------------------------------------------------------
     def complete(self, request: LMRequest) -> LMResponse:
+        reply = self.transport.post("/chat/completions", self.encode(request))
         try:
-            return self._parse(*self._post(json.dumps(self.body(request)).encode()))
+            return self._parse(reply)
         except LMError as exc:
             if self._downgrade(exc):
                 return self.complete(request)
             raise
 
-    # -- async -------------------------------------------------------------------------------------
     async def acomplete(self, request: LMRequest) -> LMResponse:
-        from ._aiohttp11 import AsyncHTTPError, AsyncPool
-
-        if self._apool is None:
-            self._apool = AsyncPool(self._host, self._port, self._https, self.timeout)
+        reply = await self.transport.apost("/chat/completions", self.encode(request))
         try:
-            status, raw = await self._apool.post(
-                self._path, json.dumps(self.body(request)).encode(), self._headers
-            )
-        except (AsyncHTTPError, TimeoutError) as exc:
-            raise LMError(
-                redact(f"connection to {self.base_url} failed: {exc!r}", self._secret), retryable=True
-            ) from None
-        try:
-            return self._parse(status, raw)
+            return self._parse(reply)
         except LMError as exc:
             if self._downgrade(exc):
                 return await self.acomplete(request)
             raise
 
+    def run_sync(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run a coroutine of calls to this backend from sync code on the transport's engine (a sync batch
+        runs as one async batch there: no thread per item)."""
+        return self.transport.run_sync(coro)
+
     def close(self) -> None:
-        with self._lock:
-            _close_all(self._idle)
-        if self._apool is not None:
-            self._apool.close()
+        self.transport.close()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
-def _close_all(conns: list[http.client.HTTPConnection]) -> None:
-    while conns:
-        conns.pop().close()
+def _with(request: LMRequest, settings: ModelSettings) -> LMRequest:
+    from dataclasses import replace
+
+    return replace(request, settings=settings)

@@ -1,15 +1,18 @@
 """The DSPy bridge: the Prompter's own backend as a ``dspy.LM``, the renderer as a DSPy adapter, and budgets.
 
 Every LM request an optimization makes (the student's extractions, the optimizers' proposer prompts, the
-LLM judge) goes through one :class:`Gateway`: it counts requests and tokens against the run's hard
-budgets, then calls ``prompter._call`` so the Prompter's cache and transport retries apply. DSPy sees that
-gateway as a ``dspy.LM`` with a custom engine (the 3.4 ``complete(Request) -> Response`` contract) and
-``cache=False`` (DSPy's cache keys ignore the endpoint; ours don't).
+LLM judge) goes through one :class:`Gateway`: a :class:`~dspydantic.lm.layers.BudgetedBackend` on top of the
+Prompter's own backend stack (cache and retry layers), which counts requests and tokens against the run's
+hard budgets. DSPy sees that gateway as a ``dspy.LM`` with a custom engine (the 3.4
+``complete(Request) -> Response`` contract) and ``cache=False`` (DSPy's cache keys ignore the endpoint; ours
+don't).
 
 The student is a one-predictor ``dspy.Module``. Its ``forward`` scopes :class:`RendererAdapter` with
-``dspy.context(adapter=...)``, so DSPy formats the student's prompt with exactly the renderer inference uses
-(the signature's instructions are the instruction prompt, DSPy's demos become our :class:`Demo`\\ s) while
-the optimizers' own proposer prompts keep DSPy's default adapter.
+``dspy.context(adapter=...)``; the adapter runs the **Prompter's own extraction plan** (renderer, re-asks,
+validation, chunking, the token-limit retry, usage accounting) for the candidate's prompt state, sending each
+request through the LM DSPy handed it. So a candidate is scored exactly as inference serves it (the
+signature's instructions are the instruction prompt, DSPy's demos become our :class:`Demo`\\ s) while the
+optimizers' own proposer prompts keep DSPy's default adapter.
 
 ``dspy`` is imported inside functions only: this module is imported by :mod:`dspydantic.optimize.run`
 when an optimization starts.
@@ -19,17 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import functools
 import hashlib
 import json
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._example import Example
+from .._inputs import InputDoc
 from .._render import (
     DEFAULT_INSTRUCTION_PROMPT,
     Demo,
@@ -38,7 +41,12 @@ from .._render import (
     Renderer,
     template_placeholders,
 )
-from ..lm._base import LMRequest, LMResponse, chat_params
+from ..errors import ExtractionError
+from ..lm._base import LMBackend, LMRequest, LMResponse, chat_params
+from ..lm.layers import Budget, BudgetedBackend, BudgetExhausted, estimate_tokens
+from ..lm.settings import ModelSettings
+
+__all__ = ["Budget", "BudgetExhausted", "Gateway", "budgeted_prompter", "estimate_tokens", "external_target"]
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
@@ -46,15 +54,6 @@ if TYPE_CHECKING:
 INPUT_FIELD = "document"
 OUTPUT_FIELD = "extraction"
 BRIDGE_MODEL = "dspydantic/bridge"
-
-
-class BudgetExhausted(BaseException):  # a control-flow signal, not an error
-    """Raised inside the run when ``max_lm_calls`` / ``max_tokens`` would be exceeded.
-
-    A ``BaseException`` on purpose: DSPy's evaluators and GEPA catch ``Exception`` per example and would
-    score a refused call as a wrong answer; this must instead unwind to :func:`optimize_prompter`, which
-    returns the best result scored so far.
-    """
 
 
 class CandidateRejected(ValueError):
@@ -66,101 +65,10 @@ class CandidateRejected(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """A rough prompt-token estimate (4 characters a token; images count 256) used before a call."""
-    chars = 0
-    images = 0
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, Mapping) and part.get("type") == "text":
-                    chars += len(str(part.get("text", "")))
-                else:
-                    images += 1
-    return math.ceil(chars / 4) + 256 * images
-
-
-@dataclass
-class Budget:
-    """Thread-safe meter of one run. ``requests`` counts every request made (cache hits included, so a
-    rerun from the cache stops at the same point); ``calls``/``billed_*`` count only real LM calls.
-
-    ``ceiling_requests`` / ``ceiling_tokens`` are the limits of the current phase (the optimization phase
-    leaves a reserve for scoring the final candidate); ``max_requests`` / ``max_tokens`` are the hard ones.
-    """
-
-    max_requests: int | None = None
-    max_tokens: int | None = None
-    ceiling_requests: int | None = None
-    ceiling_tokens: int | None = None
-    requests: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    billed_prompt_tokens: int = 0
-    billed_completion_tokens: int = 0
-    exhausted: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.ceiling_requests is None:
-            self.ceiling_requests = self.max_requests
-        if self.ceiling_tokens is None:
-            self.ceiling_tokens = self.max_tokens
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def set_phase(self, *, requests: int | None, tokens: int | None) -> None:
-        with self._lock:
-            self.ceiling_requests = requests
-            self.ceiling_tokens = tokens
-
-    def lift(self) -> None:
-        """Back to the hard limits (for the final scoring)."""
-        self.set_phase(requests=self.max_requests, tokens=self.max_tokens)
-
-    def reserve(self, estimated_prompt_tokens: int) -> None:
-        with self._lock:
-            if self.ceiling_requests is not None and self.requests >= self.ceiling_requests:
-                self.exhausted = True
-                raise BudgetExhausted(f"LM request budget reached ({self.requests} requests)")
-            if self.ceiling_tokens is not None and self.tokens + estimated_prompt_tokens > self.ceiling_tokens:
-                self.exhausted = True
-                raise BudgetExhausted(f"token budget reached ({self.tokens} tokens)")
-            self.requests += 1
-
-    def settle(self, response: LMResponse, hit: bool) -> None:
-        with self._lock:
-            self.prompt_tokens += response.prompt_tokens
-            self.completion_tokens += response.completion_tokens
-            if hit:
-                self.cache_hits += 1
-            else:
-                self.calls += 1
-                self.billed_prompt_tokens += response.prompt_tokens
-                self.billed_completion_tokens += response.completion_tokens
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "requests": self.requests,
-                "lm_calls": self.calls,
-                "cache_hits": self.cache_hits,
-                "prompt_tokens": self.billed_prompt_tokens,
-                "completion_tokens": self.billed_completion_tokens,
-                "max_lm_calls": self.max_requests,
-                "max_tokens": self.max_tokens,
-            }
-
-
 class Gateway:
-    """The one door to the LM during a run: budget check, then ``prompter._call`` (cache + retries).
+    """The one door to the LM during a run: a :class:`~dspydantic.lm.layers.BudgetedBackend` (``lm``) over the
+    Prompter's own stack (cache + retries), or over another LM (``target``: a user's ``reflection_lm`` /
+    ``prompt_model``, counted against the same budget but bypassing the Prompter's cache).
 
     ``vary=True`` (proposer prompts) gives the k-th identical request at temperature > 0 the sampling
     ``seed`` k, so that with the Prompter's cache on, n proposals are n different cached answers while a
@@ -177,35 +85,23 @@ class Gateway:
         self.prompter = prompter
         self.budget = budget
         self.on_call = on_call
-        #: another LM (a user's ``reflection_lm`` / ``prompt_model``) answering instead of the Prompter's
-        #: backend: it is counted against the same budget but bypasses the Prompter's cache
         self.target = target
+        inner: LMBackend = _TargetBackend(target) if target is not None else prompter._lm
+        #: the budgeted backend: what a budgeted prompter's plan and the LLM judge call
+        self.lm = BudgetedBackend(inner, budget, on_call=on_call)
         self._seen: dict[str, int] = {}
         self._seen_lock = threading.Lock()
-        self.closed = False
-        self._inflight = 0
-        self._idle = threading.Condition()
+
+    @property
+    def closed(self) -> bool:
+        return self.lm.closed
 
     def close(self, wait: float = 120.0) -> None:
         """Refuse every further request (raises :class:`BudgetExhausted` in whoever still calls) and wait
         up to ``wait`` seconds for the requests already sent (by worker threads an optimizer left running)."""
-        with self._idle:
-            self.closed = True
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=wait)
+        self.lm.shut(wait)
 
-    def call(self, request: LMRequest, *, vary: bool = False) -> tuple[LMResponse, bool]:
-        with self._idle:
-            if self.closed:
-                raise BudgetExhausted("this phase of the run is over")
-            self._inflight += 1
-        try:
-            return self._call(request, vary=vary)
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-
-    def _call(self, request: LMRequest, *, vary: bool) -> tuple[LMResponse, bool]:
+    def call(self, request: LMRequest, *, vary: bool = False) -> LMResponse:
         if vary and self.prompter.cache is not None and (request.temperature or 0) > 0:
             key = hashlib.sha256(
                 json.dumps([request.messages, request.temperature], sort_keys=True, default=str).encode()
@@ -214,16 +110,8 @@ class Gateway:
                 k = self._seen.get(key, 0)
                 self._seen[key] = k + 1
             if k:
-                request = dataclasses.replace(request, extra={**request.extra, "seed": k})
-        self.budget.reserve(estimate_tokens(request.messages))
-        if self.target is not None:
-            response, hit = self.target(request), False
-        else:
-            response, hit = self.prompter._call(request)
-        self.budget.settle(response, hit)
-        if self.on_call is not None:
-            self.on_call(self.budget.snapshot())
-        return response, hit
+                request = request.with_settings(seed=k)
+        return self.lm.complete(request)
 
     def complete_text(
         self,
@@ -239,10 +127,33 @@ class Gateway:
             messages=messages,
             json_schema=json_schema,
             schema_name="proposal",
-            temperature=temperature,
-            max_tokens=max_tokens if max_tokens is not None else self.prompter.max_tokens,
+            settings=ModelSettings(
+                temperature=temperature,
+                max_tokens=max_tokens if max_tokens is not None else self.prompter.max_tokens,
+            ),
         )
-        return self.call(request, vary=True)[0].text
+        response = self.call(request, vary=True)
+        response.confirm()  # a proposal is free text: any answer is a usable one (the cache may keep it)
+        return response.text
+
+
+class _TargetBackend:
+    """A proposal LM (a callable ``LMRequest -> LMResponse``) as a backend, for the budget layer."""
+
+    cache_id = "external"
+    context_window: int | None = None
+
+    def __init__(self, fn: Callable[[LMRequest], LMResponse]) -> None:
+        self.fn = fn
+
+    def complete(self, request: LMRequest) -> LMResponse:
+        return self.fn(request)
+
+    async def acomplete(self, request: LMRequest) -> LMResponse:
+        return await asyncio.to_thread(self.fn, request)
+
+    def close(self) -> None:
+        return None
 
 
 def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
@@ -257,8 +168,8 @@ def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
             kwargs: dict[str, Any] = {}
             if request.temperature is not None:
                 kwargs["temperature"] = request.temperature
-            if "seed" in request.extra:
-                kwargs["rollout_id"] = request.extra["seed"]
+            if request.settings.seed is not None:
+                kwargs["rollout_id"] = request.settings.seed
             out = lm(messages=request.messages, **kwargs)
             first = out[0] if isinstance(out, list) and out else out
             text = str(first.get("text", "") if isinstance(first, dict) else first)
@@ -289,40 +200,13 @@ def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
     raise ConfigurationError(f"reflection_lm / prompt_model must be a dspy.LM, an LMBackend or a callable, got {lm!r}")
 
 
-class GatewayBackend:
-    """The gateway as an :class:`~dspydantic.lm.LMBackend`, for the LLM judge of unlabelled examples."""
-
-    context_window: int | None = None
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.cache_id = gateway.prompter.backend.cache_id
-        self.context_window = getattr(gateway.prompter.backend, "context_window", None)
-
-    def complete(self, request: LMRequest) -> LMResponse:
-        return self.gateway.call(request)[0]
-
-    async def acomplete(self, request: LMRequest) -> LMResponse:
-        return await asyncio.to_thread(self.complete, request)
-
-    def close(self) -> None:
-        return None
-
-
 def budgeted_prompter(prompter: Prompter, state: PromptState, gateway: Gateway) -> Prompter:
-    """A shallow copy of ``prompter`` serving ``state`` whose LM calls go through ``gateway``.
+    """A copy of ``prompter`` serving ``state`` whose LM stack is the gateway's budgeted one.
 
     It runs the Prompter's own extraction plan (renderer, re-asks, validation): a candidate is scored
     exactly as it will be served.
     """
-    import copy
-
-    clone = copy.copy(prompter)
-    clone.state = state
-    clone.optimization_result = None
-    # instance attribute shadows the method: the plan drivers call self._call(request)
-    clone._call = gateway.call  # type: ignore[method-assign]
-    return clone
+    return prompter._derive(state=state, lm=gateway.lm)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,10 +219,20 @@ class DocEntry:
     content: str | list[dict[str, Any]]
     variables: Mapping[str, Any] | None
     text: str
+    doc: InputDoc | None = None
+
+    def input_doc(self) -> InputDoc:
+        """The document the extraction plan runs on."""
+        if self.doc is not None:
+            return self.doc
+        if isinstance(self.content, str):
+            return InputDoc(parts=({"type": "text", "text": self.content},), text=self.content, kind="text",
+                            variables=self.variables)
+        return InputDoc(parts=tuple(self.content), text=self.text, kind="mixed", variables=self.variables)
 
 
 class DocRegistry:
-    """Maps the string DSPy carries as the ``document`` input back to message content and variables."""
+    """Maps the string DSPy carries as the ``document`` input back to the document (content, variables)."""
 
     def __init__(self, prompter: Prompter) -> None:
         self._prompter = prompter
@@ -353,7 +247,7 @@ class DocRegistry:
         else:
             n = sum(1 for p in content if p.get("type") != "text")
             key = f"{doc.text}\n[{n} image(s); document {doc.fingerprint[:12]}]"
-        self._docs[key] = DocEntry(content=content, variables=variables, text=doc.text)
+        self._docs[key] = DocEntry(content=content, variables=variables, text=doc.text, doc=doc)
         return key
 
     def get(self, key: str) -> DocEntry:
@@ -376,10 +270,12 @@ def normalized_output(prompter: Prompter, expected: Mapping[str, Any]) -> dict[s
 # the student: context shared by all copies of the program
 # --------------------------------------------------------------------------------------------------
 
-#: the exact request the renderer built for the current student call (read by the engine)
+#: the exact request the plan built for the current student call (read by the engine)
 _EXACT_REQUEST: contextvars.ContextVar[LMRequest | None] = contextvars.ContextVar(
     "dspydantic_exact_request", default=None
 )
+#: where the engine puts our own answer to that request (usage, cache flag and cache hook intact)
+_ANSWER: contextvars.ContextVar[list[LMResponse] | None] = contextvars.ContextVar("dspydantic_answer", default=None)
 
 
 class StudentContext:
@@ -507,14 +403,56 @@ def _from_lm15(request: Any) -> LMRequest:
         schema = js.get("schema")
         name = str(js.get("name") or name)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    temperature = body.get("temperature")
     return LMRequest(
         messages=list(body.get("messages") or []),
         json_schema=schema,
         schema_name=name,
-        temperature=body.get("temperature"),
-        max_tokens=int(max_tokens) if max_tokens is not None else None,
+        settings=ModelSettings(
+            temperature=float(temperature) if isinstance(temperature, int | float) else None,
+            max_tokens=int(max_tokens) if max_tokens is not None else None,
+        ),
         logprobs=bool(body.get("logprobs")),
     )
+
+
+class _ThroughDSPy:
+    """A backend sending the plan's exact requests through the ``dspy.LM`` DSPy handed the adapter.
+
+    With our bridge LM the engine answers from the :class:`Gateway` and hands back our own
+    :class:`LMResponse` (usage, cache flag, cache hook); any other ``dspy.LM`` answers DSPy's way."""
+
+    cache_id = "dspy-student"
+    context_window: int | None = None
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+
+    def complete(self, request: LMRequest) -> LMResponse:
+        from dspy.lm15 import request_from_openai_chat
+
+        box: list[LMResponse] = []
+        exact, answer = _EXACT_REQUEST.set(request), _ANSWER.set(box)
+        try:
+            out = self.lm(request_from_openai_chat(_lm15_body(request, self.lm.model)))
+        finally:
+            _EXACT_REQUEST.reset(exact)
+            _ANSWER.reset(answer)
+        if box:
+            return box[-1]
+        usage = getattr(out, "usage", None)
+        return LMResponse(
+            text=getattr(out, "text", None) or "",
+            prompt_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            finish_reason=getattr(out, "finish_reason", None),
+        )
+
+    async def acomplete(self, request: LMRequest) -> LMResponse:
+        return await asyncio.to_thread(self.complete, request)
+
+    def close(self) -> None:
+        return None
 
 
 class BridgeEngine:
@@ -528,9 +466,12 @@ class BridgeEngine:
 
         exact = _EXACT_REQUEST.get()
         if exact is not None:
-            response, _ = self.gateway.call(exact)
+            response = self.gateway.call(exact)
+            box = _ANSWER.get()
+            if box is not None:
+                box.append(response)
         else:
-            response, _ = self.gateway.call(_from_lm15(request), vary=True)
+            response = self.gateway.call(_from_lm15(request), vary=True)
         finish = "length" if response.finish_reason == "length" else "stop"
         return Response(
             id=None,
@@ -589,8 +530,9 @@ def dspy_classes() -> tuple[type[Any], type[Any]]:
     from dspy.utils.exceptions import AdapterParseError
 
     class RendererAdapter(Adapter):
-        """DSPy adapter whose prompt is exactly :meth:`Renderer.messages` and whose parser is
-        :meth:`Renderer.parse` (with the same re-asks as inference)."""
+        """DSPy adapter that runs the Prompter's extraction plan with the candidate's renderer: the prompt
+        is exactly :meth:`Renderer.messages`, the parser :meth:`Renderer.parse`, with inference's re-asks,
+        chunking and token-limit retry."""
 
         def __init__(self, ctx: StudentContext) -> None:
             super().__init__()
@@ -622,27 +564,18 @@ def dspy_classes() -> tuple[type[Any], type[Any]]:
             demos: list[Any],
             inputs: dict[str, Any],
         ) -> list[dict[str, Any]]:
-            from dspy.lm15 import request_from_openai_chat
-
             renderer = self.ctx.renderer_for(signature.instructions, demos)
-            messages = self.format(signature, demos, inputs)
-            attempts = self.ctx.prompter.max_retries + 1
-            for attempt in range(1, attempts + 1):
-                exact = self.ctx.prompter._request(renderer, messages)
-                token = _EXACT_REQUEST.set(exact)
-                try:
-                    response = lm(request_from_openai_chat(_lm15_body(exact, lm.model)))
-                finally:
-                    _EXACT_REQUEST.reset(token)
-                text = response.text or ""
-                try:
-                    return [self.parse(signature, text)]
-                except AdapterParseError as exc:
-                    cause = exc.__cause__
-                    if attempt == attempts or not isinstance(cause, OutputParseError):
-                        raise
-                    messages = renderer.reask(messages, text, cause)
-            raise AssertionError("unreachable")  # pragma: no cover
+            entry = self.ctx.registry.get(str(inputs.get(INPUT_FIELD, "")))
+            try:
+                result = self.ctx.prompter._run_plan(entry.input_doc(), lm=_ThroughDSPy(lm), renderer=renderer)
+            except ExtractionError as exc:
+                raise AdapterParseError(
+                    adapter_name=type(self).__name__,
+                    signature=signature,
+                    lm_response=exc.raw_output or "",
+                    message=str(exc),
+                ) from exc
+            return [{OUTPUT_FIELD: result.data.model_dump(mode="json")}]
 
         async def acall(
             self,

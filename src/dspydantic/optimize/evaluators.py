@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from ..errors import ConfigurationError, MissingExtraError
 from ..lm._base import LMBackend, LMRequest
+from ..lm.settings import ModelSettings
 
 __all__ = [
     "EVALUATOR_REGISTRY",
@@ -709,12 +710,14 @@ class _Judge(Evaluator):
             ],
             json_schema=schema,
             schema_name=schema_name,
-            temperature=self.temperature,
+            settings=ModelSettings(temperature=self.temperature),
         )
         response = self.backend.complete(request)
         data = _parse_json_object(response.text)
         if data is None:
             log.warning("%s: could not parse the judge's answer, scoring 0: %.200s", self.name, response.text)
+        else:
+            response.confirm()  # a usable verdict: the cache layer may keep it
         return data
 
 

@@ -286,13 +286,13 @@ def evaluate_prompter(
     items = _check_examples(examples)
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigurationError(f"num_threads must be a positive int, got {num_threads!r}")
-    from .bridge import Budget, Gateway, GatewayBackend
+    from .bridge import Budget, Gateway
 
     scorer = ExampleScorer(
         prompter.model,
         evaluator,
         # the judge goes through the Prompter's cache and transport retries too
-        judge_lm=GatewayBackend(Gateway(prompter, Budget())),
+        judge_lm=Gateway(prompter, Budget()).lm,
         include_fields=include_fields,
         exclude_fields=exclude_fields,
     )

@@ -50,7 +50,6 @@ from .bridge import (
     CandidateRejected,
     DocRegistry,
     Gateway,
-    GatewayBackend,
     budgeted_prompter,
     external_target,
     normalized_output,
@@ -940,7 +939,7 @@ def optimize_prompter(
             return ExampleScorer(
                 prompter.model,
                 evaluator,
-                judge_lm=GatewayBackend(door),
+                judge_lm=door.lm,
                 include_fields=include_fields,
                 exclude_fields=exclude_fields,
             )
