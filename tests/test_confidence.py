@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from dspydantic import ConfigurationError, Example, ExtractionError, PersistenceError, Prompter
+from dspydantic import ConfigurationError, Example, ExtractionError, ExtractionResult, PersistenceError, Prompter
 from dspydantic.confidence import Calibrator, FieldSignals, auroc, expected_calibration_error, fit_calibrator, ground
 from dspydantic.confidence._jsonpos import locate_values
 from dspydantic.confidence.metrics import reliability_bins, reliability_diagram
@@ -301,6 +301,60 @@ def test_agreement_across_samples(srv: FakeLLMServer) -> None:
     assert res.field_confidences["total"] == pytest.approx(0.5)
     samples = [r.body for r in srv.requests[1:]]
     assert [b["temperature"] for b in samples] == [0.7, 0.7] and [b["seed"] for b in samples] == [1, 2]
+
+
+def test_confidence_options_are_checked_before_any_call(srv: FakeLLMServer) -> None:
+    for bad in ({"confidence_samples": -1}, {"confidence_samples": 65}, {"confidence_samples": True},
+                {"sample_temperature": 0}, {"sample_temperature": float("nan")}, {"sample_temperature": "hot"},
+                {"calibrator": {"kind": "platt"}}):
+        with pytest.raises(ConfigurationError, match=next(iter(bad))):
+            make(srv, **bad)
+    # a misspelt one is unknown, and the message lists the confidence options among the accepted
+    with pytest.raises(ConfigurationError, match="require_grounding") as err:
+        make(srv, require_grouding=True)
+    assert "unknown argument" in str(err.value) and "confidence_samples" in str(err.value)
+    assert srv.request_count == 0
+
+
+def test_a_cache_hit_gives_the_same_field_confidences(srv: FakeLLMServer, tmp_path: Path) -> None:
+    class Pair(BaseModel):
+        vendor: str
+        city: str
+
+    # tokens (the fake splits at whitespace): '{"vendor":' '"Acme",' '"city":' '"Berlin"}'
+    srv.add_response(Reply('{"vendor": "Acme", "city": "Berlin"}', logprobs=[-0.01, -2.0, -0.01, -0.05]))
+    srv.add_response(Reply('{"vendor": "Acme", "city": "Bonn"}', logprobs=[-0.01, -0.5, -0.01, -0.5]))  # sample
+    cache = str(tmp_path / "cache.db")
+
+    def run() -> ExtractionResult:
+        # a new Prompter each time: the second run reads the SQLite file, not the first one's memory
+        p = make(srv, Pair, logprobs=True, confidence_samples=1, cache=cache)
+        try:
+            return p.predict_with_confidence("Acme GmbH, Berlin")
+        finally:
+            p.close()
+
+    first, again = run(), run()
+    assert first.usage.calls == 2 and not first.cached
+    assert again.cached and again.usage.calls == 0 and again.usage.cache_hits == 2 and srv.request_count == 2
+    # the value's own token, not the whole answer's mean: the cached answer kept its token texts
+    assert again.field_signals["vendor"].min_logprob == pytest.approx(-2.0)
+    assert again.field_signals["city"].agreement == 0.0  # the cached sample still disagrees
+    assert again.field_signals == first.field_signals and again.field_confidences == first.field_confidences
+    assert again.spans == first.spans and again.confidence == first.confidence
+
+
+def test_an_answer_that_failed_grounding_is_never_cached(srv: FakeLLMServer, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache.db")
+    srv.add_response({**ANSWER, "vendor": "Globex"})  # made up: re-asked
+    srv.add_response(ANSWER)
+    first = make(srv, require_grounding={"vendor"}, cache=cache).predict_with_confidence(DOC)
+    assert first.attempts == 2 and first.usage.calls == 2
+    srv.add_response(ANSWER)
+    again = make(srv, require_grounding={"vendor"}, cache=cache).predict_with_confidence(DOC)
+    # the same first request is not served the made-up answer from the cache: it goes to the LM again
+    assert again.usage.cache_hits == 0 and again.usage.calls == 1 and again.attempts == 1
+    assert srv.request_count == 3 and again.data.vendor == "Müller & Söhne"
 
 
 def test_chunked_document_spans_are_offsets_in_the_whole_document(srv: FakeLLMServer) -> None:
