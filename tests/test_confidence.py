@@ -473,6 +473,21 @@ def test_optimize_fits_the_calibrator_on_the_validation_split_only(srv: FakeLLMS
     assert few.calibrator is None and "fewer than" in (small.calibration_note or "")
 
 
+def test_optimize_samples_only_where_confidence_is_measured(srv: FakeLLMServer) -> None:
+    srv.set_responder(city_lm)
+    p = make(srv, City, confidence_samples=1)
+    result = p.optimize(labelled(12, 3), optimizer="bootstrap", max_bootstrapped_demos=1, max_labeled_demos=1,
+                        train_split=0.5, seed=0)
+    val_docs = {str(o.example.text) for o in result.candidate_report.outcomes}
+    sampled = [last_user_text(r.body) for r in srv.requests if "seed" in r.body]
+    plain = {last_user_text(r.body) for r in srv.requests if "seed" not in r.body}
+    # the validation scoring samples (its signals are what the calibrator sees); the student, run on the
+    # training documents, does not pay confidence_samples extra calls per prediction
+    assert sampled and set(sampled) <= val_docs
+    assert plain - val_docs, "the student ran on training documents"
+    assert all(r.body["temperature"] == 0.7 for r in srv.requests if "seed" in r.body)
+
+
 # --------------------------------------------------------------------------------------------------
 # the real local model
 # --------------------------------------------------------------------------------------------------

@@ -158,13 +158,18 @@ class Prompter:
     def max_tokens(self) -> int | None:
         return self.settings.max_tokens
 
-    def _derive(self, *, state: PromptState | None = None, lm: LMBackend | None = None) -> Prompter:
-        """A shallow copy serving ``state`` and/or calling ``lm`` (e.g. a budgeted stack) instead of ours."""
+    def _derive(
+        self, *, state: PromptState | None = None, lm: LMBackend | None = None, confidence_samples: int | None = None
+    ) -> Prompter:
+        """A shallow copy serving ``state`` and/or calling ``lm`` (e.g. a budgeted stack) instead of ours,
+        and/or sampling ``confidence_samples`` extra answers per extraction."""
         clone = copy.copy(self)
         if state is not None:
             clone.state = state
         if lm is not None:
             clone._lm = lm
+        if confidence_samples is not None:
+            clone.confidence_samples = confidence_samples
         clone.optimization_result = None
         return clone
 
