@@ -450,11 +450,21 @@ def test_a_hostile_calibrator_file_is_a_persistence_error(srv: FakeLLMServer, tm
 
 
 def test_require_grounding_is_saved_with_the_prompter(srv: FakeLLMServer, tmp_path: Path) -> None:
-    p = make(srv, City, require_grounding={"city"})
+    p = make(srv, City, require_grounding={"city"}, confidence_samples=3, sample_temperature=1.1)
     p.save(tmp_path / "s")
     loaded = Prompter.load(tmp_path / "s", model=City, api_base=srv.base_url, api_key="k")
     assert loaded.require_grounding == ["city"]
     assert loaded.answer_check.plan.require_grounding == frozenset({"city"})
+    assert loaded.confidence_samples == 3 and loaded.sample_temperature == 1.1
+    # read strictly: a hostile value is a PersistenceError naming the setting, before any backend is built
+    manifest = tmp_path / "s" / "dspydantic.json"
+    good = manifest.read_text()
+    for key, value in (("sample_temperature", "hot"), ("confidence_samples", 10**6), ("require_grounding", {"a": 1})):
+        data = json.loads(good)
+        data["lm"]["settings"][key] = value
+        manifest.write_text(json.dumps(data))
+        with pytest.raises(PersistenceError, match=key):
+            Prompter.load(tmp_path / "s", model=City, api_base=srv.base_url, api_key="k")
 
 
 def test_optimize_fits_the_calibrator_on_the_validation_split_only(srv: FakeLLMServer) -> None:

@@ -102,6 +102,8 @@ def check_runtime(
 
 #: at most this many extra sampled answers per extraction (each is one more LM call); ``load`` checks the same
 MAX_CONFIDENCE_SAMPLES = 64
+#: the temperature the extra samples are drawn at, unless ``sample_temperature`` says otherwise
+DEFAULT_SAMPLE_TEMPERATURE = 0.7
 
 
 def check_confidence(*, confidence_samples: Any, sample_temperature: Any, calibrator: Any) -> None:
@@ -112,13 +114,7 @@ def check_confidence(*, confidence_samples: Any, sample_temperature: Any, calibr
             f"confidence_samples must be at most {MAX_CONFIDENCE_SAMPLES} (each is one more LM call per "
             f"extraction), got {confidence_samples!r}"
         )
-    ok = (
-        not isinstance(sample_temperature, bool)
-        and isinstance(sample_temperature, int | float)
-        and math.isfinite(sample_temperature)
-        and 0.0 < sample_temperature <= 2.0
-    )
-    if not ok:
+    if not sample_temperature_ok(sample_temperature):
         raise ConfigurationError(f"sample_temperature must be a number in (0, 2], got {sample_temperature!r}")
     if calibrator is not None:
         from .confidence.calibration import Calibrator
@@ -129,3 +125,9 @@ def check_confidence(*, confidence_samples: Any, sample_temperature: Any, calibr
                 f"optimize()) or None, got {type(calibrator).__name__}"
             )
 
+
+def sample_temperature_ok(value: Any) -> bool:
+    """A temperature the extra samples can be drawn at: a number in (0, 2] (at 0 every sample is the same)."""
+    return (
+        not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and 0.0 < value <= 2.0
+    )

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from ._options import MAX_CONFIDENCE_SAMPLES
+from ._options import DEFAULT_SAMPLE_TEMPERATURE, MAX_CONFIDENCE_SAMPLES, sample_temperature_ok
 from ._render import Demo, PromptState
 from ._schema import (
     _strip_titles,
@@ -92,7 +92,7 @@ _PROMPT_KWARGS = ("system_prompt", "instruction_prompt", "field_descriptions", "
 _MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
 _SETTINGS = (
     *_MODEL_SETTINGS, "max_retries", "lm_retries", "retry_backoff", "retry_max_time", "timeout", "logprobs",
-    "require_grounding", "confidence_samples",
+    "require_grounding", "confidence_samples", "sample_temperature",
 )
 # JSON schema keys that constrain a value without changing its type (a change is "compatible")
 _CONSTRAINT_KEYS = (
@@ -272,6 +272,8 @@ def _settings(prompter: Prompter) -> dict[str, Any]:
         out["require_grounding"] = True if require is True else sorted(str(p) for p in require)
     if getattr(prompter, "confidence_samples", 0):
         out["confidence_samples"] = int(prompter.confidence_samples)
+    if getattr(prompter, "sample_temperature", DEFAULT_SAMPLE_TEMPERATURE) != DEFAULT_SAMPLE_TEMPERATURE:
+        out["sample_temperature"] = float(prompter.sample_temperature)
     return out
 
 
@@ -687,6 +689,9 @@ def _check_settings(directory: Path, settings: dict[str, Any]) -> dict[str, Any]
         isinstance(samples, int) and not isinstance(samples, bool) and 0 <= samples <= MAX_CONFIDENCE_SAMPLES
     )
     _expect(ok, directory, MANIFEST, f"confidence_samples is not an int between 0 and {MAX_CONFIDENCE_SAMPLES}")
+    temperature = settings.get("sample_temperature")
+    ok = temperature is None or sample_temperature_ok(temperature)
+    _expect(ok, directory, MANIFEST, "sample_temperature is not a number in (0, 2]")
     return settings
 
 

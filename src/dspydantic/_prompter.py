@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from ._cache import CacheBackend, resolve_cache
 from ._example import INPUT_KEYS, Example
 from ._inputs import InputDoc, build_input
-from ._options import PROMPTER_ARGS, check_confidence, check_runtime
+from ._options import DEFAULT_SAMPLE_TEMPERATURE, PROMPTER_ARGS, check_confidence, check_runtime
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
@@ -79,7 +79,7 @@ class Prompter:
         context_window: int | None = None,
         require_grounding: bool | Iterable[str] = False,
         confidence_samples: int = 0,
-        sample_temperature: float = 0.7,
+        sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE,
         calibrator: Any = None,
         **backend_options: Any,
     ) -> None:
