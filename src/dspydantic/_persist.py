@@ -9,6 +9,8 @@ Layout written by :func:`save_prompter` (format version 1)::
                             demos (JSON-safe; images replaced by references to files in demos/)
     <dir>/demos/0001.png    demo images, one file each
     <dir>/report.json       the optimization report (only when there is one)
+    <dir>/calibrator.json   the field-confidence calibrator (only when one was fitted; plain numbers, read
+                            strictly: anything else is a PersistenceError)
 
 Nothing executable and no secret is written: never an API key, and ``api_base`` loses its userinfo and query.
 A save is atomic: everything is written to a temporary sibling directory and fsynced, then swapped in with
@@ -40,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
+from ._options import DEFAULT_SAMPLE_TEMPERATURE, MAX_CONFIDENCE_SAMPLES, sample_temperature_ok
 from ._render import Demo, PromptState
 from ._schema import (
     _strip_titles,
@@ -74,6 +77,7 @@ MANIFEST = "dspydantic.json"
 SCHEMA_FILE = "schema.json"
 PROMPTS_FILE = "prompts.json"
 REPORT_FILE = "report.json"
+CALIBRATOR_FILE = "calibrator.json"
 DEMO_DIR = "demos"
 LEGACY_METADATA = "dspydantic_metadata.json"
 LEGACY_STATE = "optimized_state.json"
@@ -83,9 +87,13 @@ _STALE_TMP_SECONDS = 3600.0
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
 _EXT_MIME = {v: k for k, v in _MIME_EXT.items()} | {"jpeg": "image/jpeg"}
 _PROMPT_KWARGS = ("system_prompt", "instruction_prompt", "field_descriptions", "demos")
-# model settings except extra_body (it may hold anything: it is not written to disk), and runtime options
+# model settings except extra_body (it may hold anything: it is not written to disk), runtime options, and the
+# confidence options (issue 11)
 _MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
-_SETTINGS = (*_MODEL_SETTINGS, "max_retries", "lm_retries", "retry_backoff", "retry_max_time", "timeout", "logprobs")
+_SETTINGS = (
+    *_MODEL_SETTINGS, "max_retries", "lm_retries", "retry_backoff", "retry_max_time", "timeout", "logprobs",
+    "require_grounding", "confidence_samples", "sample_temperature",
+)
 # JSON schema keys that constrain a value without changing its type (a change is "compatible")
 _CONSTRAINT_KEYS = (
     "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -113,6 +121,7 @@ class SavedPrompter:
     original: PromptState = field(default_factory=PromptState)
     current: PromptState = field(default_factory=PromptState)
     report: Any = None
+    calibrator: Any = None
     library_version: str | None = None
     format_version: int | None = None
     legacy: bool = False
@@ -258,6 +267,13 @@ def _settings(prompter: Prompter) -> dict[str, Any]:
     default_logprobs = bool(getattr(prompter.backend, "cheap_logprobs", False))
     if getattr(prompter, "logprobs", default_logprobs) != default_logprobs:  # an explicit choice
         out["logprobs"] = bool(prompter.logprobs)
+    require = getattr(prompter, "require_grounding", False)
+    if require:
+        out["require_grounding"] = True if require is True else sorted(str(p) for p in require)
+    if getattr(prompter, "confidence_samples", 0):
+        out["confidence_samples"] = int(prompter.confidence_samples)
+    if getattr(prompter, "sample_temperature", DEFAULT_SAMPLE_TEMPERATURE) != DEFAULT_SAMPLE_TEMPERATURE:
+        out["sample_temperature"] = float(prompter.sample_temperature)
     return out
 
 
@@ -292,6 +308,9 @@ def _render_files(prompter: Prompter) -> dict[str, bytes]:
     report = _report_json(prompter)
     if report is not None:
         files[REPORT_FILE] = _dumps(report, "the optimization report")
+    calibrator = getattr(prompter, "calibrator", None)
+    if calibrator is not None:
+        files[CALIBRATOR_FILE] = _dumps(calibrator.to_json(), "the calibrator")
     files.update(images.files)
     manifest = {
         "format": FORMAT,
@@ -608,6 +627,9 @@ def _read_current(directory: Path) -> SavedPrompter:
     report = None
     if REPORT_FILE in contents:
         report = _restore_report(_read_json(directory, REPORT_FILE, what="the report", data=contents[REPORT_FILE]))
+    calibrator = None
+    if CALIBRATOR_FILE in contents:
+        calibrator = _read_calibrator(directory, contents[CALIBRATOR_FILE])
 
     for rel in edited:
         warnings.warn(
@@ -632,13 +654,45 @@ def _read_current(directory: Path) -> SavedPrompter:
         free_text=bool(model.get("free_text", False)),
         model_id=lm.get("model_id") or None,
         api_base=sanitize_api_base(lm.get("api_base")),
-        settings={k: v for k, v in settings.items() if k in _SETTINGS},
+        settings=_check_settings(directory, {k: v for k, v in settings.items() if k in _SETTINGS}),
         original=original,
         current=current,
         report=report,
+        calibrator=calibrator,
         library_version=manifest.get("library_version"),
         format_version=version,
     )
+
+
+def _read_calibrator(directory: Path, data: bytes) -> Any:
+    """The saved calibrator: plain numbers, checked field by field (never code, never a pickle)."""
+    from .confidence.calibration import Calibrator
+
+    raw = _read_json(directory, CALIBRATOR_FILE, what="the calibrator", data=data)
+    try:
+        return Calibrator.from_json(raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PersistenceError(
+            f"{str(directory / CALIBRATOR_FILE)!r} is not a calibrator dspydantic wrote ({exc}). Delete the file "
+            "(the prompter then reports uncalibrated confidences) or fit one again with prompter.calibrate(...)."
+        ) from None
+
+
+def _check_settings(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    require = settings.get("require_grounding")
+    ok = require is None or isinstance(require, bool) or (
+        isinstance(require, list) and all(isinstance(p, str) for p in require)
+    )
+    _expect(ok, directory, MANIFEST, "require_grounding is neither a bool nor a list of field paths")
+    samples = settings.get("confidence_samples")
+    ok = samples is None or (
+        isinstance(samples, int) and not isinstance(samples, bool) and 0 <= samples <= MAX_CONFIDENCE_SAMPLES
+    )
+    _expect(ok, directory, MANIFEST, f"confidence_samples is not an int between 0 and {MAX_CONFIDENCE_SAMPLES}")
+    temperature = settings.get("sample_temperature")
+    ok = temperature is None or sample_temperature_ok(temperature)
+    _expect(ok, directory, MANIFEST, "sample_temperature is not a number in (0, 2]")
+    return settings
 
 
 def _state_from_json(data: dict[str, Any], directory: Path, contents: Mapping[str, bytes]) -> PromptState:
@@ -1038,4 +1092,6 @@ def load_prompter(
     prompter.state = saved.current if saved.current != saved.original else original
     prompter._original_state = original
     prompter.optimization_result = saved.report
+    if saved.calibrator is not None and "calibrator" not in kwargs:
+        prompter.calibrator = saved.calibrator
     return prompter

@@ -12,7 +12,6 @@ import copy
 import itertools
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +24,11 @@ from ._compat import LEGACY_INIT_KEYS, LegacyPrompterAPI, apply_legacy_init, pop
 from ._example import Example
 from ._inputs import InputDoc, InputKeywords, build_input, check_input_options, input_keywords
 from ._observe import extraction
-from ._options import PROMPTER_ARGS, check_runtime
+from ._options import DEFAULT_SAMPLE_TEMPERATURE, PROMPTER_ARGS, check_confidence, check_runtime
 from ._render import Demo, OutputParseError, PromptState, Renderer
 from ._result import ExtractionResult, Usage
 from ._schema import ensure_model, free_text_model, model_schema
+from .confidence.answer import AnswerCheck, merge_chunk_confidences
 from .errors import BatchError, ConfigurationError, DspydanticError, ExtractionError
 from .lm import LMBackend, LMRequest, LMResponse, resolve_backend
 from .lm.settings import SETTING_NAMES, ModelSettings
@@ -80,6 +80,10 @@ class Prompter(LegacyPrompterAPI):
         max_connections: int = 100,
         logprobs: bool | None = None,
         context_window: int | None = None,
+        require_grounding: bool | Iterable[str] = False,
+        confidence_samples: int = 0,
+        sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE,
+        calibrator: Any = None,
         **backend_options: Any,
     ) -> None:
         # dspydantic 0.1's optimized_* arguments: popped before the backend checks the remaining keywords
@@ -88,6 +92,9 @@ class Prompter(LegacyPrompterAPI):
             max_retries=max_retries, lm_retries=lm_retries, retry_backoff=retry_backoff,
             retry_max_time=retry_max_time, timeout=timeout, connect_timeout=connect_timeout, verify=verify,
             proxy=proxy, max_connections=max_connections, logprobs=logprobs, context_window=context_window,
+        )
+        check_confidence(
+            confidence_samples=confidence_samples, sample_temperature=sample_temperature, calibrator=calibrator
         )
         #: sampling settings sent with every request (and part of every cache key)
         self.settings = ModelSettings(
@@ -98,6 +105,16 @@ class Prompter(LegacyPrompterAPI):
         self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
         self.free_text = model is None
         self.model_id = model_id
+        self._base_schema = model_schema(self.model)
+        #: True (every free string field), a set of field paths, or False; see :mod:`dspydantic.confidence`
+        self.require_grounding = require_grounding
+        self._answer_check: AnswerCheck | None = None
+        self.answer_check  # noqa: B018 - a bad require_grounding fails here, before any backend is built
+        #: extra sampled answers per extraction for the agreement signal (each is one more LM call)
+        self.confidence_samples = confidence_samples
+        self.sample_temperature = float(sample_temperature)
+        #: a fitted :class:`dspydantic.confidence.Calibrator` (``calibrate()``/``optimize()`` set it)
+        self.calibrator = calibrator
         self._backend: LMBackend = resolve_backend(
             model_id, lm=lm, api_key=api_key, api_base=api_base, timeout=timeout, context_window=context_window,
             transport={"connect_timeout": connect_timeout, "verify": verify, "proxy": proxy,
@@ -118,7 +135,6 @@ class Prompter(LegacyPrompterAPI):
         self.cache = resolve_cache(cache)
         # what the plan drivers call: the backend wrapped in the retry and cache layers
         self._lm: LMBackend = self._stack(self._backend)
-        self._base_schema = model_schema(self.model)
         self._state = PromptState(
             system_prompt=system_prompt,
             instruction_prompt=instruction_prompt,
@@ -166,13 +182,18 @@ class Prompter(LegacyPrompterAPI):
     def max_tokens(self) -> int | None:
         return self.settings.max_tokens
 
-    def _derive(self, *, state: PromptState | None = None, lm: LMBackend | None = None) -> Prompter:
-        """A shallow copy serving ``state`` and/or calling ``lm`` (e.g. a budgeted stack) instead of ours."""
+    def _derive(
+        self, *, state: PromptState | None = None, lm: LMBackend | None = None, confidence_samples: int | None = None
+    ) -> Prompter:
+        """A shallow copy serving ``state`` and/or calling ``lm`` (e.g. a budgeted stack) instead of ours,
+        and/or sampling ``confidence_samples`` extra answers per extraction."""
         clone = copy.copy(self)
         if state is not None:
             clone.state = state
         if lm is not None:
             clone._lm = lm
+        if confidence_samples is not None:
+            clone.confidence_samples = confidence_samples
         clone.optimization_result = None
         return clone
 
@@ -189,6 +210,7 @@ class Prompter(LegacyPrompterAPI):
         """Show the LM exactly this (saved) schema instead of the one generated from the model class."""
         self._base_schema = schema
         self._renderer = None
+        self._answer_check = None
 
     @property
     def renderer(self) -> Renderer:
@@ -196,6 +218,16 @@ class Prompter(LegacyPrompterAPI):
         if r is None:
             r = self._renderer = Renderer(self.model, self._state, base_schema=self._base_schema)
         return r
+
+    @property
+    def answer_check(self) -> AnswerCheck:
+        """Grounding and per-field confidence of answers for this prompter's schema."""
+        check = self._answer_check
+        if check is None:
+            check = self._answer_check = AnswerCheck(
+                self._base_schema, self.require_grounding, grounding=not self.free_text
+            )
+        return check
 
     @property
     def system_prompt(self) -> str | None:
@@ -252,19 +284,27 @@ class Prompter(LegacyPrompterAPI):
                 usage=usage,
                 truncated=truncated,
             )
-        merged = merge_extractions(
-            [r.data.model_dump(mode="json", by_alias=True) for r in results],
-            self._base_schema,
-            [r.confidence for r in results],
+        dumps = [r.data.model_dump(mode="json", by_alias=True) for r in results]
+        merged = merge_extractions(dumps, self._base_schema, [r.confidence for r in results])
+        data = self.model.model_validate(merged)
+        # spans against the whole document; each field's confidence from the chunks that gave its value
+        grounded = self.answer_check.regrounded(data, doc.text)
+        fields = merge_chunk_confidences(
+            self.answer_check, data.model_dump(mode="json", by_alias=True),
+            [(d, r.field_confidences) for d, r in zip(dumps, results, strict=True)],
         )
         return ExtractionResult(
-            data=self.model.model_validate(merged),
-            confidence=min(r.confidence for r in results),
+            data=data,
+            confidence=min(fields.values()) if fields else min(r.confidence for r in results),
             raw_output=json.dumps(merged, ensure_ascii=False),
             usage=usage,
             attempts=max(r.attempts for r in results),
             cached=all(r.cached for r in results),
             confidence_source=results[0].confidence_source,
+            field_confidences=fields,
+            spans=grounded.spans,
+            ungrounded=grounded.ungrounded,
+            calibrated=results[0].calibrated,
             extra={"chunks": len(chunks), "chunks_extracted": len(results)},
         )
 
@@ -310,11 +350,15 @@ class Prompter(LegacyPrompterAPI):
         return limit, (bigger if bigger > limit else None)
 
     def _plan_doc(self, doc: InputDoc, renderer: Renderer) -> _Plan:
-        return (yield from self._plan_messages(renderer.messages(doc.as_content(), doc.variables), renderer))
+        return (yield from self._plan_messages(
+            renderer.messages(doc.as_content(), doc.variables), renderer, source=doc.text or None
+        ))
 
-    def _plan_messages(self, messages: list[dict[str, Any]], renderer: Renderer) -> _Plan:
-        """The attempts of one extraction from its rendered messages: ask, parse, re-ask. (Provider batch
-        jobs send the first request themselves and resume here with its answer.)"""
+    def _plan_messages(self, messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None) -> _Plan:
+        """The attempts of one extraction from its rendered messages: ask, parse, check, re-ask. ``source``
+        is the document's text the values are grounded in. (Provider batch jobs send the first request
+        themselves and resume here with its answer.)"""
+        check = self.answer_check
         usage = Usage()
         errors: list[Any] = []
         raw = ""
@@ -326,13 +370,7 @@ class Prompter(LegacyPrompterAPI):
             request = self._request(renderer, messages, settings)
             response = yield request
             raw = response.text
-            if response.cached:
-                usage.cache_hits += 1
-            else:
-                cached_all = False
-                usage.calls += 1
-                usage.prompt_tokens += response.prompt_tokens
-                usage.completion_tokens += response.completion_tokens
+            cached_all = _count(usage, response) and cached_all
             if response.finish_reason == "length":  # cut by the token limit: never parsed, never cached
                 limit, bigger = self._larger_limit(request, response)
                 if bigger is not None and not grown:
@@ -351,6 +389,11 @@ class Prompter(LegacyPrompterAPI):
                 )
             try:
                 data = renderer.parse(raw)
+                # grounding in the source and require_grounding (an ungrounded required value is re-asked)
+                data, assessment = check.check(
+                    renderer, raw, data, source, token_logprobs=response.token_logprobs,
+                    token_texts=response.token_texts, attempt=attempt,
+                )
             except OutputParseError as exc:
                 errors.append(exc.errors)
                 if attempt <= self.max_retries:
@@ -365,16 +408,36 @@ class Prompter(LegacyPrompterAPI):
                     attempts=attempt,
                     usage=usage,
                 ) from None
-            response.confirm()  # validated: the cache layer may keep it now
-            confidence, source = _confidence(attempt, response.token_logprobs)
+            # validated, and grounded where grounding is required: the cache layer may keep it now (an answer
+            # that failed the grounding check was re-asked above and is never cached as good)
+            response.confirm()
+            samples: list[dict[str, Any] | None] = []  # opt-in agreement signal: extra sampled answers
+            for i in range(1, self.confidence_samples + 1):
+                sampled = yield self._request(
+                    renderer, messages, settings.replace(temperature=self.sample_temperature, seed=i)
+                )
+                cached_all = _count(usage, sampled) and cached_all
+                # a sample cut by the token limit or that does not validate counts as one that disagrees
+                sample = None if sampled.finish_reason == "length" else check.sample(renderer, sampled.text)
+                if sample is not None:
+                    sampled.confirm()
+                samples.append(sample)
+            conf = check.confidences(
+                assessment, samples=samples, calibrator=self.calibrator, logprobs=bool(response.token_logprobs)
+            )
             return ExtractionResult(
                 data=data,
-                confidence=confidence,
+                confidence=conf.confidence,
                 raw_output=raw,
                 usage=usage,
                 attempts=attempt,
                 cached=cached_all,
-                confidence_source=source,
+                confidence_source=conf.source,
+                field_confidences=conf.field_confidences,
+                spans=conf.spans,
+                ungrounded=conf.ungrounded,
+                field_signals=conf.field_signals,
+                calibrated=conf.calibrated,
             )
 
     def _input(self, item: Any) -> InputDoc:
@@ -576,6 +639,13 @@ class Prompter(LegacyPrompterAPI):
 
         return optimize_prompter(self, examples, **translate_optimize_kwargs(self, kwargs, args))
 
+    def calibrate(self, examples: Sequence[Example], *, method: str = "auto", **kwargs: Any) -> Any:
+        """Fit this prompter's field-confidence calibrator on held-out labelled examples (never the ones
+        its demos or prompts were made from); returns a :class:`dspydantic.confidence.CalibrationReport`."""
+        from .confidence.fit import calibrate_prompter
+
+        return calibrate_prompter(self, examples, method=method, **kwargs)
+
     def evaluate(self, examples: Sequence[Example], evaluator: Any = None, **kwargs: Any) -> Any:
         """Score this prompter on held-out examples (overall, per field, P/R/F1, failing examples)."""
         from .optimize.report import evaluate_prompter
@@ -671,9 +741,12 @@ def _finish(results: list[Any], on_error: str) -> list[Any]:
     return results
 
 
-def _confidence(attempt: int, logprobs: list[float] | None) -> tuple[float, str]:
-    factor = max(0.0, 1.0 - 0.25 * (attempt - 1))
-    if logprobs:
-        mean = sum(logprobs) / len(logprobs)
-        return round(factor * math.exp(mean), 4), "logprobs"
-    return factor, "attempts"
+def _count(usage: Usage, response: LMResponse) -> bool:
+    """Add one answer to ``usage``; returns whether the cache layer served it."""
+    if response.cached:
+        usage.cache_hits += 1
+    else:
+        usage.calls += 1
+        usage.prompt_tokens += response.prompt_tokens
+        usage.completion_tokens += response.completion_tokens
+    return response.cached

@@ -42,10 +42,18 @@ class Usage:
 class ExtractionResult(Generic[T]):
     """What ``predict_with_confidence`` returns.
 
-    ``confidence`` is in [0, 1]. Without token log-probabilities it is derived from how the answer was
-    obtained: 1.0 when the first answer validated, lowered by 0.25 per re-ask that was needed. With
-    log-probabilities (local model, or a provider that returns them) it is the geometric mean probability of
-    the generated tokens, multiplied by the same re-ask factor.
+    ``field_confidences`` maps each field path (``vendor``, ``address.city``, ``items[].name``; a list's
+    items pooled under one path) to a confidence in [0, 1] built from that field's own evidence: the
+    probabilities of the tokens of its value (with token log-probabilities), whether its string values occur
+    in the source, the re-asks the answer needed, and — opt-in — agreement across extra samples. Without a
+    calibrator that number is a documented combination (:func:`dspydantic.confidence.combine`); after
+    ``Prompter.calibrate(...)`` or ``optimize()`` it is calibrated on held-out labelled data
+    (``calibrated`` is True). ``confidence`` is the **lowest** field confidence.
+
+    ``spans`` maps a field path to the ``(start, end)`` code-point offsets where its string values occur in
+    the source text; ``ungrounded`` lists the fields with a string value the source does not contain (a
+    likely hallucination). ``field_signals`` holds the raw evidence per field (what a calibrator is fitted
+    on).
     """
 
     data: T
@@ -58,3 +66,7 @@ class ExtractionResult(Generic[T]):
     field_confidences: dict[str, float] = field(default_factory=dict)
     spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    ungrounded: list[str] = field(default_factory=list)
+    #: path -> :class:`dspydantic.confidence.FieldSignals`
+    field_signals: dict[str, Any] = field(default_factory=dict)
+    calibrated: bool = False

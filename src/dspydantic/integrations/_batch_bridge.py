@@ -145,7 +145,8 @@ def answer(
     cache = _cache(prompter)
     if cache is not None and cache_key is not None and not response.cached:
         cache.adopt(cache_key, response)
-    plan = prompter._plan_messages(list(messages or []), prompter.renderer)
+    # the job record keeps no document text (ids only), so answers fetched from a batch job are not grounded
+    plan = prompter._plan_messages(list(messages or []), prompter.renderer, source=None)
     next(plan)
     try:
         request = plan.send(response)

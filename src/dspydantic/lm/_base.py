@@ -72,6 +72,9 @@ class LMResponse:
     finish_reason: str | None = None
     #: natural-log probabilities of the generated tokens, when the backend has them
     token_logprobs: list[float] | None = None
+    #: the text of each generated token (same length as ``token_logprobs``; their concatenation spells
+    #: ``text`` where the backend knows the exact pieces): aligns the probabilities to the answer's fields
+    token_texts: list[str] | None = None
     #: response headers of the HTTP call (lower-cased names), when there was one
     headers: dict[str, str] = field(default_factory=dict)
     #: served by the cache layer (no LM call was made)
@@ -118,3 +121,26 @@ def chat_params(request: LMRequest, *, structured: str = "json_schema") -> dict[
     if request.logprobs:
         params["logprobs"] = True
     return params
+
+
+def token_logprobs(logprobs: Any) -> tuple[list[float] | None, list[str] | None]:
+    """(log-probabilities, token texts) from an OpenAI-style ``choice.logprobs`` (a dict or an object with
+    ``content``: entries with ``logprob`` and ``token``); texts are None when any entry lacks its token."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else getattr(logprobs, "content", None)
+    if not isinstance(content, list) or not content:
+        return None, None
+    values: list[float] = []
+    texts: list[str] | None = []
+    for entry in content:
+        get = entry.get if isinstance(entry, dict) else lambda k, e=entry: getattr(e, k, None)
+        lp = get("logprob")
+        if lp is None:
+            continue
+        values.append(float(lp))
+        token = get("token")
+        if texts is not None:
+            if isinstance(token, str):
+                texts.append(token)
+            else:
+                texts = None
+    return (values or None), (texts if values and texts is not None else None)

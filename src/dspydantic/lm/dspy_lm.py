@@ -6,7 +6,7 @@ import warnings
 from typing import Any
 
 from ..errors import LMError
-from ._base import LMRequest, LMResponse, chat_params
+from ._base import LMRequest, LMResponse, chat_params, token_logprobs
 from .settings import DEFAULT_SETTINGS, ModelSettings, settings_from
 from .transport import sanitize_url
 
@@ -59,14 +59,14 @@ class DSPyLMBackend:
             raise LMError("the DSPy LM returned no choices")
         msg = _get(choices[0], "message")
         usage = _get(resp, "usage") or {}
-        lp = _get(choices[0], "logprobs")
-        content = _get(lp, "content") if lp is not None else None
+        logprobs, texts = token_logprobs(_get(choices[0], "logprobs"))
         return LMResponse(
             text=(_get(msg, "content") if msg is not None else _get(choices[0], "text")) or "",
             prompt_tokens=int(_get(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(_get(usage, "completion_tokens", 0) or 0),
             finish_reason=_get(choices[0], "finish_reason"),
-            token_logprobs=[float(_get(t, "logprob")) for t in content] if content else None,
+            token_logprobs=logprobs,
+            token_texts=texts,
         )
 
     def _error(self, exc: Exception) -> LMError:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._options import count, seconds
 from ..errors import ConfigurationError, LMError, MissingExtraError
-from ._base import LMRequest, LMResponse, chat_params
+from ._base import LMRequest, LMResponse, chat_params, token_logprobs
 from .settings import DEFAULT_SETTINGS, ModelSettings, settings_from
 from .transport import parse_retry_after, request_id, sanitize_url
 
@@ -73,17 +73,14 @@ class LiteLLMBackend:
     def _response(resp: Any) -> LMResponse:
         choice = resp.choices[0]
         usage = getattr(resp, "usage", None)
-        logprobs = None
-        lp = getattr(choice, "logprobs", None)
-        content = getattr(lp, "content", None) if lp is not None else None
-        if content:
-            logprobs = [float(t.logprob) for t in content]
+        logprobs, texts = token_logprobs(getattr(choice, "logprobs", None))
         return LMResponse(
             text=choice.message.content or "",
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             finish_reason=getattr(choice, "finish_reason", None),
             token_logprobs=logprobs,
+            token_texts=texts,
         )
 
     def _error(self, exc: Exception) -> LMError:

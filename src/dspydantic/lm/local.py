@@ -27,6 +27,7 @@ How a call runs (all under one lock per loaded model, since a llama.cpp context 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import copy
 import ctypes
@@ -205,8 +206,15 @@ class _LogprobRecorder:
         when generation stopped on the token limit (it was sampled but never evaluated)."""
         if len(self.logprobs) < completion_tokens and self._row is not None and tail_token is not None:
             self.logprobs.append(min(0.0, float(self._row[tail_token]) - self._lse))
+            self.token_ids.append(tail_token)
         self._row = None
         return self.logprobs[:completion_tokens]
+
+    def texts(self, llama: Any, n: int) -> list[str]:
+        """The text of each of the first ``n`` recorded tokens. A character split over several byte-level
+        tokens belongs to the token that completes it, so the pieces concatenate to the decoded text."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return [decoder.decode(llama.detokenize([t])) for t in self.token_ids[:n]]
 
 
 class _LazyGrammar:
@@ -628,17 +636,20 @@ class LocalBackend:
             text = choice.get("text") or ""
             completion_tokens = int(usage.get("completion_tokens", 0))
             logprobs = None
+            texts = None
             if recorder is not None:
                 tail = None
                 if choice.get("finish_reason") == "length":
                     tail = self._tail_token(shared, recorder, text)
                 logprobs = recorder.finish(completion_tokens, tail)
+                texts = recorder.texts(shared.llama, len(logprobs))
         return LMResponse(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
             completion_tokens=completion_tokens,
             finish_reason=choice.get("finish_reason"),
             token_logprobs=logprobs,
+            token_texts=texts,
         )
 
     @staticmethod

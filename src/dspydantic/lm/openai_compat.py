@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import orjson
 
 from ..errors import ConfigurationError, LMError, decode_body
-from ._base import LMRequest, LMResponse, chat_params
+from ._base import LMRequest, LMResponse, chat_params, token_logprobs
 from .settings import DEFAULT_SETTINGS, SETTING_NAMES, ModelSettings, settings_from
 from .transport import HTTPReply, Transport, parse_retry_after, request_id, sanitize_url
 
@@ -195,16 +195,14 @@ class OpenAICompatBackend:
             if not isinstance(text, str):
                 raise TypeError(f"content is {type(text).__name__}")
             usage = data.get("usage") or {}
-            logprobs = None
-            lp = choice.get("logprobs")
-            if isinstance(lp, dict) and isinstance(lp.get("content"), list):
-                logprobs = [float(t["logprob"]) for t in lp["content"] if "logprob" in t]
+            logprobs, texts = token_logprobs(choice.get("logprobs"))
             return LMResponse(
                 text=text,
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 finish_reason=choice.get("finish_reason"),
                 token_logprobs=logprobs,
+                token_texts=texts,
                 headers=headers,
             )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:

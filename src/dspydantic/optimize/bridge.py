@@ -283,7 +283,9 @@ class StudentContext:
     and system prompt of the candidate) and the document registry. Shared, never deep-copied."""
 
     def __init__(self, prompter: Prompter, base_state: PromptState, registry: DocRegistry) -> None:
-        self.prompter = prompter
+        # the student's answers count for their data only: no extra samples for the agreement signal (they
+        # would cost confidence_samples more calls per prediction; validation scoring still samples)
+        self.prompter = prompter._derive(confidence_samples=0) if prompter.confidence_samples else prompter
         self.base_state = base_state
         self.registry = registry
         original = base_state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT

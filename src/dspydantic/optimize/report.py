@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._example import Example
 from .._render import Demo, PromptState
-from .._result import Usage
+from .._result import ExtractionResult, Usage
 from ..errors import ConfigurationError, ExtractionError
 from .scoring import EvaluationSummary, FieldEvaluators, OutputScore, WholeOutput, aggregate, resolve_evaluators
 
@@ -111,6 +111,8 @@ class ExampleOutcome:
     score: OutputScore
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    #: the extraction itself (field confidences and their signals: what a calibrator is fitted on)
+    result: ExtractionResult[Any] | None = field(default=None, repr=False)
 
 
 def score_examples(
@@ -135,6 +137,7 @@ def score_examples(
         predicted: dict[str, Any] | None = None
         error: str | None = None
         usage = Usage()
+        res: ExtractionResult[Any] | None = None
         try:
             res = prompter._run_plan(ex)
             predicted = dict(res.data.model_dump(mode="json"))
@@ -145,7 +148,7 @@ def score_examples(
                 usage = exc.usage
         outcomes[i] = ExampleOutcome(
             index=i, example=ex, predicted=predicted, score=scorer.score(ex, predicted, error), error=error,
-            usage=usage,
+            usage=usage, result=res,
         )
         finished = next(done)
         if on_item is not None:
@@ -378,6 +381,10 @@ class OptimizationResult:
     original_report: EvaluationReport | None = field(default=None, repr=False)
     #: False when there was no held-out validation at all (one example, no valset): scores are NaN
     validated: bool = True
+    #: the field-confidence calibrator fitted on the validation outcomes of the served prompts
+    #: (a :class:`dspydantic.confidence.CalibrationReport`), and a line saying what was done
+    calibration: Any = field(default=None, repr=False)
+    calibration_note: str | None = None
 
     # -- the adopted prompts (dspydantic 0.1 names) --------------------------------------------------
     @property

@@ -117,8 +117,11 @@ _OWN_KWARGS = frozenset(
         "gepa_val_size",
         "fallback",
         "compare_original",
+        "calibrate",
     }
 )
+#: a calibrator is fitted at the end of optimize() only on at least this many scored validation fields
+_MIN_CALIBRATION_FIELDS = 30
 _GEPA_PRESETS = {"light": 6, "medium": 12, "heavy": 24}
 _DEFAULT_DEMOS = 4
 #: below this many validation examples the result message says the decision is noisy
@@ -1093,10 +1096,44 @@ def optimize_prompter(
             candidate_report=candidate,
             original_report=as_it_was,
         )
+        if own.get("calibrate", True):
+            _calibrate(prompter, result, adopted, [
+                (candidate_state, candidate), (baseline_state, baseline), (original, as_it_was),
+            ])
         log.info("optimize: %s", message)
         progress.emit({"event": "done", "accepted": accepted, "message": message, **snap})
     if adopted != original:
         prompter.state = adopted
     prompter.optimization_result = result
     return result
+
+
+def _calibrate(
+    prompter: Prompter,
+    result: OptimizationResult,
+    adopted: PromptState,
+    scored: Sequence[tuple[PromptState | None, EvaluationReport | None]],
+) -> None:
+    """Fit the field-confidence calibrator on the validation outcomes of the prompts the Prompter now
+    serves (held out from everything the demos and prompts were made from); no extra LM call."""
+    from ..confidence.fit import calibration_pairs, fit_from_outcomes
+
+    report = next((r for st, r in scored if st == adopted and r is not None), None)
+    if report is None:
+        result.calibration_note = "no calibrator: the served prompts were not scored on the validation split"
+        return
+    n = len(calibration_pairs(report.outcomes).labels)
+    if n < _MIN_CALIBRATION_FIELDS:
+        result.calibration_note = (
+            f"no calibrator: {n} scored validation field(s), fewer than {_MIN_CALIBRATION_FIELDS}; call "
+            "prompter.calibrate(held-out examples) with more"
+        )
+        return
+    try:
+        result.calibration = fit_from_outcomes(report.outcomes)
+    except ConfigurationError as exc:
+        result.calibration_note = f"no calibrator: {exc}"
+        return
+    prompter.calibrator = result.calibration.calibrator
+    result.calibration_note = result.calibration.summary() + " (validation split)"
 
