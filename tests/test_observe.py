@@ -114,7 +114,7 @@ def test_spans_per_extraction_with_a_child_per_lm_call(srv: FakeLLMServer, spans
 
     exporter, provider = spans
     srv.add_response("not json")  # one re-ask: two LM calls in one extraction
-    srv.respond_from_schema()
+    srv.respond_from_schema({"vendor": "Acme"})  # grounded in the document: only the re-ask lowers confidence
     p = instrument(Prompter(model=Invoice, model_id="openai/gpt-4o-mini", api_base=srv.base_url), provider)
     p.name = "invoices"
     p.run("Invoice from Acme")

@@ -22,6 +22,10 @@ class Invoice(BaseModel):
     total: float
 
 
+#: a document in which every vendor these tests answer is grounded: confidence then reflects re-asks only
+DOC = "Invoice from Primary, Secondary, A or B"
+
+
 def prompter(srv: FakeLLMServer, vendor: str, **kw: Any) -> Prompter:
     srv.respond_from_schema({"vendor": vendor})
     return Prompter(model=Invoice, model_id="openai/gpt-4o-mini", api_base=srv.base_url, retry_backoff=0,
@@ -37,9 +41,9 @@ def two() -> Any:
 def test_fallback_on_error_reports_who_answered_and_sums_usage(two: Any) -> None:
     a, b = two
     chain = prompter(a, "Primary").with_fallback(prompter(b, "Secondary"), min_confidence=0.7)
-    assert chain.run("Invoice from Acme").vendor == "Primary"
+    assert chain.run(DOC).vendor == "Primary"
     a.add_response(Fault(status=400, body="bad request"))  # not retryable: the primary fails
-    result = chain.predict_with_confidence("Invoice from Acme")
+    result = chain.predict_with_confidence(DOC)
     assert result.data.vendor == "Secondary" and result.extra["answered_by"] == "fallback"
     assert [t["outcome"] for t in result.extra["fallback_trail"]] == ["error", "ok"]
     assert "LMError" in result.extra["fallback_trail"][0]["error"]
@@ -50,14 +54,14 @@ def test_fallback_on_low_confidence(two: Any) -> None:
     a, b = two
     chain = prompter(a, "Primary").with_fallback(prompter(b, "Secondary"), min_confidence=0.8)
     a.add_response("not json")  # one re-ask: confidence 0.75 < 0.8
-    result = chain.predict_with_confidence("Invoice from Acme")
+    result = chain.predict_with_confidence(DOC)
     assert result.extra["answered_by"] == "fallback" and result.data.vendor == "Secondary"
     trail = result.extra["fallback_trail"]
     assert trail[0] == {"name": "primary", "outcome": "low_confidence", "confidence": 0.75}
     assert result.usage.calls == 3  # two on the primary, one on the secondary
     a.add_response("not json")
     lenient = prompter(a, "Primary").with_fallback(prompter(b, "Secondary"), min_confidence=0.7)
-    assert lenient.predict_with_confidence("x").extra["answered_by"] == "primary"
+    assert lenient.predict_with_confidence(DOC).extra["answered_by"] == "primary"
 
 
 def test_fallback_keeps_the_best_low_answer_when_the_last_fails_and_raises_when_all_fail(two: Any) -> None:
@@ -66,12 +70,12 @@ def test_fallback_keeps_the_best_low_answer_when_the_last_fails_and_raises_when_
                      names=["big", "small"])
     a.add_response("not json")
     b.add_response(Fault(status=401))
-    result = chain.predict_with_confidence("x")
+    result = chain.predict_with_confidence(DOC)
     assert result.extra["answered_by"] == "big" and result.confidence == 0.75
     a.add_response(Fault(status=401))
     b.add_response(Fault(status=401))
     with pytest.raises(LMError):
-        chain.run("x")
+        chain.run(DOC)
     with pytest.raises(ConfigurationError):  # a bad input is not retried elsewhere
         chain.run("   ")
     assert b.request_count == 2
@@ -122,7 +126,7 @@ def test_ab_metrics_per_variant(two: Any) -> None:
     for k in keys:
         expected[router.assign(k)] += 1
     a.add_response(Fault(status=400), times=expected["a"])  # every request to variant a fails
-    results = router.predict_batch(["doc"] * 20, on_error="return", keys=keys)
+    results = router.predict_batch([DOC] * 20, on_error="return", keys=keys)
     m = router.metrics()
     assert m["a"]["requests"] == expected["a"] and m["a"]["errors"] == expected["a"]
     assert m["b"]["requests"] == expected["b"] and m["b"]["errors"] == 0
