@@ -116,9 +116,10 @@ def fields_below(
     default = threshold.get(OVERALL)
     out: dict[str, tuple[float, float]] = {}
     for path, conf in per_field.items():
-        limit = threshold[path] if path in threshold else default
-        if limit is not None and conf < limit:
-            out[path] = (float(conf), float(limit))
+        own = threshold.get(path)
+        bound = own if own is not None else default
+        if bound is not None and conf < bound:
+            out[path] = (float(conf), float(bound))
     return out
 
 
