@@ -378,6 +378,8 @@ def test_serve_with_a_store_records_every_extraction(saved: dict[str, Path], llm
     assert bad.returncode == 2 and "not a database URL" in bad.stderr
     bad = start_serve_error(str(saved["invoice"]), "--store", url, "--review-below", "high")
     assert bad.returncode == 2 and "--review-below" in bad.stderr
+    bad = start_serve_error(str(saved["invoice"]), "--min-confidence", '{"vendr": 0.5}')
+    assert bad.returncode == 2 and "--min-confidence (serving 'invoice') names field(s) ['vendr']" in bad.stderr
 
 
 def start_serve_error(*args: str) -> Any:

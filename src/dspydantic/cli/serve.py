@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
                    help="allow this origin by CORS (repeatable; CORS is off without it)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on shutdown (default 30)")
+    p.add_argument("--min-confidence", metavar="N|JSON",
+                   help="refuse (422) answers with a field below this, for requests that give no min_confidence: "
+                   "a number for every field, or a JSON map of field paths, e.g. '{\"total\": 0.9, \"*\": 0.6}'")
     p.add_argument("--store", metavar="URL",
                    help="record every extraction in this ExtractionStore (SQLAlchemy URL, the [db] extra): "
                    "answers under --review-below go to its review queue; /review/ID reads it")
@@ -82,10 +85,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         targets = parse_targets(args.prompters)  # imports the service (fastapi): a missing extra is said here
         from .._persist import read_saved
+        from ..integrations.routing import check_threshold
 
-        for path in targets.values():
-            read_saved(path)  # refuse a broken directory here, before any worker starts
-        review_below = _review_below(args.review_below)
+        review_below = _threshold("--review-below", args.review_below)
+        min_confidence = _threshold("--min-confidence", args.min_confidence)
+        for name, path in targets.items():
+            saved = read_saved(path)  # refuse a broken directory here, before any worker starts
+            if min_confidence is not None:
+                check_threshold(min_confidence, what=f"--min-confidence (serving {name!r})", schema=saved.schema)
         if args.store:
             from ..integrations.store import ExtractionStore
 
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "review_keep": args.review_keep,
         "store": args.store,
         "review_below": review_below,
+        "min_confidence": min_confidence,
     }
     os.environ["DSPYDANTIC_SERVE_CONFIG"] = json.dumps(config)
     metrics_dir = None
@@ -139,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _review_below(value: str | None) -> Any:
-    """``--review-below``: a number, or a JSON object of field paths to numbers (checked by the store)."""
+def _threshold(flag: str, value: str | None) -> Any:
+    """``--review-below`` / ``--min-confidence``: a number, or a JSON object of field paths to numbers
+    (their range and field names are checked where they are used)."""
     import json
 
     from ..errors import ConfigurationError
@@ -150,7 +159,7 @@ def _review_below(value: str | None) -> Any:
     try:
         parsed = json.loads(value)
     except ValueError:
-        raise ConfigurationError(f"--review-below {value!r} is neither a number nor a JSON object") from None
+        raise ConfigurationError(f"{flag} {value!r} is neither a number nor a JSON object") from None
     if not isinstance(parsed, int | float | dict) or isinstance(parsed, bool):
-        raise ConfigurationError(f"--review-below {value!r} is neither a number nor a JSON object")
+        raise ConfigurationError(f"{flag} {value!r} is neither a number nor a JSON object")
     return parsed

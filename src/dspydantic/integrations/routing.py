@@ -61,9 +61,12 @@ def effective_confidence(result: ExtractionResult[Any], fields: Sequence[str] | 
     return result.confidence
 
 
-def check_threshold(threshold: Any, model: Any = None, *, what: str = "min_confidence") -> Threshold:
-    """``threshold`` checked (numbers in [0, 1]; a map's keys are field paths of ``model`` when given, or
-    ``"*"``); returns it as a float or a plain dict. Raises :class:`ConfigurationError`."""
+def check_threshold(
+    threshold: Any, model: Any = None, *, what: str = "min_confidence", schema: Mapping[str, Any] | None = None
+) -> Threshold:
+    """``threshold`` checked (numbers in [0, 1]; a map's keys are field paths of ``model`` — or of the JSON
+    ``schema`` — when given, or ``"*"``); returns it as a float or a plain dict. Raises
+    :class:`ConfigurationError`."""
     if isinstance(threshold, Mapping):
         if not threshold:
             raise ConfigurationError(f"{what} is an empty map: name at least one field (or '*' for every field)")
@@ -72,14 +75,16 @@ def check_threshold(threshold: Any, model: Any = None, *, what: str = "min_confi
             if not isinstance(key, str) or not key:
                 raise ConfigurationError(f"{what}: field paths are non-empty strings, got {key!r}")
             out[key] = _unit(value, f"{what}[{key!r}]")
-        if model is not None:
-            from .._schema import model_schema, walk_fields
+        if model is not None or schema is not None:
+            from .._schema import inline_schema, model_schema, walk_fields
 
-            known = {path for path, _, _ in walk_fields(model_schema(model))}
+            tree = model_schema(model) if model is not None else inline_schema(dict(schema or {}))
+            known = {path for path, _, _ in walk_fields(tree)}
             unknown = sorted(k for k in out if k != OVERALL and k not in known)
             if unknown:
+                owner = model.__name__ if model is not None else "the model"
                 raise ConfigurationError(
-                    f"{what} names field(s) {unknown} that {model.__name__} does not have; its fields are "
+                    f"{what} names field(s) {unknown} that {owner} does not have; its fields are "
                     f"{sorted(known)} (and '*' for every field not named)"
                 )
         return out

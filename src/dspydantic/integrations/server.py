@@ -461,6 +461,7 @@ def create_app(
     title: str = "dspydantic",
     store: Any = None,
     review_keep: int = 256,
+    min_confidence: float | Mapping[str, float] | None = None,
     **load_kwargs: Any,
 ) -> Any:
     """A FastAPI app serving ``prompters`` (name -> Prompter, Prompter-like object or saved directory).
@@ -475,6 +476,8 @@ def create_app(
         store: an :class:`~dspydantic.store.ExtractionStore` or a database URL (the ``[db]`` extra): every
             extraction is recorded there (answers routed to its review queue by their per-field
             confidences; failures too), and ``/review/{document_id}`` reads it.
+        min_confidence: the threshold of requests that give none (a number every field must reach, or a map
+            of field paths to numbers, ``"*"`` for the others); a request's own ``min_confidence`` replaces it.
         review_keep: how many recent answers (with their source text) this process keeps for
             ``/review/{document_id}`` (0: none; the store's documents are reviewable either way).
         load_kwargs: passed to ``Prompter.load`` for paths (``model_id=``, ``api_base=``, ``cache=``...).
@@ -488,6 +491,10 @@ def create_app(
 
         store = ExtractionStore(store)
     served = {name: _Served(name, p) for name, p in load_prompters(prompters, **load_kwargs).items()}
+    if min_confidence is not None:
+        for s in served.values():  # a field map must fit every served model
+            check_threshold(min_confidence, s.target.model, what=f"min_confidence (serving {s.name!r})")
+    default_threshold = min_confidence
     recent = _Recent(review_keep)
     metrics = ExtractionMetrics()
     batch_slots = asyncio.Semaphore(batch_concurrency)
@@ -545,6 +552,8 @@ def create_app(
 
     async def run_one(s: _Served, item: ExtractInput, min_conf: Any) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
+        if min_conf is None:
+            min_conf = default_threshold
         prep: PreparedInput | None = None
         try:
             threshold = None if min_conf is None else check_threshold(min_conf, s.target.model)
