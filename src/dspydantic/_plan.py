@@ -163,9 +163,9 @@ def larger_limit(p: Prompter[Any], request: LMRequest, response: LMResponse) -> 
 
 
 def plan_doc(p: Prompter[Any], doc: InputDoc, renderer: Renderer) -> Plan:
-    return (yield from plan_messages(p,
-        renderer.messages(doc.as_content(), doc.variables), renderer, source=doc.text or None
-    ))
+    """The plan of one document that fits the context window."""
+    messages = renderer.messages(doc.as_content(), doc.variables)
+    return (yield from plan_messages(p, messages, renderer, source=doc.text or None))
 
 
 def plan_messages(p: Prompter[Any], messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None) -> Plan:
@@ -227,9 +227,8 @@ def plan_messages(p: Prompter[Any], messages: list[dict[str, Any]], renderer: Re
         response.confirm()
         samples: list[dict[str, Any] | None] = []  # opt-in agreement signal: extra sampled answers
         for i in range(1, p.confidence_samples + 1):
-            sampled = yield build_request(p,
-                renderer, messages, settings.replace(temperature=p.sample_temperature, seed=i)
-            )
+            sample_settings = settings.replace(temperature=p.sample_temperature, seed=i)
+            sampled = yield build_request(p, renderer, messages, sample_settings)
             cached_all = count(usage, sampled) and cached_all
             # a sample cut by the token limit or that does not validate counts as one that disagrees
             sample = None if sampled.finish_reason == "length" else check.sample(renderer, sampled.text)
