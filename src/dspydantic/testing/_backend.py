@@ -142,14 +142,6 @@ def _fault_error(fault: Fault, model: str) -> LMError:
 
 
 def _status_error(status: int, message: str, model: str, headers: dict[str, str]) -> LMError:
-    from ..lm.openai_compat import retryable_status
-    from ..lm.transport import parse_retry_after, request_id
+    from ..lm.openai_compat import http_error  # the HTTP backend's error for the same answer
 
-    return LMError(
-        f"{model} (FakeBackend) answered HTTP {status}: {message}",
-        status=status,
-        retryable=retryable_status(status),
-        headers=headers,
-        request_id=request_id(headers),
-        retry_after=parse_retry_after(headers),
-    )
+    return http_error(status, message, headers, f"{model} (FakeBackend)")
