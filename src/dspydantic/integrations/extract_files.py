@@ -11,7 +11,8 @@ grounded spans of every field highlighted with their confidence, see
 
 A file is a PDF or an image by its extension (or, without a known one, by its first bytes); anything else is
 read as UTF-8 text. A JSON line on stdin is a string (the text) or an object with input keys (``text``,
-``image_path``, ``image_base64``, ``pdf_path``, ``pdf_mode``) and optionally an ``id``.
+``image_path``, ``image_base64``, ``pdf_path``, ``pdf_mode``, ``max_pdf_pages``, ...: the input keywords but raw
+bytes) and optionally an ``id``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .._inputs import INPUT_KEYS
 from ..errors import ConfigurationError
 from ._version import prompter_version
 
@@ -34,7 +36,8 @@ __all__ = ["ExtractSummary", "Source", "discover", "read_done", "run_extract"]
 
 PDF_EXT = {".pdf"}
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
-_STDIN_KEYS = {"text", "image_path", "image_base64", "pdf_path", "pdf_mode"}
+#: the input keywords (the one spec, ``dspydantic._inputs``) a JSON line can carry: all but raw bytes and PIL images
+_STDIN_KEYS = INPUT_KEYS - {"image_bytes", "pdf_bytes", "image"}
 
 
 @dataclass

@@ -37,12 +37,12 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from dspydantic.errors import ConfigurationError, LMError, MissingExtraError
-from dspydantic.lm._assemble import DEFAULT_MODEL, fingerprint, resolve_model_file
+from dspydantic.lm._assemble import DEFAULT_MODEL, extra_for, fingerprint, resolve_model_file
 from dspydantic.lm._base import LMRequest, LMResponse
 from dspydantic.lm.settings import ModelSettings
 
@@ -552,7 +552,7 @@ class LocalBackend:
 
     def __post_init__(self) -> None:
         if importlib.util.find_spec("llama_cpp") is None:
-            raise MissingExtraError("local", "llama-cpp-python")
+            raise MissingExtraError(extra_for(self.model), "llama-cpp-python")
         if self.n_ctx < 256:
             raise ConfigurationError(f"n_ctx must be at least 256, got {self.n_ctx}")
         path, label, sha = resolve_model_file(self.model)
@@ -736,4 +736,8 @@ def resolve_local(model_id: str, *, context_window: int | None = None, **kwargs:
         raise ConfigurationError(f"not a local model id: {model_id!r}")
     if context_window is not None:
         kwargs["n_ctx"] = context_window
+    from dspydantic._options import check_keywords  # a mistyped option is named, never a raw TypeError
+
+    check_keywords(kwargs, [f.name for f in fields(LocalBackend) if f.init and f.name != "model"],
+                   "the local model")
     return LocalBackend(model=name, **kwargs)
