@@ -199,6 +199,28 @@ def test_batch_keeps_each_items_error_in_its_slot(service: str) -> None:
     assert r.status_code == 422
 
 
+def test_the_input_options_reach_the_pdf_and_image_readers(service: str, llm: FakeLLMServer) -> None:
+    from .test_inputs import image_pdf
+
+    pdf = base64.b64encode(image_pdf(3)).decode()
+    body = {"pdf_base64": pdf, "pdf_mode": "images", "pdf_dpi": 36, "max_pdf_pages": 2}
+    r = post(f"{service}/extract/invoice", body)
+    assert r.status_code == 200, r.text
+    parts = llm.chat_requests[-1].body["messages"][-1]["content"]
+    assert sum(1 for p in parts if p.get("type") == "image_url") == 2  # two of the three pages, as asked
+    odd = base64.b64encode(b"\x00\x00\x00\x0cjP  custom image payload").decode()
+    r = post(f"{service}/extract/invoice", {"image_base64": odd})
+    assert r.status_code == 422  # bytes no sniffer knows are refused...
+    r = post(f"{service}/extract/invoice", {"image_base64": odd, "image_mime": "image/jp2"})
+    assert r.status_code == 200, r.text  # ...unless the caller says what they are
+    parts = llm.chat_requests[-1].body["messages"][-1]["content"]
+    assert any(p.get("type") == "image_url" and p["image_url"]["url"].startswith("data:image/jp2;base64,")
+               for p in parts)
+    for bad in ({"pdf_dpi": 5}, {"max_pdf_pages": 0}, {"image_mime": "text/html"}):
+        r = post(f"{service}/extract/invoice", {"pdf_base64": pdf, **bad})
+        assert r.status_code == 422 and next(iter(bad)) in r.text
+
+
 def test_metrics_count_requests_extractions_tokens_errors_and_confidence(service: str) -> None:
     post(f"{service}/extract/invoice", {"text": "Invoice from Acme"})
     post(f"{service}/extract/invoice", {"text": "BROKEN"})
