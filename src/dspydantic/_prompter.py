@@ -655,8 +655,9 @@ class Prompter(LegacyPrompterAPI):
     def save(
         self, path: str | os.PathLike[str] | None = None, *, save_path: str | os.PathLike[str] | None = None
     ) -> None:
-        """Write this prompter to a versioned directory of JSON (atomic; no secrets)."""
-        from ._persist import save_prompter
+        """Write this prompter to a versioned directory of JSON (atomic; no secrets; through a symbolic link,
+        into the directory it points to)."""
+        from .persist import save_prompter
 
         save_prompter(self, renamed_path("save", path, "save_path", save_path))
 
@@ -670,8 +671,13 @@ class Prompter(LegacyPrompterAPI):
         load_path: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> Prompter:
-        """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
-        from ._persist import load_prompter
+        """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class).
+
+        The endpoint and key come from the arguments (``api_base=``, ``api_key=``, ``lm=``) or the environment,
+        never from the directory: ``trust_saved_endpoint=True`` uses the saved ``api_base``, with the
+        ``api_key=`` of this call only (never a key from the environment). See :mod:`dspydantic.persist.load`.
+        """
+        from .persist import load_prompter
 
         path = renamed_path("load", path, "load_path", load_path)
         return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)

@@ -27,7 +27,8 @@ def prompter_version(prompter: Any) -> str:
         for m in inner:
             h.update(prompter_version(m).encode())
     elif isinstance(prompter, Prompter):
-        from .._persist import MANIFEST, REPORT_FILE, _render_files
+        from .._persist import MANIFEST, REPORT_FILE
+        from .._persist import render_files as _render_files
 
         h.update(str(prompter.model_id).encode())
         for name, data in sorted(_render_files(prompter).items()):
