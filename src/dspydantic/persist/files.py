@@ -17,7 +17,9 @@ from typing import Any
 
 from ..errors import PersistenceError
 
-__all__ = ["MAX_FILE_BYTES", "MAX_JSON_DEPTH", "SavedDir", "check_rel", "expect", "parse_json", "read_json"]
+__all__ = [
+    "MAX_FILE_BYTES", "MAX_JSON_DEPTH", "SavedDir", "check_rel", "check_schema", "expect", "parse_json", "read_json",
+]
 
 #: the largest file a saved directory may hold (a demo image, a prompts.json)
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -224,3 +226,59 @@ def read_json(directory: SavedDir, rel: str, *, what: str, data: bytes | None = 
     if len(raw) > MAX_FILE_BYTES:
         raise PersistenceError(f"{str(directory.path / rel)!r} is larger than {MAX_FILE_BYTES} bytes")
     return parse_json(raw, str(directory.path / rel))
+
+
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains")
+
+
+def schema_problem(schema: Any) -> str | None:
+    """What makes ``schema`` something other than a JSON schema of objects, or None. Checks the shape
+    every schema walker relies on: sub-schemas are objects (``additionalProperties``/``items`` may be bools),
+    ``type`` a string or list of strings, ``required`` a list of strings, ``enum`` a list, ``$ref`` local."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return "not an object schema"
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, bool) and where.endswith(("additionalProperties", "items")):
+            continue
+        if not isinstance(node, dict):
+            return f"the schema at {where or '/'} is not an object"
+        t = node.get("type")
+        if t is not None and not (isinstance(t, str) or (isinstance(t, list) and all(isinstance(x, str) for x in t))):
+            return f"type at {where or '/'} is neither a string nor a list of strings"
+        req = node.get("required")
+        if req is not None and not (isinstance(req, list) and all(isinstance(x, str) for x in req)):
+            return f"required at {where or '/'} is not a list of field names"
+        if "enum" in node and not isinstance(node["enum"], list):
+            return f"enum at {where or '/'} is not a list"
+        ref = node.get("$ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+            return f"$ref at {where or '/'} is not a reference inside the schema"
+        for key in ("description", "title", "format", "pattern"):
+            if key in node and not isinstance(node[key], str):
+                return f"{key} at {where or '/'} is not a string"
+        for key in _SUBSCHEMA_MAPS:
+            if key in node:
+                sub = node[key]
+                if not isinstance(sub, dict):
+                    return f"{key} at {where or '/'} is not an object"
+                stack.extend((v, f"{where}/{key}/{k}") for k, v in sub.items())
+        for key in _SUBSCHEMA_LISTS:
+            if key in node:
+                sub = node[key]
+                if not isinstance(sub, list) or not sub:
+                    return f"{key} at {where or '/'} is not a non-empty list"
+                stack.extend((v, f"{where}/{key}/{i}") for i, v in enumerate(sub))
+        for key in _SUBSCHEMAS:
+            if key in node:
+                stack.append((node[key], f"{where}/{key}"))
+    return None
+
+
+def check_schema(directory: Path, rel: str, schema: Any) -> dict[str, Any]:
+    problem = schema_problem(schema)
+    expect(problem is None, directory, rel, str(problem))
+    return dict(schema)

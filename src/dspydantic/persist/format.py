@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._schema import default_descriptions, fingerprint
 from ..errors import PersistenceError
-from .files import SavedDir, check_rel, expect, read_json
+from .files import SavedDir, check_rel, check_schema, expect, read_json
 from .saved import SavedPrompter, sanitize_api_base
 from .settings import check_settings, prompter_settings
 from .state import DEMO_DIR, ImageFiles, StateFormatError, jsonable, state_from_json, state_to_json
@@ -205,9 +205,8 @@ def read_current(saved_dir: SavedDir) -> SavedPrompter:
     for required in (SCHEMA_FILE, PROMPTS_FILE):
         expect(required in contents, directory, MANIFEST, f"{required} is not listed")
 
-    schema = read_json(saved_dir, SCHEMA_FILE, what="the model schema", data=contents[SCHEMA_FILE])
-    expect(isinstance(schema, dict) and isinstance(schema.get("properties"), dict), directory, SCHEMA_FILE,
-           "not an object schema")
+    schema = check_schema(directory, SCHEMA_FILE,
+                          read_json(saved_dir, SCHEMA_FILE, what="the model schema", data=contents[SCHEMA_FILE]))
     prompts = read_json(saved_dir, PROMPTS_FILE, what="the prompts", data=contents[PROMPTS_FILE])
     expect(isinstance(prompts, dict) and isinstance(prompts.get("original"), dict), directory, PROMPTS_FILE,
            "no original prompt state")

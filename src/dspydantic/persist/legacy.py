@@ -12,7 +12,7 @@ from .._render import Demo, PromptState
 from .._schema import _strip_titles, inline_schema
 from ..errors import PersistenceError
 from .drift import field_nodes
-from .files import SavedDir, expect, read_json
+from .files import SavedDir, check_schema, expect, read_json
 from .saved import SavedPrompter, sanitize_api_base
 from .state import sniff_mime
 
@@ -75,10 +75,11 @@ def read_legacy(saved_dir: SavedDir) -> SavedPrompter:
     state = read_json(saved_dir, LEGACY_STATE, what="the 0.1.x optimized state")
     expect(isinstance(state, dict), directory, LEGACY_STATE, "not a JSON object")
     raw_schema = read_json(saved_dir, LEGACY_SCHEMA, what="the 0.1.x model schema")
-    expect(isinstance(raw_schema, dict) and isinstance(raw_schema.get("properties"), dict), directory,
-            LEGACY_SCHEMA, "not an object schema")
+    raw_schema = check_schema(directory, LEGACY_SCHEMA, raw_schema)
     schema = _strip_titles(inline_schema(raw_schema))
     name = str(raw_schema.get("title") or "Model")
+    if not name.isidentifier() or len(name) > 200:
+        name = "Model"
 
     paths = legacy_paths(schema)
     descriptions: dict[str, str] = {}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from .._schema import ensure_model, model_schema
-from ..errors import ConfigurationError, PersistenceError, SchemaDriftWarning
+from ..errors import ConfigurationError, DspydanticError, PersistenceError, SchemaDriftWarning
 from . import atomic
 from .drift import schema_drift
 from .files import SavedDir
@@ -81,6 +81,14 @@ def read_saved(path: str | os.PathLike[str]) -> SavedPrompter:
                     saved_dir.read(name, what="its manifest")
         except RecursionError:
             raise PersistenceError(f"{str(directory)!r} holds data nested too deeply to be a saved prompter") from None
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            if isinstance(exc, DspydanticError):
+                raise
+            # a backstop: the readers check every value they use; whatever slipped through is still malformed
+            raise PersistenceError(
+                f"{str(directory)!r} is not a saved prompter dspydantic can read ({type(exc).__name__}: "
+                f"{exc!s:.200}). Save the prompter again."
+            ) from None
     raise PersistenceError(
         f"{str(given)!r} is not a saved dspydantic prompter: it has no {MANIFEST} (nor the "
         f"{LEGACY_METADATA} of dspydantic 0.1.x). Point load() at the directory you passed to save()."
@@ -190,7 +198,7 @@ def load_prompter(
     saved = read_saved(path)
     try:
         use_model, base_schema = _model(saved, model)
-    except (RecursionError, ValueError, TypeError, KeyError) as exc:
+    except (RecursionError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         if isinstance(exc, PersistenceError | ConfigurationError):
             raise
         raise PersistenceError(
