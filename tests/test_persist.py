@@ -1049,3 +1049,53 @@ def test_legacy_directory_missing_a_file(tmp_path: Path) -> None:
     (tmp_path / "old" / "optimized_state.json").unlink()
     with pytest.raises(PersistenceError, match=r"optimized_state.json' is missing"):
         Prompter.load(str(tmp_path / "old"), model=Receipt, api_key=KEY)
+
+
+# --------------------------------------------------------------------------------------------------
+# the one identity: Prompter.fingerprint / version, used by the store, Celery, the service and batch jobs
+
+
+def test_one_fingerprint_shared_by_every_integration_and_kept_by_a_load(
+    answering: FakeLLMServer, tmp_path: Path
+) -> None:
+    from dspydantic.integrations import _batch_bridge, _identity, _version
+
+    p = make_prompter(answering, temperature=0.0, max_tokens=800)
+    optimize_by_hand(p)
+    fp = p.fingerprint
+    assert len(fp) == 64 and p.version == fp[:12]
+    assert _identity.prompter_fingerprint(p) == _batch_bridge.fingerprint(p) == fp  # store, Celery, batch jobs
+    assert _version.prompter_version(p) == p.version  # the service and the file pipeline
+    p.save(tmp_path / "saved")
+    assert Prompter.load(tmp_path / "saved", model=Everything, api_base=answering.base_url).fingerprint == fp
+    assert Prompter.load(tmp_path / "saved", api_base=answering.base_url).fingerprint == fp  # rebuilt model
+    code = (
+        "import sys; from dspydantic import Prompter; "
+        "print(Prompter.load(sys.argv[1], api_base='http://127.0.0.1:9/v1', api_key='other').fingerprint)"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "saved")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}, check=True)
+    assert child.stdout.strip() == fp  # the same in another process, whatever endpoint and key
+
+    # what decides an answer changes it; where and how the requests go does not
+    same = make_prompter(answering, temperature=0.0, max_tokens=800, api_base="http://127.0.0.1:9/v1",
+                         lm_retries=5, max_retries=0, cache=True)
+    same.state = p.state
+    assert same.fingerprint == fp
+    changed = [
+        p.state.replace(system_prompt="other"),
+        p.state.replace(demos=p.state.demos[:1]),
+        p.state.replace(field_descriptions={**p.state.field_descriptions, "vendor": "other"}),
+    ]
+    for state in changed:
+        q = make_prompter(answering, temperature=0.0, max_tokens=800)
+        q.state = state
+        assert q.fingerprint != fp
+    hotter = make_prompter(answering, temperature=0.5, max_tokens=800)
+    hotter.state = p.state
+    other_model = Prompter(Everything, "openai/other", api_base=answering.base_url, api_key=KEY,
+                           temperature=0.0, max_tokens=800)
+    other_model.state = p.state
+    assert len({fp, hotter.fingerprint, other_model.fingerprint}) == 3
+    chain = p.with_fallback(hotter)
+    assert _version.prompter_version(chain) not in (p.version, hotter.version)

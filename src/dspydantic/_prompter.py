@@ -630,6 +630,21 @@ class Prompter(LegacyPrompterAPI):
 
         return resume_batch(self, id_or_path, store=store)
 
+    # -- identity: one fingerprint for the store, workers, service and batch jobs ------------------------
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of everything that decides what this prompter answers (schema, prompts, field
+        descriptions, demos, LM, sampling settings); the same in every process and for a ``load()`` copy.
+        See :mod:`dspydantic._fingerprint`."""
+        from ._fingerprint import prompter_fingerprint
+
+        return prompter_fingerprint(self)
+
+    @property
+    def version(self) -> str:
+        """The first 12 hex digits of :attr:`fingerprint` (what the service and the stores show)."""
+        return self.fingerprint[:12]
+
     # -- optimization, evaluation and persistence live in their own modules ------------------------
     def optimize(self, examples: Sequence[Example], *args: Any, **kwargs: Any) -> Any:
         """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`.
