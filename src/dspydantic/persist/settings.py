@@ -33,7 +33,7 @@ class SavedSettings(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=10_000_000)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    stop: str | list[str] | None = Field(None, max_length=64)
+    stop: str | list[str] | None = Field(None, max_length=4096)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     max_retries: int | None = Field(None, ge=0, le=100)
