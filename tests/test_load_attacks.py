@@ -227,6 +227,8 @@ def test_a_symlinked_demo_file_is_refused_and_its_target_never_opened(srv: FakeL
     secret.parent.mkdir()
     secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"TOP SECRET CONTENT " * 10)
     d = save(tmp_path / "p", srv.base_url)
+    error, opened = load_recording_opens(d, api_base=srv.base_url, api_key=CALLER_KEY)
+    assert error is None and [p for p in opened if p.endswith("0001.png")]  # the log does see demo opens
     (d / "demos" / "0001.png").unlink()
     (d / "demos" / "0001.png").symlink_to(secret)
     relist(d, "demos/0001.png", secret.read_bytes())  # even with the target's true checksum in the manifest
@@ -318,6 +320,21 @@ def test_a_listed_path_outside_the_folder_is_refused(srv: FakeLLMServer, tmp_pat
     error, opened = load_recording_opens(d, api_base=srv.base_url, api_key=CALLER_KEY)
     assert isinstance(error, PersistenceError) and "leaves the directory" in str(error)
     assert not [p for p in opened if p.endswith(("passwd", "outside.json", "x.png"))]
+
+
+def test_sizes_are_bounded_before_anything_is_read(srv: FakeLLMServer, tmp_path: Path) -> None:
+    d = save(tmp_path / "p", srv.base_url)
+    m = manifest(d)
+    for i in range(5):  # 5 x 60 MiB: each file under the per-file limit, together over the directory's
+        m["files"][f"demos/9{i:03d}.png"] = {"sha256": "0" * 64, "bytes": 60 * 1024 * 1024}
+    write_manifest(d, m)
+    error, opened = load_recording_opens(d, api_base=srv.base_url, api_key=CALLER_KEY)
+    assert isinstance(error, PersistenceError) and "bytes of files" in str(error)
+    assert [p for p in opened if p.endswith((".png", "prompts.json", "schema.json"))] == []  # the manifest only
+    d = save(tmp_path / "q", srv.base_url)
+    (d / "demos" / "0001.png").write_bytes(GREEN + b"\0" * 1_000_000)  # grown behind the manifest's back
+    with pytest.raises(PersistenceError, match=r"more than \d+ bytes"):
+        Prompter.load(d, model=Ticket, api_base=srv.base_url, api_key=CALLER_KEY)
 
 
 # ==================================================================================================

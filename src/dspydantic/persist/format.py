@@ -59,6 +59,8 @@ CALIBRATOR_FILE = "calibrator.json"
 _KNOWN_FILES = (SCHEMA_FILE, PROMPTS_FILE, REPORT_FILE, CALIBRATOR_FILE)
 _DEMO_FILE = re.compile(rf"^{DEMO_DIR}/[A-Za-z0-9_-]{{1,64}}\.[A-Za-z0-9]{{1,8}}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: the most bytes a load reads from one directory (every listed file together)
+MAX_TOTAL_BYTES = 256 * 1024 * 1024
 #: the largest manifest a load reads (it lists files and settings; demo images are files of their own)
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
@@ -163,6 +165,12 @@ def _listed(saved_dir: SavedDir, manifest: dict[str, Any]) -> dict[str, tuple[st
         if rel in _KNOWN_FILES or _DEMO_FILE.match(rel):
             out[rel] = (digest, size)
         # any other name is left alone: never read
+    total = sum(size for _, size in out.values())
+    if total > MAX_TOTAL_BYTES:
+        raise PersistenceError(
+            f"{str(directory / MANIFEST)!r} lists {total} bytes of files; a saved prompter holds at most "
+            f"{MAX_TOTAL_BYTES} (nothing was read)"
+        )
     return out
 
 
