@@ -72,7 +72,12 @@ def _dir_lock(parent: Path, name: str, *, shared: bool = False) -> Iterator[None
         yield  # a parent we may not open (no read permission): read without the lock
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except OSError:
+            if not shared:
+                raise
+            # a filesystem without flock: read without the lock
         yield
     finally:
         with contextlib.suppress(OSError):
