@@ -231,11 +231,14 @@ def test_help_imports_no_heavy_dependency() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_extract_html_writes_a_review_page_per_answer(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+def test_extract_html_writes_a_review_page_per_answer(
+    docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path
+) -> None:
     """``--html DIR``: each answer's review page (its grounded spans highlighted in the text it was read from:
     a text file's content, a PDF's text layer), named in its record; a failed input gets none."""
     out, pages = tmp_path / "out.jsonl", tmp_path / "pages"
-    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--out", str(out), "--html", str(pages))
+    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--api-base", llm.base_url, "--out", str(out),
+                "--html", str(pages))
     assert r.returncode == 1  # broken.pdf
     recs = {Path(x["id"]).name: x for x in records(out)}
     assert "review_html" not in recs["broken.pdf"]
@@ -255,7 +258,9 @@ def test_extract_html_writes_a_review_page_per_answer(docs: Path, prompter_dir: 
     assert "<mark" not in Path(image["review_html"]).read_text()
 
 
-def test_progress_bar_on_a_terminal_stays_off_the_records(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+def test_progress_bar_on_a_terminal_stays_off_the_records(
+    docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path
+) -> None:
     """stderr on a terminal (a pty): rich draws the progress bar there; the records on stdout stay pure JSON."""
     import os
     import pty
@@ -269,7 +274,7 @@ def test_progress_bar_on_a_terminal_stays_off_the_records(docs: Path, prompter_d
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "dspydantic", "extract", str(docs), "--prompter", str(prompter_dir), "--out", "-",
-             "--workers", "1"],
+             "--workers", "1", "--api-base", llm.base_url],
             stdout=subprocess.PIPE, stderr=slave, env={**cli_env(), "TERM": "xterm", "COLUMNS": "100"},
             timeout=120,
         )

@@ -347,7 +347,7 @@ def test_serve_with_a_store_records_every_extraction(saved: dict[str, Path], llm
     queue by the per-field threshold, and reviewable from the store (``--review-keep 0``: nothing in memory)."""
     url = f"sqlite:///{tmp_path / 'served.db'}"
     proc, base = start_serve(str(saved["invoice"]), "--store", url, "--review-below", '{"vendor": 0.5}',
-                             "--review-keep", "0")
+                             "--review-keep", "0", "--api-base", llm.base_url)
     try:
         ok = httpx.post(f"{base}/extract", json={"text": "Invoice from Acme, total 10"}, timeout=30).json()
         unsure = httpx.post(f"{base}/extract", json={"text": "Invoice from Globex, total 20"}, timeout=30).json()
