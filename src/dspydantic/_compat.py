@@ -85,8 +85,8 @@ def renamed_path(verb: str, path: Any, old_name: str, old_value: Any) -> str | o
 def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str) -> dict[str, str]:
     """Field descriptions keyed by our paths (``items[].name``); 0.1's paths (``items.name``) are
     translated; a path the model does not have raises :class:`ConfigurationError` naming it."""
-    from ._persist import _legacy_paths
     from ._schema import iter_field_paths
+    from .persist.legacy import legacy_paths as _legacy_paths
 
     if not isinstance(descriptions, Mapping):
         raise ConfigurationError(f"{what} must be a dict of field path -> description")
@@ -114,8 +114,8 @@ def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str
 def demo_from_legacy(raw: Any) -> Demo:
     """A demo from 0.1's ``{"input_data": {"text": ..., "images": [...]}, "expected_output": ...}`` (our
     ``{"input": ..., "output": ...}`` and :class:`Demo` objects are accepted too)."""
-    from ._persist import _legacy_demo
     from ._render import Demo
+    from .persist.legacy import legacy_demo as _legacy_demo
 
     if isinstance(raw, Demo):
         return raw
