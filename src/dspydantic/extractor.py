@@ -16,7 +16,9 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, create_model
 
-__all__ = ["apply_optimized_descriptions", "create_optimized_model", "extract_field_descriptions", "extract_field_types"]
+__all__ = [
+    "apply_optimized_descriptions", "create_optimized_model", "extract_field_descriptions", "extract_field_types",
+]
 
 
 def _legacy(path: str) -> str:
