@@ -114,21 +114,21 @@ else:
     import openai
 
     messages = lambda d: [{"role": "system", "content": "Extract the invoice."}, {"role": "user", "content": d}]
-    client = instructor.from_openai(openai.OpenAI(base_url=base, api_key="k", max_retries=0),
+    client = instructor.from_openai(openai.OpenAI(base_url=base, api_key="k", max_retries=0, timeout=120.0),
                                     mode=instructor.Mode.JSON_SCHEMA)
     aclient = None
 
     def run(d):
         return client.chat.completions.create(model="fake", response_model=Invoice, messages=messages(d),
-                                              max_retries=0)
+                                              max_retries=0, timeout=120.0)
 
     async def arun(d):
         global aclient
         if aclient is None:  # made inside the running loop
-            aclient = instructor.from_openai(openai.AsyncOpenAI(base_url=base, api_key="k", max_retries=0),
-                                             mode=instructor.Mode.JSON_SCHEMA)
+            sdk = openai.AsyncOpenAI(base_url=base, api_key="k", max_retries=0, timeout=120.0)
+            aclient = instructor.from_openai(sdk, mode=instructor.Mode.JSON_SCHEMA)
         return await aclient.chat.completions.create(model="fake", response_model=Invoice, messages=messages(d),
-                                                     max_retries=0)
+                                                     max_retries=0, timeout=120.0)
 
     async def abatch(docs, workers):
         sem = asyncio.Semaphore(workers)
