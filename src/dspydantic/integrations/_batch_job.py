@@ -65,7 +65,7 @@ class BatchJob:
         self.submit_timings: dict[str, float] = {}
         #: custom_id -> the document's text (grounding source): set by ``submit_batch`` in the submitting
         #: process; a resumed job reads the documents back from its input files
-        self.sources: dict[str, str] = {}
+        self.document_texts: dict[str, str] = {}
         self._provider: BatchProvider | None = None
         self._batches: dict[str, dict[str, Any]] = {}
         self._sent: dict[str, dict[str, Any]] = {}
@@ -304,7 +304,7 @@ class BatchJob:
         """custom_id -> the document's text, for every line with an answer to ground: from memory (the
         submitting process) or read back from the job's input files (checked against the custom_id)."""
         lines = self.record["lines"]
-        texts = {cid: text for cid, text in self.sources.items()}
+        texts = dict(self.document_texts)
         todo = [
             j for j, a in enumerate(answers)
             if isinstance(a, LMResponse) and lines[j][0] not in texts and lines[j][0] not in self._sent

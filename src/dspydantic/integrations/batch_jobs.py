@@ -170,7 +170,7 @@ def submit_batch(
     job.submit_timings = timings
     # the documents' texts, for grounding the answers when results() is read in this process (never recorded:
     # a resumed job reads them back from the provider's input files)
-    job.sources = {line.custom_id: line.source for line in rendered if line.source is not None}
+    job.document_texts = {line.custom_id: line.source for line in rendered if line.source is not None}
     if failure is not None:
         where_recorded = str(job.path) if job.path is not None else f"the store as {job.id!r}"
         raise LMError(
