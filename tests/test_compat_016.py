@@ -810,6 +810,8 @@ def test_016_evaluator_classes_and_factory(lm: FakeLLMServer) -> None:
             return 1.0 if abs(int(extracted) - int(expected)) <= 1 else 0.0
 
     register_evaluator("within_one_016", Within)
+    register_evaluator(name="within_one_016_kw", evaluator_class=Within)  # 0.1.6's keyword names
+    assert EVALUATOR_REGISTRY["within_one_016_kw"] is Within
     assert EVALUATOR_REGISTRY["within_one_016"] is Within
     p = prompter()
     lm.add_response({"name": "Ada Lovelace", "age": 31})
