@@ -1,10 +1,15 @@
 """Runtime benchmarks: CPU per extraction (sync and async), batch throughput, peak memory, cache-hit latency,
-cold start.
+cold start; ours beside the peers in the same run.
 
-    .venv/bin/python bench/bench_runtime.py [--n 2000] [--skip-peers]
+    make bench          # = .venv/bin/python bench/bench_runtime.py --n 1000
+    .venv/bin/python bench/bench_runtime.py [--n 2000] [--skip-peers] [--only cpu ...]
 
 The fake server runs in a separate process so that only the client's CPU is measured. Every figure is a
-ratio measured in this one run (ours vs the ideal, ours vs a peer).
+ratio measured in this one run (ours vs the ideal, ours vs a peer). Peers: the OpenAI SDK (``OpenAI`` and
+``AsyncOpenAI`` + ``asyncio.gather``; ``timeout=120`` like ours, not its 5 s connect timeout, which a busy
+2-core machine exceeds at 256-way) and ``dspy.Predict`` from this environment; dspydantic 0.1.6 and
+instructor each from a virtualenv of its own under ``bench/.cache`` (see ``bench/_peers.py``), created on the
+first run and skipped with the reason printed when it cannot be installed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _peers  # bench/_peers.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSWER = {"vendor": "Acme GmbH", "invoice_number": "INV-1", "total": 1200.5, "currency": "EUR", "due": "2024-03-01"}
@@ -49,10 +57,11 @@ class Invoice(BaseModel):
 
 
 class Server:
-    def __init__(self, latency: float, answer: dict[str, Any] | None = None) -> None:
+    def __init__(self, latency: float, answer: dict[str, Any] | str | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(latency), json.dumps(answer or ANSWER)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stderr=subprocess.DEVNULL,  # http.server prints a traceback per connection a peer's client resets
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -116,16 +125,49 @@ def bench_cpu(n: int, peers: bool = True) -> None:
         try:
             import openai
 
-            client = openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0)
+            client = openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0, timeout=120.0)
 
             def sdk() -> None:
                 out = client.chat.completions.create(**body)
                 Invoice.model_validate_json(out.choices[0].message.content or "")
 
             sdk_s = cpu_per_call(sdk, max(n // 4, 50))
-            print(f"cpu/extraction  openai SDK {sdk_s * 1e3:.3f} ms  ours (sync)/SDK {ours_s / sdk_s:.2f}x", flush=True)
+
+            async def sdk_async_cpu() -> float:
+                aclient = openai.AsyncOpenAI(base_url=srv.base_url, api_key="k", max_retries=0, timeout=120.0)
+                calls = max(n // 4, 50)
+                for _ in range(20):
+                    out = await aclient.chat.completions.create(**body)
+                t = time.process_time()
+                for _ in range(calls):
+                    out = await aclient.chat.completions.create(**body)
+                    Invoice.model_validate_json(out.choices[0].message.content or "")
+                took = (time.process_time() - t) / calls
+                await aclient.close()
+                return took
+
+            sdk_async_s = asyncio.run(sdk_async_cpu())
+            print(f"cpu/extraction  openai SDK sync {sdk_s * 1e3:.3f} ms  AsyncOpenAI {sdk_async_s * 1e3:.3f} ms  "
+                  f"ours/SDK {ours_s / sdk_s:.2f}x / {ours_async_s / sdk_async_s:.2f}x", flush=True)
         except ImportError:
             print("openai SDK not installed: peer skipped")
+        for peer in _peers.PEERS:
+            python, why = _peers.peer_python(peer)
+            if python is None:
+                print(f"cpu/extraction  {peer}: skipped ({why})", flush=True)
+                continue
+            answer = _peers.chat_adapter_answer(ANSWER) if peer.startswith("dspydantic") else None
+            peer_srv = Server(0.0, answer) if answer else srv
+            try:
+                got = _peers.run_peer(python, peer, "cpu", peer_srv.base_url, max(n // 10, 50))
+                print(f"cpu/extraction  {peer} sync {got['sync_ms']:.3f} ms  async {got['async_ms']:.3f} ms  "
+                      f"ours/{peer} {ours_s * 1e3 / got['sync_ms']:.2f}x / {ours_async_s * 1e3 / got['async_ms']:.2f}x"
+                      f"  (import {got['import_s']:.2f} s)", flush=True)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                print(f"cpu/extraction  {peer}: failed ({exc})", flush=True)
+            finally:
+                if peer_srv is not srv:
+                    peer_srv.close()
         try:
             import dspy
 
@@ -155,7 +197,34 @@ def bench_cpu(n: int, peers: bool = True) -> None:
         srv.close()
 
 
-def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync: bool = True) -> None:
+def asyncopenai_batch(base_url: str, body: dict[str, Any], n_docs: int, workers: int) -> tuple[float, int, str]:
+    """``AsyncOpenAI`` + ``asyncio.gather`` (a semaphore of ``workers``), each answer validated: seconds,
+    failed requests, the first failure."""
+    import openai
+
+    async def go() -> tuple[float, int, str]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=120.0)
+        sem = asyncio.Semaphore(workers)
+
+        async def one(i: int) -> Invoice:
+            messages = [body["messages"][0], {"role": "user", "content": f"doc {i}"}]
+            async with sem:
+                out = await client.chat.completions.create(**{**body, "messages": messages})
+            return Invoice.model_validate_json(out.choices[0].message.content or "")
+
+        await asyncio.gather(*(one(i) for i in range(workers)), return_exceptions=True)  # warm connections
+        t = time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(n_docs)), return_exceptions=True)
+        took = time.perf_counter() - t
+        failed = [r for r in results if not isinstance(r, Invoice)]
+        await client.close()
+        return took, len(failed), (f"{type(failed[0]).__name__}: {str(failed[0])[:100]}" if failed else "")
+
+    return asyncio.run(go())
+
+
+def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync: bool = True,
+                peers: bool = True) -> None:
     from dspydantic import Prompter
 
     srv = Server(latency)
@@ -184,6 +253,41 @@ def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync
 
         async_s = asyncio.run(run())
         print(line + f"async {async_s:.2f} s (fraction {ideal / async_s:.2f})", flush=True)
+        if not peers:
+            return
+        label = f"batch {n_docs} x {workers}-way"
+        try:
+            from dspydantic.lm import LMRequest
+
+            r = p.renderer
+            body = p.backend.body(  # type: ignore[attr-defined]
+                LMRequest(messages=r.messages("doc"), json_schema=r.schema, schema_name=r.schema_name)
+            )
+            sdk_s, failed, first = asyncopenai_batch(srv.base_url, body, n_docs, workers)
+            target = "  (target >= 5x)" if workers >= 256 else ""
+            failures = f"; {failed} of {n_docs} failed, first: {first}" if failed else ""
+            print(f"{label}  AsyncOpenAI + asyncio.gather {sdk_s:.2f} s (fraction {ideal / sdk_s:.2f}{failures})  "
+                  f"ours is {sdk_s / async_s:.1f}x faster{target}", flush=True)
+        except ImportError:
+            print(f"{label}  AsyncOpenAI: openai not installed, skipped")
+        for peer in _peers.PEERS:
+            python, why = _peers.peer_python(peer)
+            if python is None:
+                print(f"{label}  {peer}: skipped ({why})", flush=True)
+                continue
+            answer = _peers.chat_adapter_answer(ANSWER) if peer.startswith("dspydantic") else None
+            peer_srv = Server(latency, answer) if answer else srv
+            try:
+                got = _peers.run_peer(python, peer, "batch", peer_srv.base_url, n_docs, workers)
+                failed = f"; {got['failed']} of {n_docs} failed, first: {got['first_error']}" if got["failed"] else ""
+                print(f"{label}  {peer} apredict_batch/gather {got['seconds']:.2f} s (fraction "
+                      f"{ideal / got['seconds']:.2f}; peak RSS {got['peak_mb']:.0f} MB{failed})  ours is "
+                      f"{got['seconds'] / async_s:.1f}x faster", flush=True)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                print(f"{label}  {peer}: failed ({exc})", flush=True)
+            finally:
+                if peer_srv is not srv:
+                    peer_srv.close()
     finally:
         srv.close()
 
@@ -216,7 +320,50 @@ print(json.dumps({"before_kb": before, "peak_kb": hwm_kb()}))
 """
 
 
-def bench_peak_rss(n_docs: int = 10_000, workers: int = 256, latency: float = 0.05) -> None:
+PEAK_SDK = """
+import asyncio, json, resource, sys
+import openai
+from pydantic import BaseModel
+
+class Invoice(BaseModel):
+    vendor: str
+    invoice_number: str | None = None
+    total: float
+    currency: str
+    due: str | None = None
+
+def hwm_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+n, workers, base = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+before = hwm_kb()
+
+async def go():
+    client = openai.AsyncOpenAI(base_url=base, api_key="k", max_retries=0, timeout=120.0)
+    sem = asyncio.Semaphore(workers)
+
+    async def one(i):
+        async with sem:
+            out = await client.chat.completions.create(model="fake", messages=[
+                {"role": "system", "content": "Extract the invoice."},
+                {"role": "user", "content": f"Invoice {i} from Acme GmbH, total {i},50 EUR"}],
+                response_format={"type": "json_schema", "json_schema": {
+                    "name": "Invoice", "schema": Invoice.model_json_schema()}})
+        return Invoice.model_validate_json(out.choices[0].message.content or "")
+
+    return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+
+out = asyncio.run(go())
+assert len(out) == n
+failed = sum(1 for o in out if not isinstance(o, Invoice))
+print(json.dumps({"before_kb": before, "peak_kb": hwm_kb(), "failed": failed}))
+"""
+
+
+def bench_peak_rss(n_docs: int = 10_000, workers: int = 256, latency: float = 0.05, peers: bool = True) -> None:
     """Peak RSS of a fresh process extracting ``n_docs`` with ``apredict_batch`` at ``workers``-way."""
     srv = Server(latency)
     try:
@@ -229,6 +376,20 @@ def bench_peak_rss(n_docs: int = 10_000, workers: int = 256, latency: float = 0.
         data = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"peak RSS  {n_docs} docs, {workers}-way apredict_batch: {data['peak_kb'] / 1024:.1f} MB "
               f"(after imports {data['before_kb'] / 1024:.1f} MB; {took:.1f} s)  (target <= 70 MB)", flush=True)
+        if peers:
+            t = time.perf_counter()
+            sdk = subprocess.run(
+                [sys.executable, "-c", PEAK_SDK, str(n_docs), str(workers), srv.base_url],
+                capture_output=True, text=True,
+            )
+            if sdk.returncode != 0:
+                print(f"peak RSS  AsyncOpenAI: failed ({sdk.stderr.strip().splitlines()[-1:]})", flush=True)
+            else:
+                data = json.loads(sdk.stdout.strip().splitlines()[-1])
+                failed = f", {data['failed']} requests failed" if data["failed"] else ""
+                print(f"peak RSS  {n_docs} docs, {workers}-way AsyncOpenAI + asyncio.gather: "
+                      f"{data['peak_kb'] / 1024:.1f} MB (after imports {data['before_kb'] / 1024:.1f} MB; "
+                      f"{time.perf_counter() - t:.1f} s{failed})", flush=True)
     finally:
         srv.close()
 
@@ -283,11 +444,13 @@ def bench_cold_start(runs: int = 5) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--skip-peers", action="store_true", help="only our own figures (no OpenAI SDK / dspy)")
+    ap.add_argument("--skip-peers", action="store_true",
+                    help="only our own figures (no OpenAI SDK, dspy, dspydantic 0.1.6, instructor)")
     ap.add_argument("--only", choices=["cold", "cpu", "cache", "batch", "wide", "rss"], action="append",
                     help="run only these parts (repeatable); 'wide' is 2,000 docs at 256-way")
     args = ap.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    started = time.perf_counter()
     load = os.getloadavg()[0]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {load:.2f}", flush=True)
     parts = set(args.only or ["cold", "cpu", "cache", "batch", "wide", "rss"])
@@ -297,13 +460,15 @@ def main() -> None:
         bench_cpu(args.n, peers=not args.skip_peers)
     if "cache" in parts:
         bench_cache(args.n)
+    peers = not args.skip_peers
     if "batch" in parts:
-        bench_batch()
+        bench_batch(peers=peers)
     if "wide" in parts:
-        bench_batch(2000, 256, sync=False)
+        bench_batch(2000, 256, sync=False, peers=peers)
     if "rss" in parts:
-        bench_peak_rss()
-    print(f"(client process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
+        bench_peak_rss(peers=peers)
+    print(f"(client process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)  "
+          f"total {time.perf_counter() - started:.0f} s, load average now {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,58 @@ def test_1000_inputs_survive_a_killed_submitter_and_resume_in_a_new_process(
     assert "document #" not in record and "invoice" not in record  # ids only, no document text
 
 
+# -- answers are grounded in their documents, as run() grounds them -------------------------------------
+
+
+def test_batch_answers_are_grounded_like_run_in_this_process_and_after_resume(srv: FakeLLMServer) -> None:
+    """The label "ok" is in the first document and not in the second: per-field confidence and the
+    ungrounded list are run()'s, whether the job is read where it was submitted (texts in memory) or resumed
+    elsewhere (texts read back from the job's input file at the provider); nothing is written to disk."""
+    p = make(srv)
+    docs = [doc(0, "ok"), doc(1)]
+    job = p.submit_batch(docs)
+    job.wait(poll=0.05, timeout=10)
+    here = job.results(with_confidence=True)
+    input_file = srv.batches.uploads[0].id
+
+    def input_reads() -> int:
+        return sum(1 for r in srv.requests if r.method == "GET" and r.path.endswith(f"/files/{input_file}/content"))
+
+    assert input_reads() == 0  # in the submitting process the texts are in memory
+    live = [p.predict_with_confidence(d) for d in docs]
+    assert [r.ungrounded for r in here] == [r.ungrounded for r in live] == [[], ["label"]]
+    assert [r.field_confidences for r in here] == [r.field_confidences for r in live]
+    assert here[1].field_confidences["label"] < here[0].field_confidences["label"]
+
+    elsewhere = make(srv).resume_batch(job.id)  # a new Prompter: no texts in memory
+    got = elsewhere.results(with_confidence=True)
+    assert input_reads() == 1
+    assert [r.ungrounded for r in got] == [[], ["label"]]
+    assert [r.field_confidences for r in got] == [r.field_confidences for r in here]
+    assert "document #" not in job.path.read_text()  # the record keeps ids only
+
+    unground = make(srv).resume_batch(job.id).results(with_confidence=True, ground=False)
+    assert [r.ungrounded for r in unground] == [[], []] and input_reads() == 1
+
+
+def test_an_altered_or_deleted_input_file_never_grounds_in_other_text(srv: FakeLLMServer) -> None:
+    p = make(srv)
+    job = p.submit_batch([doc(0, "ok"), doc(1, "ok")])
+    job.wait(poll=0.05, timeout=10)
+    upload = srv.batches.uploads[0]
+    upload.data = upload.data.replace(b"document #1: an invoice ok", b"document #1: an invoice")
+    got = make(srv).resume_batch(job.id).results(with_confidence=True)
+    # line 0 still hashes to its custom_id (grounded); line 1 no longer does: its text is not used
+    ungrounded = make(srv).resume_batch(job.id).results(with_confidence=True, ground=False)
+    assert got[0].field_confidences == make(srv).predict_with_confidence(doc(0, "ok")).field_confidences
+    assert got[1].data == Item(n=1, label="ok") and got[1].ungrounded == []
+    assert got[1].field_confidences == ungrounded[1].field_confidences  # as without grounding, not "ok"-less text
+    srv.batches.delete_file(upload.id)
+    with pytest.warns(UserWarning, match="input file .* is gone"):
+        gone = make(srv).resume_batch(job.id).results(with_confidence=True)
+    assert [r.data for r in gone] == [Item(n=0, label="ok"), Item(n=1, label="ok")]
+
+
 # -- failures land in their slots ----------------------------------------------------------------------
 
 
@@ -278,7 +330,9 @@ def test_reask_goes_through_the_real_time_path_only_when_asked(srv: FakeLLMServe
     assert [r.data for r in out] == [
         Item(n=0, label="ok"), Item(n=1, label="fixed-1"), Item(n=2, label="ok"), Item(n=3, label="fixed-3")
     ]
-    assert [r.attempts for r in out] == [1, 2, 1, 2] and out[1].confidence == 0.75
+    assert [r.attempts for r in out] == [1, 2, 1, 2]
+    # grounded as run() grounds: "1" is in "document #1", "fixed-1" is not; the re-ask lowers both fields
+    assert out[1].ungrounded == ["label"] and out[1].field_confidences["n"] == 0.75
     # the re-asks are the uploaded request plus the invalid answer and the validation feedback
     sent = {line["custom_id"]: line["body"]["messages"] for line in srv.batches.uploads[0].lines()}
     reasks = srv.chat_requests
@@ -613,10 +667,24 @@ def test_bad_arguments_fail_before_any_request(srv: FakeLLMServer) -> None:
         p.submit_batch([])
     with pytest.raises(ConfigurationError, match="input 1"):
         p.submit_batch([doc(1), 42])
-    long = make(srv, context_window=256)
-    with pytest.raises(ConfigurationError, match="context window"):
-        long.submit_batch(["word " * 2000])
     assert srv.requests == []
+
+
+def test_a_document_too_long_for_one_request_gets_a_typed_error_in_its_slot(srv: FakeLLMServer) -> None:
+    """run() would chunk it; one batch request cannot, so that item is not submitted and says why, while the
+    rest of the job is submitted and answered (an invalid item never sinks the batch)."""
+    p = make(srv, context_window=256)
+    long = "word " * 2000
+    job = p.submit_batch([doc(0), long, doc(2)])
+    assert len(srv.batches.uploaded_custom_ids()) == 2 and job.submit_timings["too_long"] == 1
+    assert all("word word" not in str(line) for f in srv.batches.uploads for line in f.lines())
+    job.wait(poll=0.05, timeout=10)
+    assert job.status().failed == 1
+    out = p.resume_batch(job.id).results()
+    assert out[0] == Item(n=0, label="ok") and out[2] == Item(n=2, label="ok")
+    assert isinstance(out[1], BatchJobItemError) and out[1].reason == "too_long" and out[1].batch_index == 1
+    assert "context window" in str(out[1]) and "prompter.run" in str(out[1])
+    assert srv.chat_requests == []
 
 
 # -- usage and cost ---------------------------------------------------------------------------------------

@@ -178,7 +178,8 @@ MODULES_016 = {
                          "create_output_model"],
     "dspydantic.persistence": ["PersistenceError", "save_prompter_state", "load_prompter_state"],
     "dspydantic.prompter": ["Prompter", "ExtractionResult"],
-    "dspydantic.extractor": ["extract_field_descriptions", "apply_optimized_descriptions", "create_optimized_model"],
+    "dspydantic.extractor": ["extract_field_descriptions", "apply_optimized_descriptions", "create_optimized_model",
+                             "extract_field_types"],
     "dspydantic.utils": ["prepare_input_data", "image_to_base64", "pdf_to_base64_images"],
     "dspydantic.optimizer": ["PydanticOptimizer"],
     "dspydantic.module": ["OptimizeFieldDescription", "OptimizeSystemPrompt", "OptimizeInstructionPrompt"],
@@ -809,6 +810,8 @@ def test_016_evaluator_classes_and_factory(lm: FakeLLMServer) -> None:
             return 1.0 if abs(int(extracted) - int(expected)) <= 1 else 0.0
 
     register_evaluator("within_one_016", Within)
+    register_evaluator(name="within_one_016_kw", evaluator_class=Within)  # 0.1.6's keyword names
+    assert EVALUATOR_REGISTRY["within_one_016_kw"] is Within
     assert EVALUATOR_REGISTRY["within_one_016"] is Within
     p = prompter()
     lm.add_response({"name": "Ada Lovelace", "age": 31})
@@ -895,6 +898,37 @@ def test_016_extractor_functions() -> None:
     made = Better(name="  Ada ", addresses=[{"street": "Main St 1", "city": "London"}])
     assert made.name == "Ada"  # the validator is inherited
     assert create_optimized_model(User, {}) is User
+
+
+def test_016_extract_field_types() -> None:
+    """0.1.6's ``dspydantic.extractor.extract_field_types``: field path -> readable type name."""
+    import enum
+    from typing import Literal
+
+    from dspydantic.extractor import extract_field_types
+
+    class Tier(enum.Enum):
+        GOLD = "gold"
+        SILVER = "silver"
+
+    class Account(BaseModel):
+        owner: Customer
+        tier: Tier
+        kind: Literal["personal", "business"]
+        note: str | None = None
+        scores: dict[str, float] = {}
+        referrer: Account | None = None
+
+    assert extract_field_types(User) == {"name": "str", "age": "int"}
+    assert extract_field_types(Customer) == {
+        "name": "str", "addresses": "list[Address]", "addresses.street": "str", "addresses.city": "str",
+    }
+    types = extract_field_types(Account)
+    assert types["owner"] == "Customer" and types["owner.addresses.city"] == "str"
+    assert types["tier"] == 'Enum["gold", "silver"]' and types["kind"] == 'Literal["personal", "business"]'
+    assert types["note"] == "Union[str, NoneType]" and types["scores"] == "dict[str, float]"
+    assert types["referrer"] == "Union[Account, NoneType]" and "referrer.owner" not in types  # not expanded forever
+    assert extract_field_types(User, prefix="user") == {"user.name": "str", "user.age": "int"}
 
 
 def test_016_utils_functions(tmp_path: Path) -> None:

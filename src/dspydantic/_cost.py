@@ -19,23 +19,29 @@ log = logging.getLogger("dspydantic")
 PRICE_FILE = "model_prices_and_context_window_backup.json"
 
 _lock = threading.Lock()
-_table: dict[str, Any] | None = None
 Prices = tuple[float, float, float | None, float | None]
+_table: dict[str, Prices] | None = None
 _prices: dict[str, Prices | None] = {}
 
 
-def _load_table() -> dict[str, Any]:
+def _load_table() -> dict[str, Prices]:
+    """Model name -> its prices, for the models the table prices. Only those four numbers per model are
+    kept: the parsed file (~5 MB of Python objects) is dropped at once, so a long batch does not carry it."""
     global _table
     with _lock:
         if _table is None:
-            table: dict[str, Any] = {}
+            table: dict[str, Prices] = {}
             try:
                 spec = importlib.util.find_spec("litellm")
                 if spec is not None and spec.origin:
                     path = Path(spec.origin).parent / PRICE_FILE
                     data = json.loads(path.read_text(encoding="utf-8"))
                     if isinstance(data, dict):
-                        table = data
+                        for name, entry in data.items():
+                            row = _row(entry)
+                            if row is not None:
+                                table[name] = row
+                    del data
             except (OSError, ValueError, ImportError) as exc:  # a price is an estimate, never a failure
                 log.debug("no LM price table: %r", exc)
             _table = table
@@ -44,6 +50,16 @@ def _load_table() -> dict[str, Any]:
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _row(entry: Any) -> Prices | None:
+    if not isinstance(entry, dict):
+        return None
+    pin, pout = _num(entry.get("input_cost_per_token")), _num(entry.get("output_cost_per_token"))
+    if pin is None or pout is None:
+        return None
+    batch_in, batch_out = entry.get("input_cost_per_token_batches"), entry.get("output_cost_per_token_batches")
+    return (pin, pout, _num(batch_in), _num(batch_out))
 
 
 def price(model_id: str | None) -> Prices | None:
@@ -62,15 +78,7 @@ def price(model_id: str | None) -> Prices | None:
     else:
         table = _load_table()
         name = model_id.partition("/")[2]
-        entry = table.get(model_id) or (table.get(name) if name else None)
-        found = None
-        if isinstance(entry, dict):
-            pin, pout = _num(entry.get("input_cost_per_token")), _num(entry.get("output_cost_per_token"))
-            if pin is not None and pout is not None:
-                found = (
-                    pin, pout, _num(entry.get("input_cost_per_token_batches")),
-                    _num(entry.get("output_cost_per_token_batches")),
-                )
+        found = table.get(model_id) or (table.get(name) if name else None)
     _prices[model_id] = found
     return found
 

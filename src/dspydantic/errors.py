@@ -176,7 +176,8 @@ class BatchJobItemError(LMError):
     """One item of a provider batch job got no answer: ``reason`` is ``"provider"`` (the provider failed
     that request; ``status`` is its HTTP status), ``"expired"`` (the 24 h window closed before it ran),
     ``"cancelled"``, ``"failed"`` (the provider rejected the whole job) or ``"missing"`` (no answer and no
-    error was returned for it, or a cached answer is gone). ``custom_id`` names the request in the job."""
+    error was returned for it, or a cached answer is gone) or ``"too_long"`` (the document needs chunking, so
+    it was not submitted). ``custom_id`` names the request in the job."""
 
     def __init__(
         self,

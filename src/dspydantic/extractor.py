@@ -16,7 +16,9 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, create_model
 
-__all__ = ["apply_optimized_descriptions", "create_optimized_model", "extract_field_descriptions"]
+__all__ = [
+    "apply_optimized_descriptions", "create_optimized_model", "extract_field_descriptions", "extract_field_types",
+]
 
 
 def _legacy(path: str) -> str:
@@ -32,6 +34,47 @@ def extract_field_descriptions(model: type[BaseModel], prefix: str = "") -> dict
         path = _legacy(f.path)
         out.setdefault(f"{prefix}.{path}" if prefix else path, f.description or path.rsplit(".", 1)[-1])
     return out
+
+
+def extract_field_types(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """Every field path -> a readable name of its type (``"str"``, ``"int"``, ``"list[str]"``,
+    ``'Literal["a", "b"]'``, ``'Enum["x", "y"]'``, a model's class name), recursing into nested models and the
+    models inside lists, dicts and unions with 0.1's paths (``address.street``, ``items.name``)."""
+    import enum
+
+    out: dict[str, str] = {}
+
+    def name_of(tp: Any) -> str:
+        origin = get_origin(tp)
+        if origin is typing.Literal:
+            return "Literal[" + ", ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in get_args(tp)) + "]"
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            values = [m.value for m in tp]
+            return "Enum[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values) + "]"
+        if origin is None:
+            return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        args = get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            return "Union[" + ", ".join(name_of(a) for a in args) + "]"
+        head = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        return f"{head}[{', '.join(name_of(a) for a in args)}]" if args else head
+
+    def walk(cls: type[BaseModel], at: str, seen: tuple[type, ...]) -> None:
+        for field_name, info in cls.model_fields.items():
+            path = f"{at}.{field_name}" if at else field_name
+            out[path] = name_of(info.annotation)
+            for inner in _models_in(info.annotation):
+                if inner not in seen:  # a recursive model is named, not expanded forever
+                    walk(inner, path, (*seen, inner))
+
+    walk(model, prefix, (model,))
+    return out
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for arg in get_args(tp) for m in _models_in(arg)]
 
 
 def apply_optimized_descriptions(model: type[BaseModel], optimized_descriptions: Mapping[str, str]) -> dict[str, Any]:

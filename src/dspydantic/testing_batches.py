@@ -143,6 +143,11 @@ class FakeBatchAPI:
         with self._lock:
             return self._files[file_id]
 
+    def delete_file(self, file_id: str) -> None:
+        """Forget a file, as the service does when its retention ends (a later read answers 404)."""
+        with self._lock:
+            self._files.pop(file_id, None)
+
     # -- dispatch (called by the HTTP handler) ------------------------------------------------------
     @staticmethod
     def handles(path: str) -> bool:

@@ -10,11 +10,13 @@ When the core's plan, ``LMRequest``, layers or backends change, this module is w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .._inputs import _fingerprint as _input_fingerprint
 from .._render import OutputParseError
 from .._result import ExtractionResult, Usage
 from ..errors import ConfigurationError, ExtractionError
@@ -27,14 +29,22 @@ if TYPE_CHECKING:
     from .._prompter import Prompter
     from ..lm.openai_compat import OpenAICompatBackend
 
+#: the label put before each page image of a PDF rendered as images (not part of the document's text)
+_PAGE_LABEL = re.compile(r"--- page \d+ ---")
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """One input rendered as a batch request line (``custom_id``, ``body``) with its Prompter-cache state."""
+    """One input rendered as a batch request line (``custom_id``, ``body``) with its Prompter-cache state.
+    ``source`` is the document's text (what answers are grounded in; kept in memory, never recorded);
+    ``refused`` says why the input cannot be one batch request (then ``body`` is empty and nothing is sent)."""
 
     custom_id: str
     body: dict[str, Any]
     cache_key: str | None
     cached: LMResponse | None
+    source: str | None = None
+    refused: str | None = None
 
 
 def _backend(prompter: Prompter) -> OpenAICompatBackend:
@@ -86,20 +96,46 @@ def render(prompter: Prompter, item: Any, prompter_fingerprint: str) -> Rendered
     the Prompter's cache already holds for it (if any)."""
     doc = prompter._input(item)
     renderer = prompter.renderer
-    if prompter._chunks(doc, renderer) is not None:
-        raise ConfigurationError(
-            "the document does not fit the LM's context window: run() would split it into chunks, which a "
-            "batch job (one request per input) does not do. Extract it with prompter.run(...) or "
-            "predict_batch(...)"
-        )
+    custom_id = f"dspydantic-{prompter_fingerprint[:16]}-{doc.fingerprint[:32]}"
+    if prompter._chunks(doc, renderer) is not None:  # this item only: the rest of the job goes ahead
+        return Rendered(custom_id, {}, None, None, refused=(
+            "the document does not fit the LM's context window: run() splits it into chunks and merges their "
+            "answers, which one batch request cannot do, so it was not submitted. Extract it with "
+            "prompter.run(...) or predict_batch(...)"
+        ))
     plan = prompter._plan(doc, renderer)
     request = next(plan)
     plan.close()
     cache = _cache(prompter)
     key = cache.key(request) if cache is not None else None
     hit = cache.lookup(key) if cache is not None and key is not None else None
-    custom_id = f"dspydantic-{prompter_fingerprint[:16]}-{doc.fingerprint[:32]}"
-    return Rendered(custom_id, _backend(prompter).body(request), key, hit)
+    return Rendered(custom_id, _backend(prompter).body(request), key, hit, source=doc.text or None)
+
+
+def source_of(custom_id: str, body: Any) -> str | None:
+    """The document text of a request line read back from the provider's input file (the grounding source
+    of its answer), or None. The line's document must hash to the ``custom_id`` it was submitted under: an
+    input file that was changed since cannot choose what answers are grounded in. The text is the user
+    message as sent: the document itself for text inputs; for inputs with images, their text parts joined
+    with blank lines (page labels left out), as the document's text is built."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        parts: tuple[dict[str, Any], ...] = ({"type": "text", "text": content},)
+        text = content
+    elif isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        parts = tuple(content)
+        text = "\n\n".join(
+            str(p.get("text")) for p in content
+            if p.get("type") == "text" and isinstance(p.get("text"), str) and not _PAGE_LABEL.fullmatch(p["text"])
+        )
+    else:
+        return None
+    if not custom_id.endswith("-" + _input_fingerprint(parts)[:32]):
+        return None
+    return text or None
 
 
 def response_from_body(prompter: Prompter, body: dict[str, Any]) -> LMResponse:
@@ -114,7 +150,12 @@ def cached_response(prompter: Prompter, key: str) -> LMResponse | None:
 
 
 def answer(
-    prompter: Prompter, response: LMResponse, messages: list[dict[str, Any]] | None, *, cache_key: str | None = None
+    prompter: Prompter,
+    response: LMResponse,
+    messages: list[dict[str, Any]] | None,
+    *,
+    cache_key: str | None = None,
+    source: str | None = None,
 ) -> ExtractionResult[Any]:
     """Validate a provider's answer (or a cached one: ``response.cached``) through the Prompter's plan.
 
@@ -123,12 +164,13 @@ def answer(
     ``messages`` (the request as it was sent), an answer that does not validate is re-asked (or, cut by the
     token limit, asked again with a larger ``max_tokens``) through the real-time path, the Prompter's own
     retry and cache layers, as ``run()`` would; without them it raises :class:`ExtractionError` at once.
+    ``source`` is the document's text, which the answer's values are grounded in as ``run()`` grounds them
+    (None: not grounded).
     """
     cache = _cache(prompter)
     if cache is not None and cache_key is not None and not response.cached:
         cache.adopt(cache_key, response)
-    # the job record keeps no document text (ids only), so answers fetched from a batch job are not grounded
-    plan = prompter._plan_messages(list(messages or []), prompter.renderer, source=None)
+    plan = prompter._plan_messages(list(messages or []), prompter.renderer, source=source)
     next(plan)
     try:
         request = plan.send(response)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from . import _batch_bridge as bridge
 from ._batch_provider import TERMINAL, BatchProvider
 from ._batch_records import CACHED as _CACHED
 from ._batch_records import NOT_SUBMITTED as _NOT_SUBMITTED
+from ._batch_records import TOO_LONG as _TOO_LONG
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
@@ -61,8 +63,12 @@ class BatchJob:
         self.reask_usage = Usage()
         #: set by ``submit_batch``: seconds spent rendering, encoding, uploading, creating; counts
         self.submit_timings: dict[str, float] = {}
+        #: custom_id -> the document's text (grounding source): set by ``submit_batch`` in the submitting
+        #: process; a resumed job reads the documents back from its input files
+        self.document_texts: dict[str, str] = {}
         self._provider: BatchProvider | None = None
         self._batches: dict[str, dict[str, Any]] = {}
+        self._sent: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"BatchJob(id={self.id!r}, requests={len(self.record['lines'])}, items={len(self.record['items'])})"
@@ -108,7 +114,8 @@ class BatchJob:
         per_source: dict[int, int] = {}
         for _, source, _ in self.record["lines"]:
             per_source[source] = per_source.get(source, 0) + 1
-        completed, failed = per_source.get(_CACHED, 0), per_source.get(_NOT_SUBMITTED, 0)
+        completed = per_source.get(_CACHED, 0)
+        failed = per_source.get(_NOT_SUBMITTED, 0) + per_source.get(_TOO_LONG, 0)
         for index, source in enumerate(sources):
             batch = self._batches[source["batch_id"]]
             if source.get("own"):
@@ -170,6 +177,7 @@ class BatchJob:
         reask: bool = False,
         on_error: str = "return",
         reask_workers: int = 4,
+        ground: bool = True,
     ) -> list[Any]:
         """Every input's result, in input order: an instance of the Prompter's model (an
         :class:`ExtractionResult` with ``with_confidence=True``), or the typed error of that item:
@@ -177,6 +185,8 @@ class BatchJob:
         (the answer did not validate). ``reask=True`` re-asks answers that did not validate through the
         real-time API, as ``run()`` would. ``on_error="raise"`` raises a ``BatchError`` holding every slot.
         Answers go into the Prompter's cache (if it has one). Fills ``usage``, ``reask_usage``, ``cost_usd``.
+        Answers are grounded in their documents as ``run()``'s are (see :mod:`..batch_jobs`); a resumed job
+        reads the documents back from its input files at the provider, unless ``ground=False``.
         """
         if on_error not in ("raise", "return"):
             raise ConfigurationError(f"on_error must be 'raise' or 'return', got {on_error!r}")
@@ -187,6 +197,7 @@ class BatchJob:
             )
         lines, sources = self.record["lines"], self.record["sources"]
         answers = self._answers()
+        texts = self._texts(answers) if ground else {}
         self.usage, self.reask_usage = Usage(), Usage()
         outcomes: list[ExtractionResult[Any] | Exception] = []
         retry: list[int] = []
@@ -202,14 +213,15 @@ class BatchJob:
                 self.usage.prompt_tokens += answer.prompt_tokens
                 self.usage.completion_tokens += answer.completion_tokens
             try:  # a provider answer that validates goes into the Prompter's cache (as run() would put it)
-                outcomes.append(bridge.answer(self.prompter, answer, None, cache_key=lines[j][2]))
+                outcomes.append(bridge.answer(self.prompter, answer, None, cache_key=lines[j][2],
+                                              source=texts.get(lines[j][0])))
             except ExtractionError as exc:
                 exc.custom_id = lines[j][0]  # type: ignore[attr-defined]
                 outcomes.append(exc)
                 if reask and not from_cache and self.prompter.max_retries > 0:
                     retry.append(j)
         if retry:
-            self._reask(retry, answers, outcomes, max(1, int(reask_workers)))
+            self._reask(retry, answers, outcomes, max(1, int(reask_workers)), texts)
         out: list[Any] = []
         seen: set[int] = set()
         for i, j in enumerate(self.record["items"]):
@@ -242,6 +254,14 @@ class BatchJob:
                     reason="missing",
                     custom_id=custom_id,
                 )
+            elif source == _TOO_LONG:
+                answers[j] = BatchJobItemError(
+                    f"{custom_id} was not submitted: the document does not fit the LM's context window; run() "
+                    "splits it into chunks and merges their answers, which one batch request cannot do. Extract "
+                    "it with prompter.run(...) or predict_batch(...)",
+                    reason="too_long",
+                    custom_id=custom_id,
+                )
             elif source == _NOT_SUBMITTED:
                 answers[j] = BatchJobItemError(
                     f"{custom_id} was never submitted (the submission failed part-way): submit the inputs "
@@ -256,6 +276,48 @@ class BatchJob:
             for j, answer in self._read_batch(self._batches[batch_id], ids).items():
                 answers[j] = answer
         return [a if a is not None else LMError("internal: no answer assigned") for a in answers]
+
+    def _sent_bodies(self, todo: list[int]) -> dict[str, dict[str, Any]]:
+        """The request bodies of lines ``todo`` as the provider holds them (read from the job's input files
+        once, then remembered); ``self._sent`` maps every custom_id read so far to its body."""
+        lines, sources = self.record["lines"], self.record["sources"]
+        wanted = {lines[j][0] for j in todo if lines[j][1] >= 0}
+        for source in dict.fromkeys(lines[j][1] for j in todo if lines[j][1] >= 0):
+            try:
+                for obj in self.provider.lines(sources[source]["input_file_id"]):
+                    custom_id, body = obj.get("custom_id"), obj.get("body")
+                    if custom_id in wanted and isinstance(body, dict):
+                        self._sent[str(custom_id)] = body
+            except LMError as exc:
+                if exc.status != 404:
+                    raise
+                warnings.warn(
+                    f"the input file of batch {sources[source]['batch_id']} is gone at the provider: the answers "
+                    "read from it are not grounded in their documents (their field confidence is not lowered "
+                    "or raised by grounding)",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return {lines[j][0]: self._sent[lines[j][0]] for j in range(len(lines)) if lines[j][0] in self._sent}
+
+    def _texts(self, answers: list[LMResponse | Exception]) -> dict[str, str]:
+        """custom_id -> the document's text, for every line with an answer to ground: from memory (the
+        submitting process) or read back from the job's input files (checked against the custom_id)."""
+        lines = self.record["lines"]
+        texts = dict(self.document_texts)
+        todo = [
+            j for j, a in enumerate(answers)
+            if isinstance(a, LMResponse) and lines[j][0] not in texts and lines[j][0] not in self._sent
+        ]
+        if todo:
+            self._sent_bodies(todo)
+        for j, a in enumerate(answers):
+            cid = lines[j][0]
+            if isinstance(a, LMResponse) and cid not in texts and cid in self._sent:
+                text = bridge.source_of(cid, self._sent[cid])
+                if text is not None:
+                    texts[cid] = text
+        return texts
 
     def _read_batch(self, batch: dict[str, Any], wanted: dict[str, int]) -> dict[int, LMResponse | Exception]:
         batch_id, state = str(batch.get("id")), str(batch.get("status"))
@@ -325,16 +387,14 @@ class BatchJob:
         answers: list[LMResponse | Exception],
         outcomes: list[ExtractionResult[Any] | Exception],
         workers: int,
+        texts: dict[str, str],
     ) -> None:
         """Re-ask, through the real-time path, the answers that did not validate (``results(reask=True)``)."""
-        lines, sources = self.record["lines"], self.record["sources"]
-        messages: dict[str, list[dict[str, Any]]] = {}
-        wanted = {lines[j][0] for j in retry}
-        for source in dict.fromkeys(lines[j][1] for j in retry):
-            for obj in self.provider.lines(sources[source]["input_file_id"]):
-                custom_id, body = obj.get("custom_id"), obj.get("body")
-                if custom_id in wanted and isinstance(body, dict) and isinstance(body.get("messages"), list):
-                    messages[str(custom_id)] = body["messages"]
+        lines = self.record["lines"]
+        bodies = self._sent_bodies([j for j in retry if lines[j][0] not in self._sent])
+        messages = {
+            cid: body["messages"] for cid, body in bodies.items() if isinstance(body.get("messages"), list)
+        }
 
         def one(j: int) -> ExtractionResult[Any] | Exception:
             sent = messages.get(lines[j][0])
@@ -343,7 +403,7 @@ class BatchJob:
             answer = answers[j]
             assert isinstance(answer, LMResponse)
             try:
-                return bridge.answer(self.prompter, answer, sent)
+                return bridge.answer(self.prompter, answer, sent, source=texts.get(lines[j][0]))
             except (ExtractionError, LMError) as exc:
                 if getattr(exc, "custom_id", None) is None:
                     setattr(exc, "custom_id", lines[j][0])  # noqa: B010 - ExtractionError has no such field

@@ -28,7 +28,8 @@ FORMAT = "dspydantic.batch_job"
 FORMAT_VERSION = 1
 _INDEX_PREFIX = "index:"
 #: ``source`` of a line answered from the Prompter's cache / never submitted (the submission failed part-way)
-CACHED, NOT_SUBMITTED = -1, -2
+#: / not submitted because the document needs chunking (one batch request cannot carry it)
+CACHED, NOT_SUBMITTED, TOO_LONG = -1, -2, -3
 _HEAD = b'{"format":"dspydantic.batch_job"'
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -129,7 +130,7 @@ def validate(record: Any, where: str) -> dict[str, Any]:
         and len(ln) == 3
         and isinstance(ln[0], str)
         and isinstance(ln[1], int)
-        and -2 <= ln[1] < len(sources)
+        and TOO_LONG <= ln[1] < len(sources)
         and (ln[2] is None or isinstance(ln[2], str))
         for ln in lines
     ):

@@ -15,6 +15,18 @@ the same prompter has finished (or is still doing) instead of paying for it agai
 A job is recorded as a small JSON file (``$DSPYDANTIC_BATCH_DIR``, by default ``batches/`` under the
 dspydantic cache directory; or ``path=``) or in a ``store=`` object: ids only, no document, no answer, no
 secret.
+
+Answers are grounded in their documents as ``run()`` grounds them (per-field confidence, and
+``require_grounding``): the job that ``submit_batch`` returns holds the documents' texts in memory; a job
+resumed in another process reads each document back from the job's input file at the provider (which holds
+every request for the life of the job anyway), checking that it hashes to the ``custom_id`` it was submitted
+under. So no document is written to disk by us, and no answer is ungrounded while the provider keeps the
+input file (``results(ground=False)`` skips that download; answers from the Prompter's cache are grounded
+only in the submitting process, since they were never uploaded).
+
+A document that ``run()`` would split into chunks (longer than the LM's context window) cannot be one batch
+request: it is not submitted, and its slot in ``results()`` is a :class:`BatchJobItemError` with
+``reason="too_long"`` naming ``run()`` / ``predict_batch``; the rest of the job goes ahead.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from ._batch_lines import MAX_REQUESTS_PER_BATCH, files
 from ._batch_provider import TERMINAL, BatchProvider
 from ._batch_records import CACHED as _CACHED
 from ._batch_records import NOT_SUBMITTED as _NOT_SUBMITTED
+from ._batch_records import TOO_LONG as _TOO_LONG
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
@@ -81,7 +94,7 @@ def submit_batch(
         for i, item in enumerate(items):
             try:
                 line = bridge.render(prompter, item, fingerprint)
-            except ConfigurationError as exc:
+            except ConfigurationError as exc:  # a bad input (unreadable file, ...): nothing is submitted
                 raise ConfigurationError(f"input {i}: {exc}") from None
             j = line_of.setdefault(line.custom_id, len(rendered))
             if j == len(rendered):
@@ -92,7 +105,10 @@ def submit_batch(
     job_path = Path(path) if path is not None else None
     job = BatchJob(prompter, {}, path=job_path, store=store)
     sources: list[dict[str, Any]] = []
-    where = [_CACHED if line.cached is not None else _NOT_SUBMITTED for line in rendered]
+    where = [
+        _TOO_LONG if line.refused is not None else _CACHED if line.cached is not None else _NOT_SUBMITTED
+        for line in rendered
+    ]
     started = time.perf_counter()
     job.provider  # noqa: B018 - the client (on the backend's transport) is made here, outside the timings below
     timings["client_s"] = time.perf_counter() - started
@@ -131,8 +147,8 @@ def submit_batch(
         failure = exc  # some batches exist: record them before raising, so a re-submission reuses them
     timings.update(totals)
     timings.update(requests=len(rendered), uploaded=sum(1 for w in where if w >= 0 and sources[w].get("own")),
-                   cached=where.count(_CACHED), items=len(items))
-    timings["reused"] = timings["requests"] - timings["uploaded"] - timings["cached"]
+                   cached=where.count(_CACHED), too_long=where.count(_TOO_LONG), items=len(items))
+    timings["reused"] = timings["requests"] - timings["uploaded"] - timings["cached"] - timings["too_long"]
 
     own = [s["batch_id"] for s in sources if s.get("own")]
     digest = hashlib.sha256("\n".join(line.custom_id for line in rendered).encode()).hexdigest()
@@ -152,6 +168,9 @@ def submit_batch(
     }
     job.path = records.save(job.record, path=job_path, store=store)
     job.submit_timings = timings
+    # the documents' texts, for grounding the answers when results() is read in this process (never recorded:
+    # a resumed job reads them back from the provider's input files)
+    job.document_texts = {line.custom_id: line.source for line in rendered if line.source is not None}
     if failure is not None:
         where_recorded = str(job.path) if job.path is not None else f"the store as {job.id!r}"
         raise LMError(

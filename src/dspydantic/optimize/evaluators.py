@@ -885,15 +885,17 @@ EVALUATOR_REGISTRY: dict[str, type[Evaluator]] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def register_evaluator(name: str, cls: type[Evaluator]) -> None:
-    """Register ``cls`` under ``name`` (replacing any class registered under that name).
+def register_evaluator(name: str, evaluator_class: type[Evaluator]) -> None:
+    """Register ``evaluator_class`` under ``name`` (replacing any class registered under that name); the
+    parameter names are dspydantic 0.1's.
 
-    ``cls`` must be constructible as ``cls(config=dict, lm=backend_or_None)`` and have
+    ``evaluator_class`` must be constructible as ``cls(config=dict, lm=backend_or_None)`` and have
     ``evaluate(extracted, expected, input_data=None, field_path=None) -> float``; subclassing
     :class:`Evaluator` gives you both.
     """
     if not isinstance(name, str) or not name:
         raise ConfigurationError("evaluator names must be non-empty strings")
+    cls = evaluator_class
     if not isinstance(cls, type) or not callable(getattr(cls, "evaluate", None)):
         raise ConfigurationError(f"{cls!r} is not an evaluator class (it needs an evaluate method)")
     with _REGISTRY_LOCK:
