@@ -238,7 +238,7 @@ def _placeholder_metric(example: Any, pred: Any, trace: Any = None) -> float:
 
 def _legacy_optimizer(name: str, ctx: _Ctx) -> Any:
     """0.1 looked optimizers up by DSPy class name; names we do not run ourselves become an instance."""
-    from .run import _ALIASES
+    from .stages import ALIASES as _ALIASES
 
     key = name.strip().lower().replace("-", "_").replace(" ", "")
     if key in _ALIASES or key == "auto" or "+" in key:
@@ -364,7 +364,7 @@ def _fast(ctx: _Ctx, value: Any) -> None:
 
 
 def _init_temperature(ctx: _Ctx, value: Any) -> None:
-    from .run import _ALIASES
+    from .stages import ALIASES as _ALIASES
 
     opt = ctx.out.get("optimizer", "auto")
     name = _ALIASES.get(opt.strip().lower().replace("-", "_")) if isinstance(opt, str) else None
