@@ -203,8 +203,11 @@ class TextsAdapter:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         max_input_chars: int = 1500,
         reflect_window: int | None = None,
+        positions: Mapping[int, int] | None = None,
     ) -> None:
         self.prompter = prompter
+        #: id(example) -> its position in the training split (the index evaluators see)
+        self.positions = dict(positions or {})
         self.base_state = base_state
         self.descriptions = dict(descriptions)
         self.gateway = gateway
@@ -227,7 +230,8 @@ class TextsAdapter:
         from gepa import EvaluationBatch
 
         clone = budgeted_prompter(self.prompter, self.state_for(candidate), self.gateway)
-        outcomes = score_examples(clone, batch, self.scorer, num_threads=self.num_threads)
+        outcomes = score_examples(clone, batch, self.scorer, num_threads=self.num_threads,
+                                  positions=[self.positions.get(id(ex)) for ex in batch])
         scores = [o.score.score for o in outcomes]
         if len(batch) == self.full_size and not capture_traces:
             mean = sum(scores) / len(scores) if scores else 0.0
@@ -533,6 +537,7 @@ def run_texts(
         num_threads=num_threads,
         on_event=on_event,
         reflect_window=reflect_window,
+        positions={id(ex): i for i, ex in enumerate(trainset)},
     )
     if adapter_box is not None:
         adapter_box.append(adapter)

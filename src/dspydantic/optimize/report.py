@@ -72,21 +72,32 @@ class ExampleScorer:
             self._judge = resolve_evaluators("score_judge", lm=self._judge_lm)
         return self._judge
 
-    def score(self, example: Example, predicted: Mapping[str, Any] | None, error: str | None = None) -> OutputScore:
+    def score(
+        self,
+        example: Example,
+        predicted: Mapping[str, Any] | None,
+        error: str | None = None,
+        *,
+        index: int | None = None,
+    ) -> OutputScore:
+        """Score one output; ``index`` is the example's position among those scored (what
+        ``predefined_score``'s ``scores`` list is indexed by)."""
+        from .evaluators import scoring_example
         from .scoring import score_output
 
         expected = example.expected_dict()
         plan = self.plan if expected is not None else self.judge()
         text = example.text if isinstance(example.text, str) else json.dumps(example.text, default=str)
-        s = score_output(
-            expected,
-            dict(predicted) if predicted is not None else None,
-            evaluator_spec=plan,
-            include_fields=self.include_fields,
-            exclude_fields=self.exclude_fields,
-            input_data={"text": text} if text is not None else None,
-            model=self.model,
-        )
+        with scoring_example(index):
+            s = score_output(
+                expected,
+                dict(predicted) if predicted is not None else None,
+                evaluator_spec=plan,
+                include_fields=self.include_fields,
+                exclude_fields=self.exclude_fields,
+                input_data={"text": text} if text is not None else None,
+                model=self.model,
+            )
         if predicted is None:
             # no valid output at all: nothing is right, not even the absent fields
             n = max(1, len(s.fields))
@@ -122,8 +133,10 @@ def score_examples(
     *,
     num_threads: int = 4,
     on_item: Callable[[int, int], None] | None = None,
+    positions: Sequence[int | None] | None = None,
 ) -> list[ExampleOutcome]:
     """Run ``prompter`` on every example (``num_threads`` at a time) and score each output; in order.
+    ``positions`` are the examples' positions evaluators see (their index here by default).
 
     An output that never validates (after the Prompter's re-asks) scores 0; LM/transport errors and a
     spent budget propagate.
@@ -146,9 +159,10 @@ def score_examples(
             error = str(exc)
             if isinstance(exc.usage, Usage):
                 usage = exc.usage
+        position = i if positions is None else positions[i]
         outcomes[i] = ExampleOutcome(
-            index=i, example=ex, predicted=predicted, score=scorer.score(ex, predicted, error), error=error,
-            usage=usage, result=res,
+            index=i, example=ex, predicted=predicted, score=scorer.score(ex, predicted, error, index=position),
+            error=error, usage=usage, result=res,
         )
         finished = next(done)
         if on_item is not None:

@@ -242,7 +242,7 @@ class Run:
             if not isinstance(idx, int) or not 0 <= idx < len(train):
                 return 0.0
             predicted = pred.get("extraction") if hasattr(pred, "get") else getattr(pred, "extraction", None)
-            s = scorer.score(train[idx], predicted if isinstance(predicted, Mapping) else None)
+            s = scorer.score(train[idx], predicted if isinstance(predicted, Mapping) else None, index=idx)
             if trace is None:
                 ledger.record(pred, idx, s.score)
             if feedback:

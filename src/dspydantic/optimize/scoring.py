@@ -1,7 +1,7 @@
 """Score one whole extraction against its label, field by field, and aggregate many such scores.
 
 :func:`score_output` walks the label and the prediction together (both as JSON-like values; see
-:func:`~dspydantic.optimize.evaluators.normalize_value`) and scores every *leaf field*:
+:func:`~dspydantic.optimize.values.normalize_value`) and scores every *leaf field*:
 
 * nested objects recurse: ``address.city``;
 * a list of scalars (``tags``) is one field, scored as a multiset: the F1 of its items, items being
@@ -42,7 +42,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from ..errors import ConfigurationError
-from .evaluators import Evaluator, _score_from, get_evaluator, normalize_value
+from .evaluators import Evaluator, get_evaluator
+from .values import normalize_value, score_from
 
 __all__ = [
     "EvaluationSummary",
@@ -424,7 +425,7 @@ class _Scorer:
         if predicted is None:
             return 0.0
         score = evaluator.evaluate(predicted, expected, input_data=self.input_data, field_path=path)
-        return _score_from(score, f"{type(evaluator).__name__}.evaluate")
+        return score_from(score, f"{type(evaluator).__name__}.evaluate")
 
     def compare(self, exp: Any, pred: Any, path: str, shown: str, acc: _Acc, absent: bool = False) -> None:
         """Score ``pred`` against ``exp`` at ``path`` into ``acc``. With ``absent`` one side is a whole
@@ -653,7 +654,7 @@ def score_output(
     if not structured and isinstance(pred, dict) and "output" in pred:
         pred = pred["output"]
     if isinstance(plan, WholeOutput):
-        s = _score_from(plan.function(exp, pred), "the whole-output metric")
+        s = score_from(plan.function(exp, pred), "the whole-output metric")
         feedback = [] if s >= 1.0 else [f"output scored {s:.2f} by the whole-output metric"]
         return OutputScore(score=s, fields={}, feedback=feedback, tp=s, fp=1 - s, fn=1 - s)
     scorer = _Scorer(
