@@ -32,7 +32,7 @@ from .._render import (
     template_placeholders,
 )
 from .._schema import iter_field_paths
-from .bridge import Gateway, budgeted_prompter
+from .gateway import Gateway, budgeted_prompter
 from .report import ExampleOutcome, ExampleScorer, score_examples
 
 log = logging.getLogger("dspydantic")

@@ -191,7 +191,7 @@ class OptimizeOptions:
             raise ConfigurationError(f"on_progress must be a callable, got {type(self.on_progress).__name__}")
         for name in ("reflection_lm", "prompt_model"):
             if getattr(self, name) is not None:
-                from .bridge import external_target
+                from .gateway import external_target
 
                 external_target(getattr(self, name))  # a ConfigurationError now for an unusable LM
         put("teleprompter_kwargs", dict(self.teleprompter_kwargs))

@@ -300,7 +300,7 @@ def evaluate_prompter(
     items = _check_examples(examples)
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigurationError(f"num_threads must be a positive int, got {num_threads!r}")
-    from .bridge import Budget, Gateway
+    from .gateway import Budget, Gateway
 
     scorer = ExampleScorer(
         prompter.model,

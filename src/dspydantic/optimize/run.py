@@ -42,8 +42,8 @@ from .._render import PromptState
 from .._schema import iter_field_paths
 from ..errors import ConfigurationError
 from ._quiet import quiet
-from .bridge import Budget, BudgetExhausted
 from .decision import Verdict, decide
+from .gateway import Budget, BudgetExhausted
 from .options import OptimizeOptions
 from .progress import Progress
 from .report import EvaluationReport, OptimizationResult, _check_examples

@@ -7,16 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._render import PromptState, template_placeholders
 from ._quiet import MARK as QUIET_MARK
-from .bridge import (
-    Budget,
-    BudgetExhausted,
-    CandidateLedger,
-    CandidateRejected,
-    DocRegistry,
-    Gateway,
-    budgeted_prompter,
-    external_target,
-)
+from .bridge import CandidateLedger, CandidateRejected
+from .documents import DocRegistry
+from .gateway import Budget, BudgetExhausted, Gateway, budgeted_prompter, external_target
 from .options import GEPA_PRESETS, OptimizeOptions
 from .progress import Progress
 from .report import EvaluationReport, ExampleScorer, build_report, score_examples

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .._example import Example
 from .._render import Demo, PromptState
 from ..errors import ConfigurationError
-from .bridge import normalized_output
+from .documents import normalized_output
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
