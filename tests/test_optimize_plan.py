@@ -136,3 +136,27 @@ def test_too_few_training_examples_for_a_stage() -> None:
     with pytest.raises(ConfigurationError, match="at least 4 training"):
         configure_stages(plan_stages("miprov2", 3), 3, OptimizeOptions())
     assert plan_stages("auto", 2).name == "gepa" and plan_stages("auto", 10).name == "bootstrap"
+
+
+# -- the evaluation report ---------------------------------------------------------------------------
+
+
+def test_an_evaluation_report_is_its_summary_and_the_examples_behind_it() -> None:
+    from dspydantic import Example
+    from dspydantic.optimize.report import ExampleOutcome, build_report
+    from dspydantic.optimize.scoring import OutputScore, aggregate
+
+    outcomes = [
+        ExampleOutcome(
+            index=i, example=Example(text=f"doc {i}", expected_output={"a": 1}), predicted={"a": 1 if i else 2},
+            score=OutputScore(score=float(i > 0), fields={"a": float(i > 0)}, tp=float(i > 0), fp=float(i == 0),
+                              fn=float(i == 0)),
+        )
+        for i in range(4)
+    ]
+    report = build_report(outcomes)
+    assert report.stats == aggregate([o.score for o in outcomes])
+    assert (report.score, report.per_field, report.n) == (0.75, {"a": 0.75}, 4)
+    assert (report.precision, report.recall, report.f1) == (0.75, 0.75, 0.75)
+    assert [f.index for f in report.failures] == [0] and report.accuracy == 0.75
+    assert report.summary().startswith("score 0.750 over 4 examples  (P 0.750  R 0.750  F1 0.750; 1 not fully right)")

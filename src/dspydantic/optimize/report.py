@@ -207,24 +207,45 @@ class FailingExample:
 
 @dataclass
 class EvaluationReport:
-    """What :meth:`Prompter.evaluate` returns.
+    """What :meth:`Prompter.evaluate` returns: the :class:`EvaluationSummary` of the scores (``stats``)
+    with the examples behind it.
 
     ``score`` is the mean example score; ``per_field`` the mean score of each field path (its
     accuracy with the ``exact`` evaluator); ``precision``/``recall``/``f1`` are micro-averaged over
-    (field, value) pairs, a correctly absent value counting as a true positive; ``failures`` are the
-    examples scoring below ``threshold`` (1.0: anything not fully right).
+    (field, value) pairs, a correctly absent value counting as a true positive (these and ``n`` are
+    ``stats``' fields); ``failures`` are the examples scoring below ``threshold`` (1.0: anything not
+    fully right).
     """
 
-    score: float
-    per_field: dict[str, float]
-    precision: float
-    recall: float
-    f1: float
-    n: int
+    stats: EvaluationSummary
     failures: list[FailingExample]
     outcomes: list[ExampleOutcome] = field(default_factory=list, repr=False)
     usage: Usage = field(default_factory=Usage)
     threshold: float = 1.0
+
+    @property
+    def score(self) -> float:
+        return self.stats.score
+
+    @property
+    def per_field(self) -> dict[str, float]:
+        return self.stats.per_field
+
+    @property
+    def precision(self) -> float:
+        return self.stats.precision
+
+    @property
+    def recall(self) -> float:
+        return self.stats.recall
+
+    @property
+    def f1(self) -> float:
+        return self.stats.f1
+
+    @property
+    def n(self) -> int:
+        return self.stats.n
 
     @property
     def accuracy(self) -> float:
@@ -268,12 +289,7 @@ def build_report(outcomes: Sequence[ExampleOutcome], *, threshold: float = 1.0) 
                 )
             )
     return EvaluationReport(
-        score=summary.score,
-        per_field=dict(summary.per_field),
-        precision=summary.precision,
-        recall=summary.recall,
-        f1=summary.f1,
-        n=summary.n,
+        stats=summary,
         failures=failures,
         outcomes=list(outcomes),
         usage=usage,
