@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._compat import warn_deprecated
 from ..errors import ConfigurationError
+from .evaluator_base import InputData
 from .evaluators import Evaluator
 
 if TYPE_CHECKING:
@@ -154,11 +155,7 @@ class _LabelledOrJudged(Evaluator):
         self.judge = judge
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         if expected is None and getattr(self.inner, "needs_expected", True):
             return self.judge.evaluate(extracted, None, input_data=input_data, field_path=field_path)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-__all__ = ["Evaluator", "bool_option"]
+__all__ = ["Evaluator", "InputData", "bool_option"]
+
+#: the input a value was extracted from, handed to ``evaluate`` (e.g. ``{"text": ...}``), when known
+InputData = dict[str, Any] | None
 
 
 class Evaluator:
@@ -38,21 +41,13 @@ class Evaluator:
         self.config: dict[str, Any] = {k: v for k, v in raw.items() if k != "lm"}
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         """Score ``extracted`` against ``expected``: 1.0 is a perfect match, 0.0 a complete miss."""
         raise NotImplementedError
 
     def __call__(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         return self.evaluate(extracted, expected, input_data=input_data, field_path=field_path)
 

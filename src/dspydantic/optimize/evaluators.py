@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigurationError
-from .evaluator_base import Evaluator
+from .evaluator_base import Evaluator, InputData
 from .judges import LabelModelGrader, ScoreJudge
 from .matching import LevenshteinEvaluator, StringCheckEvaluator, TextSimilarityEvaluator
 from .values import as_bool, as_number, clip, normalize_value, score_from, values_equal
@@ -129,11 +129,7 @@ class PythonCodeEvaluator(Evaluator):
         )
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         if self._pass_kwargs:
             result = self.function(extracted, expected, input_data=input_data, field_path=field_path)
@@ -218,11 +214,7 @@ class PredefinedScoreEvaluator(Evaluator):
             return self._seen.setdefault(key, len(self._seen))
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         if self.scores is None:
             return self.normalize(extracted)
@@ -268,11 +260,7 @@ class _AdaptedEvaluator(Evaluator):
         self.none_in_label_means_absent = bool(getattr(inner, "none_in_label_means_absent", True))
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         result = self.inner.evaluate(extracted, expected, input_data=input_data, field_path=field_path)
         return score_from(result, f"{type(self.inner).__name__}.evaluate")

@@ -41,6 +41,8 @@ FIELD = "field:"
 SYSTEM = "system_prompt"
 INSTRUCTION = "instruction_prompt"
 PROMPTS = (SYSTEM, INSTRUCTION)
+#: GEPA's reflective dataset: component -> its records (document, answer, feedback)
+Reflections = Mapping[str, Sequence[Mapping[str, Any]]]
 _INDEX = re.compile(r"\[\d*\]|\{\}")
 #: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
 _MAX_DESCRIPTION = 400
@@ -314,10 +316,7 @@ class TextsAdapter:
         return out
 
     def _propose(
-        self,
-        candidate: dict[str, str],
-        reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
-        components_to_update: list[str],
+        self, candidate: dict[str, str], reflective_dataset: Reflections, components_to_update: list[str]
     ) -> dict[str, str]:
         new: dict[str, str] = {}
         fields = [c for c in components_to_update if c.startswith(FIELD)]
@@ -330,12 +329,7 @@ class TextsAdapter:
             self.on_event({"event": "proposal", "stage": "gepa", "components": list(new)})
         return new
 
-    def _propose_fields(
-        self,
-        candidate: Mapping[str, str],
-        dataset: Mapping[str, Sequence[Mapping[str, Any]]],
-        comps: list[str],
-    ) -> dict[str, str]:
+    def _propose_fields(self, candidate: Mapping[str, str], dataset: Reflections, comps: list[str]) -> dict[str, str]:
         paths = [c[len(FIELD):] for c in comps]
         current = {p: candidate[FIELD + p] for p in paths}
         seen: set[str] = set()

@@ -10,7 +10,7 @@ from .._render import extract_json
 from ..errors import ConfigurationError
 from ..lm._base import LMBackend, LMRequest
 from ..lm.settings import ModelSettings
-from .evaluator_base import Evaluator
+from .evaluator_base import Evaluator, InputData
 from .values import normalize_value, score_from, values_equal
 
 __all__ = ["LabelModelGrader", "ScoreJudge"]
@@ -56,11 +56,7 @@ class _Judge(Evaluator):
         self.max_input_chars = int(self.config.get("max_input_chars", 8000))
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         """Equal values score 1.0 without a call (``skip_if_equal``); else the judge's :meth:`_verdict`."""
         if self.skip_if_equal and expected is not None and values_equal(extracted, expected):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ..errors import ConfigurationError, MissingExtraError
-from .evaluator_base import Evaluator, bool_option
+from .evaluator_base import Evaluator, InputData, bool_option
 from .values import as_number, clip, normalize_text, normalize_value, to_text, values_equal
 
 __all__ = ["LevenshteinEvaluator", "StringCheckEvaluator", "TextSimilarityEvaluator"]
@@ -35,11 +35,7 @@ class StringCheckEvaluator(Evaluator):
         self.abs_tol = float(self.config.get("abs_tol", 0.0))
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         equal = values_equal(
             extracted,
@@ -64,11 +60,7 @@ class _SimilarityEvaluator(StringCheckEvaluator):
         raise NotImplementedError
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         if super().evaluate(extracted, expected) == 1.0:
             return 1.0
