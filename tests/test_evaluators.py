@@ -20,6 +20,7 @@ from dspydantic import Example, Prompter
 from dspydantic.errors import ConfigurationError, MissingExtraError
 from dspydantic.lm._base import LMRequest, LMResponse
 from dspydantic.optimize import matching as matching_module
+from dspydantic.optimize.assignment import assign, hungarian_max
 from dspydantic.optimize.evaluators import (
     EVALUATOR_REGISTRY,
     Evaluator,
@@ -41,8 +42,6 @@ from dspydantic.optimize.scoring import (
     FieldEvaluators,
     OutputScore,
     WholeOutput,
-    _assign,
-    _hungarian_max,
     aggregate,
     resolve_evaluators,
     score_output,
@@ -614,7 +613,7 @@ def test_hungarian_fallback_matches_brute_force() -> None:
     for _ in range(200):
         n, m = rng.randint(1, 5), rng.randint(1, 5)
         scores = [[round(rng.random(), 3) for _ in range(m)] for _ in range(n)]
-        pairs = _hungarian_max(scores)
+        pairs = hungarian_max(scores)
         assert len(pairs) == min(n, m)
         assert len({i for i, _ in pairs}) == len(pairs) == len({j for _, j in pairs})
         if n <= m:
@@ -622,7 +621,7 @@ def test_hungarian_fallback_matches_brute_force() -> None:
         else:
             best = max(sum(scores[p[j]][j] for j in range(m)) for p in itertools.permutations(range(n), m))
         assert sum(scores[i][j] for i, j in pairs) == pytest.approx(best)
-        assert sum(scores[i][j] for i, j in _assign(scores)) == pytest.approx(best)
+        assert sum(scores[i][j] for i, j in assign(scores)) == pytest.approx(best)
 
 
 def test_scalar_lists_are_multisets() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from .._render import (
     template_placeholders,
 )
 from .._schema import iter_field_paths
+from .field_evaluators import path_segments
 from .gateway import Gateway, budgeted_prompter
 from .report import ExampleOutcome, ExampleScorer, score_examples
 
@@ -43,7 +43,6 @@ INSTRUCTION = "instruction_prompt"
 PROMPTS = (SYSTEM, INSTRUCTION)
 #: GEPA's reflective dataset: component -> its records (document, answer, feedback)
 Reflections = Mapping[str, Sequence[Mapping[str, Any]]]
-_INDEX = re.compile(r"\[\d*\]|\{\}")
 #: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
 _MAX_DESCRIPTION = 400
 #: reply room for a field-description reflection (tokens per field; a description is at most ~100 tokens)
@@ -90,13 +89,9 @@ generalizable rules the feedback shows are needed (formats, normalisations, when
 Provide the new {what} within ``` blocks."""
 
 
-def segments(path: str) -> tuple[str, ...]:
-    return tuple(s for s in _INDEX.sub("", path).split(".") if s)
-
-
 def related(component_path: str, scored_path: str) -> bool:
     """A scored leaf lies below the field (or the field below a scored dict leaf)."""
-    a, b = segments(component_path), segments(scored_path)
+    a, b = path_segments(component_path), path_segments(scored_path)
     return b[: len(a)] == a or a[: len(b)] == b
 
 
@@ -104,11 +99,11 @@ def field_components(schema: dict[str, Any], include: Sequence[str] | None, excl
     """Every field path that is scored (after ``include_fields``/``exclude_fields``), parents first."""
     out = []
     for f in iter_field_paths(schema):
-        seg = segments(f.path)
-        if exclude and any(seg[: len(segments(p))] == segments(p) for p in exclude):
+        seg = path_segments(f.path)
+        if exclude and any(seg[: len(path_segments(p))] == path_segments(p) for p in exclude):
             continue
         if include and not any(
-            seg[: len(segments(p))] == segments(p) or segments(p)[: len(seg)] == seg for p in include
+            seg[: len(path_segments(p))] == path_segments(p) or path_segments(p)[: len(seg)] == seg for p in include
         ):
             continue
         out.append(f.path)
@@ -265,7 +260,7 @@ class TextsAdapter:
             records: list[dict[str, Any]] = []
             if comp.startswith(FIELD):
                 path = comp[len(FIELD):]
-                seg = segments(path)
+                seg = path_segments(path)
                 ok: list[dict[str, Any]] = []
                 for o in outcomes:
                     lines = _lines_for(path, o.score.feedback)
@@ -475,7 +470,7 @@ class ErrorDrivenSelector:
             return [prompts[(self.step // 3) % len(prompts)]]
         if not counts:
             return [sorted(candidate)[self.step % len(candidate)]]
-        ranked = sorted(counts, key=lambda c: (-counts[c], -len(segments(c)), c))
+        ranked = sorted(counts, key=lambda c: (-counts[c], -len(path_segments(c)), c))
         if self.parallel_fields:
             # the deepest wrong field explains its parents' errors: prefer leaves, keep parents too
             return ranked
@@ -577,7 +572,7 @@ def field_groups(paths: Sequence[str], parallel_fields: bool) -> list[list[str]]
     """Sequential mode: deepest fields first; one group per depth (``parallel_fields``) or per field."""
     by_depth: dict[int, list[str]] = {}
     for p in paths:
-        by_depth.setdefault(len(segments(p)), []).append(p)
+        by_depth.setdefault(len(path_segments(p)), []).append(p)
     groups: list[list[str]] = []
     for depth in sorted(by_depth, reverse=True):
         if parallel_fields:
