@@ -10,7 +10,11 @@ reflection LM reads to propose new texts.
 Every field path is its own component: a nested class used at two paths gets two independent
 descriptions. Proposed prompts must keep exactly the ``{placeholders}`` of the text they replace; a
 proposal that drops or adds one is repaired once (asked again, naming the problem) and otherwise
-rejected. ``gepa`` is imported inside functions only.
+rejected. ``gepa`` is imported inside functions only. The candidates themselves (named texts and how they
+apply to a :class:`PromptState`) are :mod:`.components`.
+
+This module is over 500 lines because it is one concept, the ``GEPAAdapter`` and its run: evaluation,
+reflection prompts (fitted to the reflection LM's window) and the placeholder repair belong together.
 """
 
 from __future__ import annotations
@@ -24,23 +28,17 @@ from typing import Any
 
 from .._example import Example
 from .._render import (
-    DEFAULT_INSTRUCTION_PROMPT,
-    DEFAULT_SYSTEM_PROMPT,
     PromptState,
     extract_json,
     template_placeholders,
 )
-from .._schema import iter_field_paths
+from .components import FIELD, PROMPTS, SYSTEM, apply_candidate, related, seed_candidate
 from .field_evaluators import path_segments
 from .gateway import Gateway, budgeted_prompter
 from .report import ExampleOutcome, ExampleScorer, score_examples
 
 log = logging.getLogger("dspydantic")
 
-FIELD = "field:"
-SYSTEM = "system_prompt"
-INSTRUCTION = "instruction_prompt"
-PROMPTS = (SYSTEM, INSTRUCTION)
 #: GEPA's reflective dataset: component -> its records (document, answer, feedback)
 Reflections = Mapping[str, Sequence[Mapping[str, Any]]]
 #: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
@@ -87,58 +85,6 @@ Write a new {what} for the assistant. Identify the input format and the task, an
 generalizable rules the feedback shows are needed (formats, normalisations, when a value is absent).{keep}
 
 Provide the new {what} within ``` blocks."""
-
-
-def related(component_path: str, scored_path: str) -> bool:
-    """A scored leaf lies below the field (or the field below a scored dict leaf)."""
-    a, b = path_segments(component_path), path_segments(scored_path)
-    return b[: len(a)] == a or a[: len(b)] == b
-
-
-def field_components(schema: dict[str, Any], include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[str]:
-    """Every field path that is scored (after ``include_fields``/``exclude_fields``), parents first."""
-    out = []
-    for f in iter_field_paths(schema):
-        seg = path_segments(f.path)
-        if exclude and any(seg[: len(path_segments(p))] == path_segments(p) for p in exclude):
-            continue
-        if include and not any(
-            seg[: len(path_segments(p))] == path_segments(p) or path_segments(p)[: len(seg)] == seg for p in include
-        ):
-            continue
-        out.append(f.path)
-    return out
-
-
-def seed_candidate(
-    descriptions: Mapping[str, str], state: PromptState, paths: Sequence[str], prompts: Sequence[str]
-) -> dict[str, str]:
-    cand = {FIELD + p: descriptions.get(p, "") for p in paths}
-    if SYSTEM in prompts:
-        cand[SYSTEM] = state.system_prompt or DEFAULT_SYSTEM_PROMPT
-    if INSTRUCTION in prompts:
-        cand[INSTRUCTION] = state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT
-    return cand
-
-
-def apply_candidate(state: PromptState, candidate: Mapping[str, str], descriptions: Mapping[str, str]) -> PromptState:
-    """``state`` with the candidate's texts (a description equal to the current one is not stored)."""
-    fd = dict(state.field_descriptions)
-    for name, text in candidate.items():
-        if name.startswith(FIELD):
-            path = name[len(FIELD):]
-            if text != descriptions.get(path, "") or path in fd:
-                fd[path] = text
-    changes: dict[str, Any] = {"field_descriptions": fd}
-    if SYSTEM in candidate:
-        s = candidate[SYSTEM]
-        changes["system_prompt"] = None if s == DEFAULT_SYSTEM_PROMPT and state.system_prompt is None else s
-    if INSTRUCTION in candidate:
-        s = candidate[INSTRUCTION]
-        changes["instruction_prompt"] = (
-            None if s == DEFAULT_INSTRUCTION_PROMPT and state.instruction_prompt is None else s
-        )
-    return state.replace(**changes)
 
 
 def _values_at(obj: Any, seg: Sequence[str]) -> Any:
@@ -566,17 +512,3 @@ def _defaults(prompter: Any) -> dict[str, str]:
     from .._schema import default_descriptions
 
     return default_descriptions(prompter._base_schema)
-
-
-def field_groups(paths: Sequence[str], parallel_fields: bool) -> list[list[str]]:
-    """Sequential mode: deepest fields first; one group per depth (``parallel_fields``) or per field."""
-    by_depth: dict[int, list[str]] = {}
-    for p in paths:
-        by_depth.setdefault(len(path_segments(p)), []).append(p)
-    groups: list[list[str]] = []
-    for depth in sorted(by_depth, reverse=True):
-        if parallel_fields:
-            groups.append(by_depth[depth])
-        else:
-            groups.extend([p] for p in by_depth[depth])
-    return groups

@@ -163,7 +163,8 @@ class Run:
         return window if isinstance(window, int) and window > 0 else None
 
     def _gepa(self, stage: Stage, state: PromptState) -> PromptState:
-        from .fields import INSTRUCTION, SYSTEM, field_components, field_groups, run_texts
+        from .components import INSTRUCTION, SYSTEM, field_components, field_groups
+        from .fields import run_texts
 
         train = self.split.train
         n = len(train)
