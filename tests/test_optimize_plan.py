@@ -160,3 +160,23 @@ def test_an_evaluation_report_is_its_summary_and_the_examples_behind_it() -> Non
     assert (report.precision, report.recall, report.f1) == (0.75, 0.75, 0.75)
     assert [f.index for f in report.failures] == [0] and report.accuracy == 0.75
     assert report.summary().startswith("score 0.750 over 4 examples  (P 0.750  R 0.750  F1 0.750; 1 not fully right)")
+
+
+def test_optimize_takes_an_options_object_or_keywords_not_both() -> None:
+    from pydantic import BaseModel
+
+    from dspydantic import Example, Prompter
+    from dspydantic.optimize.run import optimize_prompter
+    from dspydantic.testing import FakeLLMServer
+
+    class Person(BaseModel):
+        name: str
+
+    one = [Example(text="Ada is here.", expected_output={"name": "Ada"})]
+    with FakeLLMServer() as srv:
+        p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+        with pytest.raises(ConfigurationError, match="not both"):
+            optimize_prompter(p, one, OptimizeOptions(), seed=1)
+        result = optimize_prompter(p, one, OptimizeOptions(seed=3, optimizer="gepa"))
+        assert result.seed == 3 and result.optimizer == "gepa" and not result.validated
+        assert srv.request_count == 0  # one example: nothing to validate on, so no LM call

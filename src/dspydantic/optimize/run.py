@@ -56,7 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dspydantic")
 
-__all__ = ["ALIASES", "STAGES", "OptimizeOptions", "optimize_prompter"]
+__all__ = ["ALIASES", "OPTIMIZERS", "STAGES", "OptimizeOptions", "optimize_prompter"]
+
+#: canonical optimizer names -> (DSPy class name or None for our GEPA stage, min training examples)
+OPTIMIZERS: dict[str, tuple[str | None, int]] = {name: (s.dspy_class, s.min_train) for name, s in STAGES.items()}
 
 #: a calibrator is fitted at the end of optimize() only on at least this many scored validation fields
 _MIN_CALIBRATION_FIELDS = 30
@@ -87,7 +90,7 @@ def optimize_prompter(
     The run is described at the top of this module.
     """
     started = time.perf_counter()
-    # -- 1. checks (no LM call before the end of this block) ---------------------------------------------
+    # -- 1. checks and 2. the split (no LM call before the end of this block) ------------------------------
     if options is not None and kwargs:
         raise ConfigurationError(f"pass options= or keyword arguments, not both (got {sorted(kwargs)})")
     opts = options if options is not None else OptimizeOptions.from_kwargs(kwargs)
@@ -122,7 +125,7 @@ def optimize_prompter(
                 f"{1 / n_val:.2f}); give more examples or valset= for a firmer decision"
             )
         descriptions_before = dict(prompter.renderer.descriptions)
-        # -- 2. baseline (the reserve is kept for the candidate) -----------------------------------------
+        # -- 3. baseline (the reserve is kept for the candidate) -----------------------------------------
         budget.set_phase(
             requests=None if opts.max_lm_calls is None else opts.max_lm_calls - reserve,
             tokens=None if opts.max_tokens is None else opts.max_tokens // 2,
@@ -134,7 +137,7 @@ def optimize_prompter(
         except BudgetExhausted:
             pass
         if s.baseline is not None:
-            # -- 3. stages, each from the previous one's result ------------------------------------------
+            # -- 4. stages, each from the previous one's result ------------------------------------------
             if opts.max_tokens is not None:
                 budget.set_phase(
                     requests=budget.ceiling_requests,
@@ -147,10 +150,10 @@ def optimize_prompter(
                 finally:
                     run.close()
             s.candidate_state = state
-            # -- 4. the candidate, on the same validation items --------------------------------------------
+            # -- 5. the candidate, on the same validation items --------------------------------------------
             budget.lift()
             s.candidate = _score_candidate(run, s)
-        # -- 5. the decision -----------------------------------------------------------------------------
+        # -- 5. the decision (.decision) -------------------------------------------------------------------
         verdict = decide(
             _score(s.baseline),
             _score(s.candidate),
