@@ -6,6 +6,8 @@ import importlib.util
 import itertools
 import json
 import random
+import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -14,9 +16,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from dspydantic import Example, Prompter
 from dspydantic.errors import ConfigurationError, MissingExtraError
 from dspydantic.lm._base import LMRequest, LMResponse
-from dspydantic.optimize import evaluators as ev_module
+from dspydantic.optimize import matching as matching_module
+from dspydantic.optimize.assignment import assign, hungarian_max
 from dspydantic.optimize.evaluators import (
     EVALUATOR_REGISTRY,
     Evaluator,
@@ -31,19 +35,19 @@ from dspydantic.optimize.evaluators import (
     get_evaluator,
     normalize_value,
     register_evaluator,
+    scoring_example,
     values_equal,
 )
 from dspydantic.optimize.scoring import (
     FieldEvaluators,
     OutputScore,
     WholeOutput,
-    _assign,
-    _hungarian_max,
     aggregate,
     resolve_evaluators,
     score_output,
     whole_output,
 )
+from dspydantic.testing import FakeLLMServer, Reply, last_user_text
 
 # ------------------------------------------------------------------------------------------------
 # fixtures: models and a fake LM backend
@@ -241,9 +245,55 @@ def test_predefined_score() -> None:
     assert scaled.evaluate(85, None) == pytest.approx(0.85)
     assert scaled.evaluate(150, None) == 1.0
     listed = PredefinedScoreEvaluator({"scores": [True, 0.5, 40], "max_value": 80})
-    assert [listed.evaluate("ignored", None) for _ in range(4)] == [1.0, pytest.approx(0.5 / 80), 0.5, 0.0]
+    # called directly: the i-th distinct (input, field, prediction) gets scores[i], the same one every time
+    assert [listed.evaluate(v, None) for v in "abcd"] == [1.0, pytest.approx(0.5 / 80), 0.5, 0.0]
+    assert [listed.evaluate(v, None) for v in "dcba"] == [0.0, 0.5, pytest.approx(0.5 / 80), 1.0]
     with pytest.raises(ConfigurationError):
         PredefinedScoreEvaluator({"max_value": 0})
+
+
+def test_predefined_scores_follow_the_example_not_the_thread_or_the_call_order() -> None:
+    scores = [round(i / 40, 3) for i in range(40)]
+    ev = PredefinedScoreEvaluator({"scores": scores})
+
+    def scored(i: int) -> float:
+        with scoring_example(i):  # what the scorer sets for example i in the thread that scores it
+            return ev.evaluate("the same prediction", None, input_data={"text": "same"}, field_path="f")
+
+    order = list(range(40))
+    random.Random(3).shuffle(order)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = dict(zip(order, pool.map(scored, order), strict=True))
+    assert [got[i] for i in range(40)] == scores
+    assert scored(45) == 0.0  # past the end
+    # the same direct call from many threads: one position, one score
+    direct = PredefinedScoreEvaluator({"scores": scores})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(lambda _: direct.evaluate("x", None, field_path="f"), range(64))) == {0.0}
+
+
+def test_predefined_scores_in_evaluate_are_the_examples_own_under_threads() -> None:
+    class Answer(BaseModel):
+        answer: str
+        confidence: float | None = None
+
+    texts = [f"question {i}" for i in range(12)]
+
+    def respond(body: dict[str, Any]) -> Any:
+        i = int(re.search(r"question (\d+)", last_user_text(body)).group(1))  # type: ignore[union-attr]
+        # the later examples answer first: completion order is the reverse of the examples' order
+        return Reply(content={"answer": f"a{i}", "confidence": 0.5}, delay=0.02 * (12 - i))
+
+    scores = [i / 11 for i in range(12)]
+    with FakeLLMServer() as srv:
+        srv.set_responder(respond)
+        p = Prompter(Answer, model_id="openai/fake", api_base=srv.base_url, api_key="k", cache=False)
+        examples = [Example(text=t, expected_output={"answer": f"a{i}"}) for i, t in enumerate(texts)]
+        evaluator = {"default": "exact", "field_overrides": {"confidence": {"type": "predefined_score",
+                                                                           "config": {"scores": scores}}}}
+        report = p.evaluate(examples, evaluator=evaluator, num_threads=4)
+    assert [o.score.fields["confidence"] for o in report.outcomes] == pytest.approx(scores)
+    assert [o.score.fields["answer"] for o in report.outcomes] == [1.0] * 12
 
 
 def test_predefined_score_in_score_output_needs_no_label() -> None:
@@ -440,7 +490,7 @@ def test_text_similarity_custom_embedder_and_missing_extra(monkeypatch: pytest.M
     assert sim.evaluate("kitten", "cat") == pytest.approx(0.8)
     assert sum(len(c) for c in calls) == 4  # each text embedded once
 
-    monkeypatch.setattr(ev_module, "_MODELS", {})
+    monkeypatch.setattr(matching_module, "_MODELS", {})
     monkeypatch.setitem(__import__("sys").modules, "sentence_transformers", None)
     with pytest.raises(MissingExtraError) as info:
         TextSimilarityEvaluator().evaluate("a", "b")
@@ -563,7 +613,7 @@ def test_hungarian_fallback_matches_brute_force() -> None:
     for _ in range(200):
         n, m = rng.randint(1, 5), rng.randint(1, 5)
         scores = [[round(rng.random(), 3) for _ in range(m)] for _ in range(n)]
-        pairs = _hungarian_max(scores)
+        pairs = hungarian_max(scores)
         assert len(pairs) == min(n, m)
         assert len({i for i, _ in pairs}) == len(pairs) == len({j for _, j in pairs})
         if n <= m:
@@ -571,7 +621,7 @@ def test_hungarian_fallback_matches_brute_force() -> None:
         else:
             best = max(sum(scores[p[j]][j] for j in range(m)) for p in itertools.permutations(range(n), m))
         assert sum(scores[i][j] for i, j in pairs) == pytest.approx(best)
-        assert sum(scores[i][j] for i, j in _assign(scores)) == pytest.approx(best)
+        assert sum(scores[i][j] for i, j in assign(scores)) == pytest.approx(best)
 
 
 def test_scalar_lists_are_multisets() -> None:

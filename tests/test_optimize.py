@@ -735,7 +735,7 @@ class Order(BaseModel):
 
 def test_every_field_path_is_its_own_text_nested_optional_list_and_dict() -> None:
     from dspydantic._render import Renderer
-    from dspydantic.optimize.fields import FIELD, apply_candidate, field_components, seed_candidate
+    from dspydantic.optimize.components import FIELD, apply_candidate, field_components, seed_candidate
 
     p = Prompter(Order, lm=_NoLM())
     paths = field_components(p._base_schema, None, None)

@@ -9,35 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from ..optimize.evaluators import (
-    EVALUATOR_REGISTRY,
-    Evaluator,
-    LabelModelGrader,
-    LevenshteinEvaluator,
-    PredefinedScoreEvaluator,
-    PythonCodeEvaluator,
-    ScoreJudge,
-    StringCheckEvaluator,
-    TextSimilarityEvaluator,
-    available_evaluators,
-    get_evaluator,
-    register_evaluator,
-)
-
-__all__ = [
-    "EVALUATOR_REGISTRY",
-    "Evaluator",
-    "LabelModelGrader",
-    "LevenshteinEvaluator",
-    "PredefinedScoreEvaluator",
-    "PythonCodeEvaluator",
-    "ScoreJudge",
-    "StringCheckEvaluator",
-    "TextSimilarityEvaluator",
-    "available_evaluators",
-    "get_evaluator",
-    "register_evaluator",
-]
+from ..optimize.evaluators import *  # noqa: F403  (the same names, at 0.1's path)
+from ..optimize.evaluators import __all__ as __all__
 
 # 0.1 had one module per evaluator class: ``from dspydantic.evaluators.levenshtein import ...`` finds this one
 for _name in ("string_check", "levenshtein", "text_similarity", "score_judge", "label_model_grader", "python_code",

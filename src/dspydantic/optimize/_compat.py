@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._compat import warn_deprecated
 from ..errors import ConfigurationError
+from .evaluator_base import InputData
 from .evaluators import Evaluator
 
 if TYPE_CHECKING:
@@ -154,11 +155,7 @@ class _LabelledOrJudged(Evaluator):
         self.judge = judge
 
     def evaluate(
-        self,
-        extracted: Any,
-        expected: Any,
-        input_data: dict[str, Any] | None = None,
-        field_path: str | None = None,
+        self, extracted: Any, expected: Any, input_data: InputData = None, field_path: str | None = None
     ) -> float:
         if expected is None and getattr(self.inner, "needs_expected", True):
             return self.judge.evaluate(extracted, None, input_data=input_data, field_path=field_path)
@@ -238,7 +235,7 @@ def _placeholder_metric(example: Any, pred: Any, trace: Any = None) -> float:
 
 def _legacy_optimizer(name: str, ctx: _Ctx) -> Any:
     """0.1 looked optimizers up by DSPy class name; names we do not run ourselves become an instance."""
-    from .run import _ALIASES
+    from .stages import ALIASES as _ALIASES
 
     key = name.strip().lower().replace("-", "_").replace(" ", "")
     if key in _ALIASES or key == "auto" or "+" in key:
@@ -364,7 +361,7 @@ def _fast(ctx: _Ctx, value: Any) -> None:
 
 
 def _init_temperature(ctx: _Ctx, value: Any) -> None:
-    from .run import _ALIASES
+    from .stages import ALIASES as _ALIASES
 
     opt = ctx.out.get("optimizer", "auto")
     name = _ALIASES.get(opt.strip().lower().replace("-", "_")) if isinstance(opt, str) else None

@@ -1,9 +1,8 @@
-"""The DSPy bridge: the Prompter's own backend as a ``dspy.LM``, the renderer as a DSPy adapter, and budgets.
+"""The DSPy bridge: the run's budgeted gateway as a ``dspy.LM``, and the renderer as a DSPy adapter.
 
 Every LM request an optimization makes (the student's extractions, the optimizers' proposer prompts, the
-LLM judge) goes through one :class:`Gateway`: a :class:`~dspydantic.lm.layers.BudgetedBackend` on top of the
-Prompter's own backend stack (cache and retry layers), which counts requests and tokens against the run's
-hard budgets. DSPy sees that gateway as a ``dspy.LM`` with a custom engine (the 3.4
+LLM judge) goes through one :class:`~dspydantic.optimize.gateway.Gateway` (:mod:`.gateway`: the budget, no
+DSPy). DSPy sees that gateway as a ``dspy.LM`` with a custom engine (the 3.4
 ``complete(Request) -> Response`` contract) and ``cache=False`` (DSPy's cache keys ignore the endpoint; ours
 don't).
 
@@ -25,14 +24,11 @@ import contextvars
 import functools
 import hashlib
 import json
-import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._example import Example
-from .._inputs import InputDoc
 from .._render import (
     DEFAULT_INSTRUCTION_PROMPT,
     Demo,
@@ -42,11 +38,26 @@ from .._render import (
     template_placeholders,
 )
 from ..errors import ExtractionError
-from ..lm._base import LMBackend, LMRequest, LMResponse, chat_params
-from ..lm.layers import Budget, BudgetedBackend, BudgetExhausted, estimate_tokens
+from ..lm._base import LMRequest, LMResponse, chat_params
 from ..lm.settings import ModelSettings
+from .documents import DocEntry, DocRegistry, normalized_output
+from .gateway import Budget, BudgetExhausted, Gateway, budgeted_prompter, external_target
 
-__all__ = ["Budget", "BudgetExhausted", "Gateway", "budgeted_prompter", "estimate_tokens", "external_target"]
+# the gateway's and documents' names are re-exported: they were imported from here before
+__all__ = [
+    "Budget",
+    "BudgetExhausted",
+    "CandidateLedger",
+    "CandidateRejected",
+    "DocRegistry",
+    "Gateway",
+    "StudentContext",
+    "budgeted_prompter",
+    "build_program",
+    "external_target",
+    "make_lm",
+    "normalized_output",
+]
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
@@ -58,212 +69,6 @@ BRIDGE_MODEL = "dspydantic/bridge"
 
 class CandidateRejected(ValueError):
     """A proposed instruction added or dropped a ``{placeholder}``: the candidate scores 0."""
-
-
-# --------------------------------------------------------------------------------------------------
-# budget and the gateway every request goes through
-# --------------------------------------------------------------------------------------------------
-
-
-class Gateway:
-    """The one door to the LM during a run: a :class:`~dspydantic.lm.layers.BudgetedBackend` (``lm``) over the
-    Prompter's own stack (cache + retries), or over another LM (``target``: a user's ``reflection_lm`` /
-    ``prompt_model``, counted against the same budget but bypassing the Prompter's cache).
-
-    ``vary=True`` (proposer prompts) gives the k-th identical request at temperature > 0 the sampling
-    ``seed`` k, so that with the Prompter's cache on, n proposals are n different cached answers while a
-    rerun still replays them in the same order.
-    """
-
-    def __init__(
-        self,
-        prompter: Prompter,
-        budget: Budget,
-        on_call: Callable[[dict[str, Any]], None] | None = None,
-        target: Callable[[LMRequest], LMResponse] | None = None,
-    ) -> None:
-        self.prompter = prompter
-        self.budget = budget
-        self.on_call = on_call
-        self.target = target
-        inner: LMBackend = _TargetBackend(target) if target is not None else prompter._lm
-        #: the budgeted backend: what a budgeted prompter's plan and the LLM judge call
-        self.lm = BudgetedBackend(inner, budget, on_call=on_call)
-        self._seen: dict[str, int] = {}
-        self._seen_lock = threading.Lock()
-
-    @property
-    def closed(self) -> bool:
-        return self.lm.closed
-
-    def close(self, wait: float = 120.0) -> None:
-        """Refuse every further request (raises :class:`BudgetExhausted` in whoever still calls) and wait
-        up to ``wait`` seconds for the requests already sent (by worker threads an optimizer left running)."""
-        self.lm.shut(wait)
-
-    def call(self, request: LMRequest, *, vary: bool = False) -> LMResponse:
-        if vary and self.prompter.cache is not None and (request.temperature or 0) > 0:
-            key = hashlib.sha256(
-                json.dumps([request.messages, request.temperature], sort_keys=True, default=str).encode()
-            ).hexdigest()
-            with self._seen_lock:
-                k = self._seen.get(key, 0)
-                self._seen[key] = k + 1
-            if k:
-                request = request.with_settings(seed=k)
-        return self.lm.complete(request)
-
-    def complete_text(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        temperature: float | None = None,
-        json_schema: dict[str, Any] | None = None,
-        max_tokens: int | None = None,
-    ) -> str:
-        """A completion for a reflection or proposer prompt: free text, or JSON following ``json_schema``
-        (constrained decoding where the backend has it); ``max_tokens`` defaults to the Prompter's."""
-        request = LMRequest(
-            messages=messages,
-            json_schema=json_schema,
-            schema_name="proposal",
-            settings=ModelSettings(
-                temperature=temperature,
-                max_tokens=max_tokens if max_tokens is not None else self.prompter.max_tokens,
-            ),
-        )
-        response = self.call(request, vary=True)
-        response.confirm()  # a proposal is free text: any answer is a usable one (the cache may keep it)
-        return response.text
-
-
-class _TargetBackend:
-    """A proposal LM (a callable ``LMRequest -> LMResponse``) as a backend, for the budget layer."""
-
-    cache_id = "external"
-    context_window: int | None = None
-
-    def __init__(self, fn: Callable[[LMRequest], LMResponse]) -> None:
-        self.fn = fn
-
-    def complete(self, request: LMRequest) -> LMResponse:
-        return self.fn(request)
-
-    async def acomplete(self, request: LMRequest) -> LMResponse:
-        return await asyncio.to_thread(self.fn, request)
-
-    def close(self) -> None:
-        return None
-
-
-def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
-    """A user's proposal LM as a gateway target: an :class:`~dspydantic.lm.LMBackend`, a ``dspy.LM``
-    (called with the messages; usage read from its history when it reports it) or a plain callable
-    ``str -> str`` (given the messages' text)."""
-    if hasattr(lm, "complete") and hasattr(lm, "cache_id"):  # an LMBackend
-        return lambda request: lm.complete(request)
-    if hasattr(lm, "forward") or hasattr(lm, "kwargs"):  # a dspy.LM
-
-        def call_dspy(request: LMRequest) -> LMResponse:
-            kwargs: dict[str, Any] = {}
-            if request.temperature is not None:
-                kwargs["temperature"] = request.temperature
-            if request.settings.seed is not None:
-                kwargs["rollout_id"] = request.settings.seed
-            out = lm(messages=request.messages, **kwargs)
-            first = out[0] if isinstance(out, list) and out else out
-            text = str(first.get("text", "") if isinstance(first, dict) else first)
-            usage: Mapping[str, Any] = {}
-            history = getattr(lm, "history", None)
-            if isinstance(history, list) and history and isinstance(history[-1], Mapping):
-                usage = history[-1].get("usage") or {}
-            return LMResponse(
-                text=text,
-                prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(request.messages)),
-                completion_tokens=int(usage.get("completion_tokens") or math.ceil(len(text) / 4)),
-            )
-
-        return call_dspy
-    if callable(lm):
-
-        def call_plain(request: LMRequest) -> LMResponse:
-            text = str(lm("\n\n".join(str(m.get("content", "")) for m in request.messages)))
-            return LMResponse(
-                text=text,
-                prompt_tokens=estimate_tokens(request.messages),
-                completion_tokens=math.ceil(len(text) / 4),
-            )
-
-        return call_plain
-    from ..errors import ConfigurationError
-
-    raise ConfigurationError(f"reflection_lm / prompt_model must be a dspy.LM, an LMBackend or a callable, got {lm!r}")
-
-
-def budgeted_prompter(prompter: Prompter, state: PromptState, gateway: Gateway) -> Prompter:
-    """A copy of ``prompter`` serving ``state`` whose LM stack is the gateway's budgeted one.
-
-    It runs the Prompter's own extraction plan (renderer, re-asks, validation): a candidate is scored
-    exactly as it will be served.
-    """
-    return prompter._derive(state=state, lm=gateway.lm)
-
-
-# --------------------------------------------------------------------------------------------------
-# documents: DSPy carries a string per example; the adapter maps it back to the real content
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DocEntry:
-    content: str | list[dict[str, Any]]
-    variables: Mapping[str, Any] | None
-    text: str
-    doc: InputDoc | None = None
-
-    def input_doc(self) -> InputDoc:
-        """The document the extraction plan runs on."""
-        if self.doc is not None:
-            return self.doc
-        if isinstance(self.content, str):
-            return InputDoc(parts=({"type": "text", "text": self.content},), text=self.content, kind="text",
-                            variables=self.variables)
-        return InputDoc(parts=tuple(self.content), text=self.text, kind="mixed", variables=self.variables)
-
-
-class DocRegistry:
-    """Maps the string DSPy carries as the ``document`` input back to the document (content, variables)."""
-
-    def __init__(self, prompter: Prompter) -> None:
-        self._prompter = prompter
-        self._docs: dict[str, DocEntry] = {}
-
-    def add(self, example: Example) -> str:
-        doc = self._prompter._input(example)
-        content = doc.as_content()
-        variables = doc.variables
-        if isinstance(content, str):
-            key = content
-        else:
-            n = sum(1 for p in content if p.get("type") != "text")
-            key = f"{doc.text}\n[{n} image(s); document {doc.fingerprint[:12]}]"
-        self._docs[key] = DocEntry(content=content, variables=variables, text=doc.text, doc=doc)
-        return key
-
-    def get(self, key: str) -> DocEntry:
-        entry = self._docs.get(key)
-        return entry if entry is not None else DocEntry(content=key, variables=None, text=key)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> DocRegistry:
-        return self
-
-
-def normalized_output(prompter: Prompter, expected: Mapping[str, Any]) -> dict[str, Any]:
-    """A label as the model would answer it (validated and dumped), or as given if it does not validate."""
-    try:
-        return dict(prompter.model.model_validate(dict(expected)).model_dump(mode="json"))
-    except Exception:  # a partial label is still a usable demo
-        return dict(expected)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -579,15 +384,9 @@ def dspy_classes() -> tuple[type[Any], type[Any]]:
                 ) from exc
             return [{OUTPUT_FIELD: result.data.model_dump(mode="json")}]
 
-        async def acall(
-            self,
-            lm: Any,
-            lm_kwargs: dict[str, Any],
-            signature: Any,
-            demos: list[Any],
-            inputs: dict[str, Any],
-        ) -> list[dict[str, Any]]:
-            return await asyncio.to_thread(self.__call__, lm, lm_kwargs, signature, demos, inputs)
+        async def acall(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            """:meth:`__call__` (same arguments) in a worker thread."""
+            return await asyncio.to_thread(self.__call__, *args, **kwargs)
 
     class ExtractionProgram(dspy.Module):
         """One ``dspy.Predict`` (document -> extraction) rendered by :class:`RendererAdapter`."""

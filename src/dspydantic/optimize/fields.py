@@ -10,14 +10,17 @@ reflection LM reads to propose new texts.
 Every field path is its own component: a nested class used at two paths gets two independent
 descriptions. Proposed prompts must keep exactly the ``{placeholders}`` of the text they replace; a
 proposal that drops or adds one is repaired once (asked again, naming the problem) and otherwise
-rejected. ``gepa`` is imported inside functions only.
+rejected. ``gepa`` is imported inside functions only. The candidates themselves (named texts and how they
+apply to a :class:`PromptState`) are :mod:`.components`.
+
+This module is over 500 lines because it is one concept, the ``GEPAAdapter`` and its run: evaluation,
+reflection prompts (fitted to the reflection LM's window) and the placeholder repair belong together.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,23 +28,19 @@ from typing import Any
 
 from .._example import Example
 from .._render import (
-    DEFAULT_INSTRUCTION_PROMPT,
-    DEFAULT_SYSTEM_PROMPT,
     PromptState,
     extract_json,
     template_placeholders,
 )
-from .._schema import iter_field_paths
-from .bridge import Gateway, budgeted_prompter
+from .components import FIELD, PROMPTS, SYSTEM, apply_candidate, related, seed_candidate
+from .field_evaluators import path_segments
+from .gateway import Gateway, budgeted_prompter
 from .report import ExampleOutcome, ExampleScorer, score_examples
 
 log = logging.getLogger("dspydantic")
 
-FIELD = "field:"
-SYSTEM = "system_prompt"
-INSTRUCTION = "instruction_prompt"
-PROMPTS = (SYSTEM, INSTRUCTION)
-_INDEX = re.compile(r"\[\d*\]|\{\}")
+#: GEPA's reflective dataset: component -> its records (document, answer, feedback)
+Reflections = Mapping[str, Sequence[Mapping[str, Any]]]
 #: longest proposed field description (characters): the answer is JSON constrained by a schema with this bound
 _MAX_DESCRIPTION = 400
 #: reply room for a field-description reflection (tokens per field; a description is at most ~100 tokens)
@@ -86,62 +85,6 @@ Write a new {what} for the assistant. Identify the input format and the task, an
 generalizable rules the feedback shows are needed (formats, normalisations, when a value is absent).{keep}
 
 Provide the new {what} within ``` blocks."""
-
-
-def segments(path: str) -> tuple[str, ...]:
-    return tuple(s for s in _INDEX.sub("", path).split(".") if s)
-
-
-def related(component_path: str, scored_path: str) -> bool:
-    """A scored leaf lies below the field (or the field below a scored dict leaf)."""
-    a, b = segments(component_path), segments(scored_path)
-    return b[: len(a)] == a or a[: len(b)] == b
-
-
-def field_components(schema: dict[str, Any], include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[str]:
-    """Every field path that is scored (after ``include_fields``/``exclude_fields``), parents first."""
-    out = []
-    for f in iter_field_paths(schema):
-        seg = segments(f.path)
-        if exclude and any(seg[: len(segments(p))] == segments(p) for p in exclude):
-            continue
-        if include and not any(
-            seg[: len(segments(p))] == segments(p) or segments(p)[: len(seg)] == seg for p in include
-        ):
-            continue
-        out.append(f.path)
-    return out
-
-
-def seed_candidate(
-    descriptions: Mapping[str, str], state: PromptState, paths: Sequence[str], prompts: Sequence[str]
-) -> dict[str, str]:
-    cand = {FIELD + p: descriptions.get(p, "") for p in paths}
-    if SYSTEM in prompts:
-        cand[SYSTEM] = state.system_prompt or DEFAULT_SYSTEM_PROMPT
-    if INSTRUCTION in prompts:
-        cand[INSTRUCTION] = state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT
-    return cand
-
-
-def apply_candidate(state: PromptState, candidate: Mapping[str, str], descriptions: Mapping[str, str]) -> PromptState:
-    """``state`` with the candidate's texts (a description equal to the current one is not stored)."""
-    fd = dict(state.field_descriptions)
-    for name, text in candidate.items():
-        if name.startswith(FIELD):
-            path = name[len(FIELD):]
-            if text != descriptions.get(path, "") or path in fd:
-                fd[path] = text
-    changes: dict[str, Any] = {"field_descriptions": fd}
-    if SYSTEM in candidate:
-        s = candidate[SYSTEM]
-        changes["system_prompt"] = None if s == DEFAULT_SYSTEM_PROMPT and state.system_prompt is None else s
-    if INSTRUCTION in candidate:
-        s = candidate[INSTRUCTION]
-        changes["instruction_prompt"] = (
-            None if s == DEFAULT_INSTRUCTION_PROMPT and state.instruction_prompt is None else s
-        )
-    return state.replace(**changes)
 
 
 def _values_at(obj: Any, seg: Sequence[str]) -> Any:
@@ -203,8 +146,11 @@ class TextsAdapter:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         max_input_chars: int = 1500,
         reflect_window: int | None = None,
+        positions: Mapping[int, int] | None = None,
     ) -> None:
         self.prompter = prompter
+        #: id(example) -> its position in the training split (the index evaluators see)
+        self.positions = dict(positions or {})
         self.base_state = base_state
         self.descriptions = dict(descriptions)
         self.gateway = gateway
@@ -227,7 +173,8 @@ class TextsAdapter:
         from gepa import EvaluationBatch
 
         clone = budgeted_prompter(self.prompter, self.state_for(candidate), self.gateway)
-        outcomes = score_examples(clone, batch, self.scorer, num_threads=self.num_threads)
+        outcomes = score_examples(clone, batch, self.scorer, num_threads=self.num_threads,
+                                  positions=[self.positions.get(id(ex)) for ex in batch])
         scores = [o.score.score for o in outcomes]
         if len(batch) == self.full_size and not capture_traces:
             mean = sum(scores) / len(scores) if scores else 0.0
@@ -259,7 +206,7 @@ class TextsAdapter:
             records: list[dict[str, Any]] = []
             if comp.startswith(FIELD):
                 path = comp[len(FIELD):]
-                seg = segments(path)
+                seg = path_segments(path)
                 ok: list[dict[str, Any]] = []
                 for o in outcomes:
                     lines = _lines_for(path, o.score.feedback)
@@ -310,10 +257,7 @@ class TextsAdapter:
         return out
 
     def _propose(
-        self,
-        candidate: dict[str, str],
-        reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
-        components_to_update: list[str],
+        self, candidate: dict[str, str], reflective_dataset: Reflections, components_to_update: list[str]
     ) -> dict[str, str]:
         new: dict[str, str] = {}
         fields = [c for c in components_to_update if c.startswith(FIELD)]
@@ -326,12 +270,7 @@ class TextsAdapter:
             self.on_event({"event": "proposal", "stage": "gepa", "components": list(new)})
         return new
 
-    def _propose_fields(
-        self,
-        candidate: Mapping[str, str],
-        dataset: Mapping[str, Sequence[Mapping[str, Any]]],
-        comps: list[str],
-    ) -> dict[str, str]:
+    def _propose_fields(self, candidate: Mapping[str, str], dataset: Reflections, comps: list[str]) -> dict[str, str]:
         paths = [c[len(FIELD):] for c in comps]
         current = {p: candidate[FIELD + p] for p in paths}
         seen: set[str] = set()
@@ -477,7 +416,7 @@ class ErrorDrivenSelector:
             return [prompts[(self.step // 3) % len(prompts)]]
         if not counts:
             return [sorted(candidate)[self.step % len(candidate)]]
-        ranked = sorted(counts, key=lambda c: (-counts[c], -len(segments(c)), c))
+        ranked = sorted(counts, key=lambda c: (-counts[c], -len(path_segments(c)), c))
         if self.parallel_fields:
             # the deepest wrong field explains its parents' errors: prefer leaves, keep parents too
             return ranked
@@ -533,6 +472,7 @@ def run_texts(
         num_threads=num_threads,
         on_event=on_event,
         reflect_window=reflect_window,
+        positions={id(ex): i for i, ex in enumerate(trainset)},
     )
     if adapter_box is not None:
         adapter_box.append(adapter)
@@ -572,17 +512,3 @@ def _defaults(prompter: Any) -> dict[str, str]:
     from .._schema import default_descriptions
 
     return default_descriptions(prompter._base_schema)
-
-
-def field_groups(paths: Sequence[str], parallel_fields: bool) -> list[list[str]]:
-    """Sequential mode: deepest fields first; one group per depth (``parallel_fields``) or per field."""
-    by_depth: dict[int, list[str]] = {}
-    for p in paths:
-        by_depth.setdefault(len(segments(p)), []).append(p)
-    groups: list[list[str]] = []
-    for depth in sorted(by_depth, reverse=True):
-        if parallel_fields:
-            groups.append(by_depth[depth])
-        else:
-            groups.extend([p] for p in by_depth[depth])
-    return groups

@@ -1,7 +1,7 @@
 """Score one whole extraction against its label, field by field, and aggregate many such scores.
 
 :func:`score_output` walks the label and the prediction together (both as JSON-like values; see
-:func:`~dspydantic.optimize.evaluators.normalize_value`) and scores every *leaf field*:
+:func:`~dspydantic.optimize.values.normalize_value`) and scores every *leaf field*:
 
 * nested objects recurse: ``address.city``;
 * a list of scalars (``tags``) is one field, scored as a multiset: the F1 of its items, items being
@@ -31,18 +31,18 @@ one pair per item. With the ``exact`` evaluator all counts are whole numbers.
 from __future__ import annotations
 
 import collections.abc
-import inspect
 import json
-import math
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from ..errors import ConfigurationError
-from .evaluators import Evaluator, _score_from, get_evaluator, normalize_value
+from .assignment import assign
+from .evaluators import Evaluator
+from .field_evaluators import FieldEvaluators, WholeOutput, path_segments, resolve_evaluators, whole_output
+from .values import normalize_value, score_from
 
 __all__ = [
     "EvaluationSummary",
@@ -135,179 +135,6 @@ def aggregate(scores: Sequence[OutputScore]) -> EvaluationSummary:
 
 
 # --------------------------------------------------------------------------------------------------
-# evaluator configuration
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WholeOutput:
-    """Marks a callable ``(expected, predicted) -> float | bool`` that scores the *whole* output.
-
-    Both arguments are JSON-like values (dicts for models; the ``output`` string in free-text mode).
-    Build it with :func:`whole_output`.
-    """
-
-    function: Callable[[Any, Any], Any]
-
-
-def whole_output(function: Callable[[Any, Any], Any]) -> WholeOutput:
-    """Use ``function(expected, predicted)`` as the score of the whole output instead of field scores."""
-    if not callable(function):
-        raise ConfigurationError("whole_output needs a callable (expected, predicted) -> float")
-    return WholeOutput(function)
-
-
-_WHOLE_OUTPUT_FIRST_PARAMS = frozenset({"expected", "expected_output", "example", "gold"})
-
-
-def _is_whole_output_callable(spec: Any) -> bool:
-    if isinstance(spec, (Evaluator, type, str, Mapping)) or not callable(spec):
-        return False
-    if callable(getattr(spec, "evaluate", None)):
-        return False
-    try:
-        params = list(inspect.signature(spec).parameters)
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and params[0] in _WHOLE_OUTPUT_FIRST_PARAMS
-
-
-def _segments(path: str) -> tuple[str, ...]:
-    return tuple(s for s in path.replace("[]", "").replace("{}", "").split(".") if s)
-
-
-class FieldEvaluators:
-    """A default evaluator plus per-path overrides; an override also covers the paths below it.
-
-    The most specific override wins: for ``items[].name`` an override on ``items[].name`` (or
-    ``items.name``) beats one on ``items``, which beats the default.
-    """
-
-    def __init__(self, default: Evaluator, overrides: Mapping[str, Evaluator] | None = None) -> None:
-        self.default = default
-        self.overrides = dict(overrides or {})
-        self._by_segments = sorted(
-            ((_segments(path), ev) for path, ev in self.overrides.items()), key=lambda item: -len(item[0])
-        )
-        self._cache: dict[str, Evaluator] = {}
-
-    def for_path(self, path: str) -> Evaluator:
-        """The evaluator for the field at ``path``."""
-        found = self._cache.get(path)
-        if found is not None:
-            return found
-        segments = _segments(path)
-        evaluator = self.default
-        for prefix, ev in self._by_segments:
-            if segments[: len(prefix)] == prefix:
-                evaluator = ev
-                break
-        self._cache[path] = evaluator
-        return evaluator
-
-    def __repr__(self) -> str:
-        return f"FieldEvaluators(default={self.default!r}, overrides={self.overrides!r})"
-
-
-def resolve_evaluators(spec: Any = None, lm: Any = None) -> FieldEvaluators | WholeOutput:
-    """Turn an ``evaluator_spec`` into evaluators once (reuse the result across many outputs).
-
-    ``spec`` is anything :func:`~dspydantic.optimize.evaluators.get_evaluator` accepts (applied to
-    every field), or ``{"default": spec, "field_overrides": {path: spec}}``, or a whole-output metric:
-    a :func:`whole_output` wrapper, or a plain callable whose **first parameter is named** ``expected``,
-    ``expected_output``, ``example`` or ``gold`` (called as ``fn(expected, predicted)``; field
-    evaluators take ``(extracted, expected)`` in the other order). ``None`` means ``"exact"``.
-    """
-    if isinstance(spec, (FieldEvaluators, WholeOutput)):
-        return spec
-    if _is_whole_output_callable(spec):
-        return WholeOutput(spec)
-    if isinstance(spec, Mapping) and ("default" in spec or "field_overrides" in spec):
-        unknown = set(spec) - {"default", "field_overrides"}
-        if unknown:
-            raise ConfigurationError(
-                f"an evaluator config with 'default'/'field_overrides' cannot also have {sorted(unknown)}"
-            )
-        overrides = spec.get("field_overrides") or {}
-        if not isinstance(overrides, Mapping):
-            raise ConfigurationError("'field_overrides' must be a dict of field path -> evaluator spec")
-        return FieldEvaluators(
-            get_evaluator(spec.get("default") or "exact", lm=lm),
-            {str(path): get_evaluator(s, lm=lm) for path, s in overrides.items()},
-        )
-    return FieldEvaluators(get_evaluator(spec, lm=lm))
-
-
-# --------------------------------------------------------------------------------------------------
-# assignment
-# --------------------------------------------------------------------------------------------------
-
-
-def _hungarian_max(scores: list[list[float]]) -> list[tuple[int, int]]:
-    """Pairs (row, col) maximizing the summed score (pure Python, O(n²m)); len = min(rows, cols)."""
-    n = len(scores)
-    m = len(scores[0]) if n else 0
-    if n == 0 or m == 0:
-        return []
-    if n > m:
-        return sorted((i, j) for j, i in _hungarian_max([list(col) for col in zip(*scores, strict=True)]))
-    inf = math.inf
-    u = [0.0] * (n + 1)
-    v = [0.0] * (m + 1)
-    owner = [0] * (m + 1)  # owner[j]: the row (1-based) assigned to column j, 0 = none
-    way = [0] * (m + 1)
-    for i in range(1, n + 1):
-        owner[0] = i
-        j0 = 0
-        minv = [inf] * (m + 1)
-        used = [False] * (m + 1)
-        while True:
-            used[j0] = True
-            i0 = owner[j0]
-            delta = inf
-            j1 = 0
-            for j in range(1, m + 1):
-                if not used[j]:
-                    cur = -scores[i0 - 1][j - 1] - u[i0] - v[j]
-                    if cur < minv[j]:
-                        minv[j] = cur
-                        way[j] = j0
-                    if minv[j] < delta:
-                        delta = minv[j]
-                        j1 = j
-            for j in range(m + 1):
-                if used[j]:
-                    u[owner[j]] += delta
-                    v[j] -= delta
-                else:
-                    minv[j] -= delta
-            j0 = j1
-            if owner[j0] == 0:
-                break
-        while j0:
-            j1 = way[j0]
-            owner[j0] = owner[j1]
-            j0 = j1
-    return sorted((owner[j] - 1, j - 1) for j in range(1, m + 1) if owner[j])
-
-
-def _assign(scores: list[list[float]]) -> list[tuple[int, int]]:
-    if not scores or not scores[0]:
-        return []
-    if len(scores) == 1 or len(scores[0]) == 1:  # trivial: take the best single pair
-        flat = [(s, i, j) for i, row in enumerate(scores) for j, s in enumerate(row)]
-        best = max(flat, key=lambda t: t[0])
-        return [(best[1], best[2])]
-    try:
-        import numpy as np
-        from scipy.optimize import linear_sum_assignment
-    except ImportError:
-        return _hungarian_max(scores)
-    rows, cols = linear_sum_assignment(np.asarray(scores, dtype=float), maximize=True)
-    return [(int(i), int(j)) for i, j in zip(rows, cols, strict=True)]
-
-
-# --------------------------------------------------------------------------------------------------
 # walking the values
 # --------------------------------------------------------------------------------------------------
 
@@ -389,29 +216,29 @@ class _Scorer:
     ) -> None:
         self.plan = plan
         self.labelled = labelled
-        self.include = None if include is None else [_segments(p) for p in include]
-        self.exclude = [_segments(p) for p in exclude or ()]
+        self.include = None if include is None else [path_segments(p) for p in include]
+        self.exclude = [path_segments(p) for p in exclude or ()]
         self.map_paths = map_paths
         self.input_data = input_data
 
     # -- filtering ----------------------------------------------------------------------------------
 
     def _excluded(self, path: str) -> bool:
-        segments = _segments(path)
+        segments = path_segments(path)
         return any(segments[: len(p)] == p for p in self.exclude)
 
     def _included(self, path: str) -> bool:
         """``path`` lies inside an included subtree (or nothing is included explicitly)."""
         if self.include is None:
             return True
-        segments = _segments(path)
+        segments = path_segments(path)
         return any(segments[: len(p)] == p for p in self.include)
 
     def _on_the_way(self, path: str) -> bool:
         """``path`` is an ancestor of an included path."""
         if self.include is None:
             return True
-        segments = _segments(path)
+        segments = path_segments(path)
         return any(p[: len(segments)] == segments for p in self.include)
 
     # -- scores -------------------------------------------------------------------------------------
@@ -424,7 +251,7 @@ class _Scorer:
         if predicted is None:
             return 0.0
         score = evaluator.evaluate(predicted, expected, input_data=self.input_data, field_path=path)
-        return _score_from(score, f"{type(evaluator).__name__}.evaluate")
+        return score_from(score, f"{type(evaluator).__name__}.evaluate")
 
     def compare(self, exp: Any, pred: Any, path: str, shown: str, acc: _Acc, absent: bool = False) -> None:
         """Score ``pred`` against ``exp`` at ``path`` into ``acc``. With ``absent`` one side is a whole
@@ -500,7 +327,7 @@ class _Scorer:
                     acc.feedback.append(f"{shown}: item {_fmt(y)} scored {item_score:.2f}")
             return
         matrix = [[self._value_score(evaluator, x, y, path) for y in p] for x in e]
-        pairs = [(i, j) for i, j in _assign(matrix) if matrix[i][j] > 0]
+        pairs = [(i, j) for i, j in assign(matrix) if matrix[i][j] > 0]
         tp = sum(matrix[i][j] for i, j in pairs)
         score = 2 * tp / (n + m)
         acc.fields[path] = score
@@ -551,7 +378,7 @@ class _Scorer:
             for j, y in enumerate(p):
                 self.compare(x, y, sub, f"{shown}[{i}]", results[i][j])
         matrix = [[r.mean() for r in row] for row in results]
-        pairs = [(i, j) for i, j in _assign(matrix) if matrix[i][j] > 0]
+        pairs = [(i, j) for i, j in assign(matrix) if matrix[i][j] > 0]
         matched_e = {i for i, _ in pairs}
         matched_p = {j for _, j in pairs}
         leftovers: list[_Acc] = []
@@ -653,7 +480,7 @@ def score_output(
     if not structured and isinstance(pred, dict) and "output" in pred:
         pred = pred["output"]
     if isinstance(plan, WholeOutput):
-        s = _score_from(plan.function(exp, pred), "the whole-output metric")
+        s = score_from(plan.function(exp, pred), "the whole-output metric")
         feedback = [] if s >= 1.0 else [f"output scored {s:.2f} by the whole-output metric"]
         return OutputScore(score=s, fields={}, feedback=feedback, tp=s, fp=1 - s, fn=1 - s)
     scorer = _Scorer(
