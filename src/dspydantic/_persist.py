@@ -42,6 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
+from ._media import data_url, parse_data_url, sniff_image_mime
 from ._options import DEFAULT_SAMPLE_TEMPERATURE, MAX_CONFIDENCE_SAMPLES, sample_temperature_ok
 from ._render import Demo, PromptState
 from ._schema import (
@@ -173,32 +174,6 @@ def _jsonable(value: Any, what: str) -> Any:
         ) from exc
 
 
-def _sniff_mime(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def _parse_data_url(url: str) -> tuple[bytes, str] | None:
-    """(bytes, mime) of a base64 ``data:`` URL, or None for anything else."""
-    if not url.startswith("data:"):
-        return None
-    head, sep, payload = url.partition(",")
-    if not sep or not head.endswith(";base64"):
-        return None
-    mime = head[5:].split(";", 1)[0] or "application/octet-stream"
-    try:
-        return base64.b64decode(payload, validate=True), mime
-    except (binascii.Error, ValueError):
-        return None
-
-
 # ==================================================================================================
 # save
 
@@ -230,9 +205,9 @@ def _demo_to_json(demo: Demo, images: _Images, what: str) -> dict[str, Any]:
             if isinstance(part, Mapping) and part.get("type") == "image_url":
                 spec = part.get("image_url")
                 url = spec.get("url") if isinstance(spec, Mapping) else spec
-                decoded = _parse_data_url(url) if isinstance(url, str) else None
+                decoded = parse_data_url(url) if isinstance(url, str) else None
                 if decoded is not None:
-                    data, mime = decoded
+                    data, mime = decoded[0], decoded[1] or "application/octet-stream"
                     extra = {k: v for k, v in spec.items() if k != "url"} if isinstance(spec, Mapping) else {}
                     ref: dict[str, Any] = {"type": "image_file", "path": images.add(data, mime), "mime": mime}
                     if extra:
@@ -719,8 +694,8 @@ def _state_from_json(data: dict[str, Any], directory: Path, contents: Mapping[st
                     blob = contents.get(rel)
                     if blob is None:
                         blob = _read_bytes(directory, rel, what="a demo refers to it")
-                    mime = str(part.get("mime") or _sniff_mime(blob) or "image/png")
-                    url = f"data:{mime};base64,{base64.b64encode(blob).decode('ascii')}"
+                    mime = str(part.get("mime") or sniff_image_mime(blob) or "image/png")
+                    url = data_url(blob, mime)
                     extra = part.get("image_url") if isinstance(part.get("image_url"), dict) else {}
                     parts.append({"type": "image_url", "image_url": {"url": url, **extra}})
                 else:
@@ -792,7 +767,7 @@ def _legacy_demo(raw: Any) -> Demo | None:
                 blob = base64.b64decode(img, validate=True)
             except (binascii.Error, ValueError):
                 continue
-            url = f"data:{_sniff_mime(blob) or 'image/png'};base64,{img}"
+            url = f"data:{sniff_image_mime(blob) or 'image/png'};base64,{img}"
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return Demo(input=parts, output=out) if parts else None
 

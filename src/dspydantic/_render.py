@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ._inputs import render_template, template_placeholders
 from ._schema import apply_descriptions, default_descriptions, iter_field_paths, model_schema
+from ._template import render_template, template_placeholders
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful information extraction system. You read a document and return the requested "

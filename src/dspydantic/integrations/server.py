@@ -16,8 +16,6 @@ shutdown lets in-flight requests finish; the prompters' backends are closed afte
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 import logging
@@ -31,6 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from .._media import decode_base64
 from .._prompter import Prompter
 from .._result import ExtractionResult
 from ..errors import ConfigurationError, DspydanticError, ExtractionError, LMError, MissingExtraError
@@ -281,15 +280,6 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
-def _decode(value: str, what: str) -> bytes:
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigurationError(f"{what} is not valid base64") from None
-
-
 class _Served:
     """One served prompter and how to call it."""
 
@@ -324,7 +314,7 @@ class _Served:
         if item.image_base64 is not None:
             kwargs["image_base64"] = item.image_base64
         if item.pdf_base64 is not None:
-            kwargs["pdf_bytes"] = _decode(item.pdf_base64, "pdf_base64")
+            kwargs["pdf_bytes"] = decode_base64(item.pdf_base64, "pdf_base64")[0]
         if item.pdf_mode is not None:
             kwargs["pdf_mode"] = item.pdf_mode
         route_key = {"key": item.key} if self.routed and item.key is not None else {}
