@@ -403,7 +403,7 @@ def test_kv_prefix_survives_interleaved_prompters(qwen: LocalBackend) -> None:
 
     shared = qwen._model()
     with shared.lock:  # forget everything: a cold evaluation of the same prompt
-        shared.clear_states()
+        shared.states.clear()
         shared.llama.reset()
     cold_text, _ = call(sys_a, 2)
     assert cold_text == text_a
