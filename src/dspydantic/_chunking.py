@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dspydantic._tokens import CHARS_PER_TOKEN, estimate_tokens
 from dspydantic.errors import ConfigurationError
 
 __all__ = [
@@ -30,15 +31,6 @@ __all__ = [
 
 #: the smallest document budget :func:`chunk_budget` returns
 MIN_CHUNK_TOKENS = 256
-
-#: characters per token assumed by :func:`estimate_tokens` (conservative: real English text is ~4)
-CHARS_PER_TOKEN = 3.5
-
-
-def estimate_tokens(text: str) -> int:
-    """A conservative token estimate without a tokenizer: ``ceil(len(text) / 3.5)``."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
 
 # --------------------------------------------------------------------------------------------------
 # splitting

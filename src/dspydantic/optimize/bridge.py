@@ -25,7 +25,6 @@ import contextvars
 import functools
 import hashlib
 import json
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,12 +40,13 @@ from .._render import (
     Renderer,
     template_placeholders,
 )
+from .._tokens import estimate_message_tokens, estimate_tokens
 from ..errors import ExtractionError
 from ..lm._base import LMBackend, LMRequest, LMResponse, chat_params
-from ..lm.layers import Budget, BudgetedBackend, BudgetExhausted, estimate_tokens
+from ..lm.layers import Budget, BudgetedBackend, BudgetExhausted
 from ..lm.settings import ModelSettings
 
-__all__ = ["Budget", "BudgetExhausted", "Gateway", "budgeted_prompter", "estimate_tokens", "external_target"]
+__all__ = ["Budget", "BudgetExhausted", "Gateway", "budgeted_prompter", "external_target"]
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
@@ -179,8 +179,8 @@ def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
                 usage = history[-1].get("usage") or {}
             return LMResponse(
                 text=text,
-                prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(request.messages)),
-                completion_tokens=int(usage.get("completion_tokens") or math.ceil(len(text) / 4)),
+                prompt_tokens=int(usage.get("prompt_tokens") or estimate_message_tokens(request.messages)),
+                completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)),
             )
 
         return call_dspy
@@ -190,8 +190,8 @@ def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
             text = str(lm("\n\n".join(str(m.get("content", "")) for m in request.messages)))
             return LMResponse(
                 text=text,
-                prompt_tokens=estimate_tokens(request.messages),
-                completion_tokens=math.ceil(len(text) / 4),
+                prompt_tokens=estimate_message_tokens(request.messages),
+                completion_tokens=estimate_tokens(text),
             )
 
         return call_plain
