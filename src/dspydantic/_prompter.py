@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Unpack
 
 from pydantic import BaseModel
@@ -22,6 +21,7 @@ from pydantic import BaseModel
 from ._cache import CacheBackend, resolve_cache
 from ._compat import LEGACY_INIT_KEYS, LegacyPrompterAPI, apply_legacy_init, pop_legacy_init, renamed_path
 from ._example import Example
+from ._fanout import fan_out
 from ._inputs import InputDoc, InputKeywords, build_input, check_input_options, input_keywords
 from ._observe import extraction
 from ._options import DEFAULT_SAMPLE_TEMPERATURE, PROMPTER_ARGS, check_confidence, check_runtime
@@ -572,12 +572,7 @@ class Prompter(LegacyPrompterAPI):
             if on_progress is not None:
                 on_progress(finished, len(items))
 
-        if workers == 1 or len(items) <= 1:
-            for i in range(len(items)):
-                one(i)
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-                list(pool.map(one, range(len(items))))
+        fan_out(one, range(len(items)), workers)
         return _finish(results, on_error)
 
     async def apredict_batch(
