@@ -32,9 +32,19 @@ def ensure_model(model: Any) -> type[BaseModel]:
     )
 
 
+class FreeText(BaseModel):
+    """The base of the free-text model: the flag that an answer which is not JSON is the ``output`` itself
+    (a user's own model is never free text, whatever its fields are called)."""
+
+
 def free_text_model() -> type[BaseModel]:
     """The model used when a Prompter has no model: a single free-text ``output`` field."""
-    return create_model("Output", output=(str, Field(description="The answer as free text")))
+    return create_model("Output", __base__=FreeText, output=(str, Field(description="The answer as free text")))
+
+
+def is_free_text(model: type[BaseModel]) -> bool:
+    """Whether ``model`` is the free-text model (see :func:`free_text_model`)."""
+    return issubclass(model, FreeText)
 
 
 @dataclass(frozen=True, slots=True)
