@@ -85,13 +85,12 @@ def renamed_path(verb: str, path: Any, old_name: str, old_value: Any) -> str | o
 def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str) -> dict[str, str]:
     """Field descriptions keyed by our paths (``items[].name``); 0.1's paths (``items.name``) are
     translated; a path the model does not have raises :class:`ConfigurationError` naming it."""
-    from ._persist import _legacy_paths
-    from ._schema import iter_field_paths
+    from ._schema import iter_field_paths, legacy_paths
 
     if not isinstance(descriptions, Mapping):
         raise ConfigurationError(f"{what} must be a dict of field path -> description")
     ours = {f.path for f in iter_field_paths(schema)}
-    legacy = _legacy_paths(schema)
+    legacy = legacy_paths(schema)
     out: dict[str, str] = {}
     unknown = []
     described = {f.path for f in iter_field_paths(schema) if f.description}

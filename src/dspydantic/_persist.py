@@ -48,10 +48,12 @@ from ._render import Demo, PromptState
 from ._schema import (
     _strip_titles,
     _type_hint,
+    ancestor_paths,
     default_descriptions,
     ensure_model,
     fingerprint,
     inline_schema,
+    legacy_paths,
     model_schema,
     walk_fields,
 )
@@ -733,14 +735,6 @@ def _restore_report(data: Any) -> Any:
 # -- dspydantic 0.1.x --------------------------------------------------------------------------------
 
 
-def _legacy_paths(schema: dict[str, Any]) -> dict[str, str]:
-    """0.1.x field path (``items.name``, no ``[]``/``{}``) -> our path (``items[].name``)."""
-    out: dict[str, str] = {}
-    for path in _field_nodes(schema):
-        out.setdefault(path.replace("[]", "").replace("{}", ""), path)
-    return out
-
-
 def _legacy_demo(raw: Any) -> Demo | None:
     if not isinstance(raw, dict):
         return None
@@ -789,7 +783,7 @@ def _read_legacy(directory: Path) -> SavedPrompter:
     schema = _strip_titles(inline_schema(raw_schema))
     name = str(raw_schema.get("title") or "Model")
 
-    paths = _legacy_paths(schema)
+    paths = legacy_paths(schema)
     descriptions: dict[str, str] = {}
     raw_desc = state.get("optimized_descriptions") or {}
     _expect(isinstance(raw_desc, dict), directory, LEGACY_STATE, "optimized_descriptions is not an object")
@@ -937,15 +931,6 @@ def _constraints(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ancestors(path: str) -> list[str]:
-    """Field paths above ``path``: ``a.b[].c`` -> ``["a", "a.b"]``."""
-    out: list[str] = []
-    parts = path.split(".")
-    for i in range(1, len(parts)):
-        out.append(".".join(parts[:i]).removesuffix("[]").removesuffix("{}"))
-    return out
-
-
 def schema_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Differences between a saved and a current (inlined) schema: ``(compatible, incompatible)``.
 
@@ -959,7 +944,7 @@ def schema_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[s
     incompatible: list[str] = []
     broken: set[str] = set()  # paths reported removed/changed: their sub-fields are not reported again
     for path, (node, required) in old.items():
-        if any(a in broken for a in _ancestors(path)):
+        if any(a in broken for a in ancestor_paths(path)):
             continue
         if path not in new:
             incompatible.append(f"{path}: removed")
@@ -985,7 +970,7 @@ def schema_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[s
             compatible.append(f"{path}: constraints changed")
     added = {p for p in new if p not in old}
     for path in new:
-        if path not in added or any(a in added or a in broken for a in _ancestors(path)):
+        if path not in added or any(a in added or a in broken for a in ancestor_paths(path)):
             continue  # a sub-field of a new (or changed) field is reported with it
         if new[path][1]:
             incompatible.append(f"{path}: new required field")

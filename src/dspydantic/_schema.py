@@ -2,6 +2,9 @@
 
 Field paths are dotted: ``vendor``, ``address.city``; items of a list are ``items[].name``; values of a
 ``dict[str, Model]`` are ``prices{}.amount``. Everything per field is keyed by its path, never by position.
+This module is the one source of that grammar: :func:`walk_fields` lists a schema's paths, :func:`join_path`,
+:func:`ancestor_paths`, :func:`owning_path` and :func:`schema_path` compute with them, :func:`legacy_path`
+translates to dspydantic 0.1's form.
 """
 
 from __future__ import annotations
@@ -133,6 +136,56 @@ def walk_fields(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], b
                             yield from visit(c2, f"{path}{suffix}{s2}.")
 
     yield from visit(schema, "")
+
+
+def join_path(parent: str, name: str) -> str:
+    """``parent.name`` (just ``name`` at the top)."""
+    return f"{parent}.{name}" if parent else name
+
+
+def ancestor_paths(path: str) -> list[str]:
+    """Field paths above ``path``: ``a.b[].c`` -> ``["a", "a.b"]``."""
+    parts = path.split(".")
+    return [".".join(parts[:i]).removesuffix("[]").removesuffix("{}") for i in range(1, len(parts))]
+
+
+def owning_path(path: str, known: set[str] | frozenset[str]) -> str | None:
+    """The deepest field path of ``known`` that is ``path`` or contains it (``tags[]`` -> ``tags``)."""
+    p = path
+    while p:
+        if p in known:
+            return p
+        cut = max(p.rfind("."), p.rfind("["), p.rfind("{"))
+        if cut <= 0:
+            return None
+        p = p[:cut]
+    return None
+
+
+def schema_path(segments: tuple[str | int, ...], known: set[str] | frozenset[str]) -> str:
+    """The field path of an instance path (keys and list indices): list indices become ``[]``, keys of a
+    ``dict[str, X]`` field ``{}``; ``known`` are the field paths of the schema (from :func:`walk_fields`)."""
+    cur = ""
+    for seg in segments:
+        if isinstance(seg, int):
+            cur += "[]"
+            continue
+        candidate = join_path(cur, seg)
+        cur = candidate if candidate in known else f"{cur}{{}}"
+    return cur
+
+
+def legacy_path(path: str) -> str:
+    """dspydantic 0.1's form of a field path: no ``[]`` / ``{}`` (``items[].name`` -> ``items.name``)."""
+    return path.replace("[]", "").replace("{}", "")
+
+
+def legacy_paths(schema: dict[str, Any]) -> dict[str, str]:
+    """0.1 field path -> our path, for every field of an (inlined) schema (the first path wins a clash)."""
+    out: dict[str, str] = {}
+    for path, _, _ in walk_fields(schema):
+        out.setdefault(legacy_path(path), path)
+    return out
 
 
 def iter_field_paths(schema: dict[str, Any]) -> list[FieldPath]:
