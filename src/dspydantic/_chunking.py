@@ -182,14 +182,7 @@ def _max_end(text: str, start: int, max_tokens: int, count_tokens: Callable[[str
             hi = candidate
             step *= 2
     # invariant: text[start:lo] fits (or lo == start + 1), text[start:hi] does not
-    tolerance = max(1, (lo - start) // 64)
-    while hi - lo > tolerance:
-        mid = (lo + hi) // 2
-        if count_tokens(text[start:mid]) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return _narrow(lo, hi, max(1, (lo - start) // 64), lambda end: count_tokens(text[start:end]) <= max_tokens)
 
 
 def _min_start(text: str, end: int, overlap_tokens: int, count_tokens: Callable[[str], int] | None, floor: int) -> int:
@@ -198,15 +191,21 @@ def _min_start(text: str, end: int, overlap_tokens: int, count_tokens: Callable[
         return max(floor, end - math.floor(overlap_tokens * CHARS_PER_TOKEN))
     if count_tokens(text[floor:end]) <= overlap_tokens:
         return floor
-    lo, hi = floor, end  # text[lo:end] is too long, text[hi:end] fits
+    # text[floor:end] is too long, text[end:end] fits
     tolerance = max(1, (end - floor) // 64)
-    while hi - lo > tolerance:
-        mid = (lo + hi) // 2
-        if count_tokens(text[mid:end]) <= overlap_tokens:
-            hi = mid
+    return _narrow(end, floor, tolerance, lambda start: count_tokens(text[start:end]) <= overlap_tokens)
+
+
+def _narrow(good: int, bad: int, tolerance: int, fits: Callable[[int], bool]) -> int:
+    """Bisect between ``good`` (``fits``) and ``bad`` (does not) until they are within ``tolerance``; return
+    the last position that fits."""
+    while abs(bad - good) > tolerance:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
         else:
-            lo = mid
-    return hi
+            bad = mid
+    return good
 
 
 def chunk_budget(context_window: int, prompt_overhead_tokens: int, max_output_tokens: int) -> int:
