@@ -21,11 +21,11 @@ from dspydantic._chunking import (
     Chunk,
     chunk_budget,
     estimate_tokens,
-    merge_extractions,
     split_text,
 )
 from dspydantic._inputs import InputDoc, build_input
 from dspydantic._media import SNIFF_BYTES, data_url, decode_base64, parse_data_url, sniff_image_mime
+from dspydantic._merge import merge_extractions
 from dspydantic._template import render_template, template_placeholders
 from dspydantic.errors import ConfigurationError, MissingExtraError
 

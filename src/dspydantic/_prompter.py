@@ -253,7 +253,7 @@ class Prompter(LegacyPrompterAPI):
         if chunks is None:
             return (yield from self._plan_doc(doc, renderer))
         # a long document: extract per chunk, merge (scalars by agreement, lists by union)
-        from ._chunking import merge_extractions
+        from ._merge import merge_extractions
 
         results: list[ExtractionResult[Any]] = []
         failures: list[ExtractionError] = []
