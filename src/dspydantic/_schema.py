@@ -35,19 +35,23 @@ def ensure_model(model: Any) -> type[BaseModel]:
     )
 
 
-class FreeText(BaseModel):
-    """The base of the free-text model: the flag that an answer which is not JSON is the ``output`` itself
-    (a user's own model is never free text, whatever its fields are called)."""
+#: the class attribute that marks the free-text model (a flag on the class, not a guess from its fields; not a
+#: base class either: defining a model class at import would make pydantic load its plugins up front)
+_FREE_TEXT_FLAG = "__dspydantic_free_text__"
 
 
 def free_text_model() -> type[BaseModel]:
-    """The model used when a Prompter has no model: a single free-text ``output`` field."""
-    return create_model("Output", __base__=FreeText, output=(str, Field(description="The answer as free text")))
+    """The model used when a Prompter has no model: a single free-text ``output`` field, flagged so that an
+    answer which is not JSON is the ``output`` itself (a user's own model is never free text, whatever its
+    fields are called)."""
+    model = create_model("Output", output=(str, Field(description="The answer as free text")))
+    setattr(model, _FREE_TEXT_FLAG, True)
+    return model
 
 
 def is_free_text(model: type[BaseModel]) -> bool:
-    """Whether ``model`` is the free-text model (see :func:`free_text_model`)."""
-    return issubclass(model, FreeText)
+    """Whether ``model`` is the free-text model (see :func:`free_text_model`), or derived from it."""
+    return bool(getattr(model, _FREE_TEXT_FLAG, False))
 
 
 @dataclass(frozen=True, slots=True)
