@@ -22,8 +22,6 @@ renames under a lock; any failure leaves the previous save as it was.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import copy
 import datetime as dt
@@ -42,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from ._media import data_url, parse_data_url, sniff_image_mime
+from ._media import data_url, decode_base64, parse_data_url, sniff_image_mime
 from ._options import DEFAULT_SAMPLE_TEMPERATURE, MAX_CONFIDENCE_SAMPLES, sample_temperature_ok
 from ._render import Demo, PromptState
 from ._schema import (
@@ -758,10 +756,10 @@ def _legacy_demo(raw: Any) -> Demo | None:
             url = img
         else:
             try:
-                blob = base64.b64decode(img, validate=True)
-            except (binascii.Error, ValueError):
+                blob, _ = decode_base64(img, "a 0.1 demo image")
+            except ConfigurationError:
                 continue
-            url = f"data:{sniff_image_mime(blob) or 'image/png'};base64,{img}"
+            url = data_url(blob, sniff_image_mime(blob) or "image/png")
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return Demo(input=parts, output=out) if parts else None
 
