@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 
 .PHONY: install test lint demo bench clean
 
+# the [similarity] extra needs torch: take the CPU build first (an unpinned torch is a multi-GB CUDA build); only
+# then, and a make-level comment so that no other install (e.g. `make demo`'s EXTRAS=local) echoes it
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# the [similarity] extra needs torch: take the CPU build first (an unpinned torch is a multi-GB CUDA build)
 	$(if $(findstring similarity,$(EXTRAS)),$(BIN)/python -m pip install -q $(PIP_FLAGS) "torch==2.13.0",)
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e ".[$(EXTRAS)]"
 	touch $@

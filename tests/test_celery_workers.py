@@ -162,6 +162,7 @@ def test_a_client_without_dspydantic_calls_the_tasks_by_name(
     assert text["data"] == {"vendor": "Acme", "total": 10.0} and text["error"] is None
     assert text["confidence"] == 1.0 and text["usage"]["calls"] == 1 and text["usage"]["prompt_tokens"] > 0
     assert text["prompter"] == "invoice" and len(text["document_id"]) == 64
+    assert text["spans"] == {"vendor": [[13, 17]]} and text["ungrounded"] == []  # "Acme" in the document
     assert out["by_folder"]["data"] == {"vendor": "Globex", "total": 20.0}
     assert out["by_folder"]["prompter"] == "receipts"
     for key in ("pdf", "pdf_b64", "file_pdf"):
@@ -329,6 +330,9 @@ def test_eager_mode_runs_the_same_tasks_in_process(llm: FakeLLMServer, saved: di
     (tmp_path / "blob.bin").write_bytes(b"\x00\xff\xfe binary")
     with pytest.raises(ConfigurationError, match="neither a PDF, an image nor UTF-8 text"):
         app.tasks["dspydantic.extract_file"].delay(prompter="built", path=str(tmp_path / "blob.bin")).get()
+    made_up = extract.delay(prompter="invoice", text="Nothing to read here").get()  # the fake LM answers "?"
+    assert made_up["ungrounded"] == ["vendor"] and made_up["field_confidences"]["vendor"] < made_up[
+        "field_confidences"]["total"]
     llm.add_response(Fault(status=503))
     assert extract.delay(prompter="invoice", text="Invoice from Flaky, total 8").get()["data"]["vendor"] == "Flaky"
     assert requests_for(llm, "Flaky") == 2

@@ -223,3 +223,65 @@ def test_help_imports_no_heavy_dependency() -> None:
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_extract_html_writes_a_review_page_per_answer(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+    """``--html DIR``: each answer's review page (its grounded spans highlighted in the text it was read from:
+    a text file's content, a PDF's text layer), named in its record; a failed input gets none."""
+    out, pages = tmp_path / "out.jsonl", tmp_path / "pages"
+    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--out", str(out), "--html", str(pages))
+    assert r.returncode == 1  # broken.pdf
+    recs = {Path(x["id"]).name: x for x in records(out)}
+    assert "review_html" not in recs["broken.pdf"]
+    assert sorted(Path(x["review_html"]).name.split("-")[0] for x in recs.values() if x["ok"]) == ["a", "b", "c", "d"]
+    assert sorted(p.name for p in pages.iterdir()) == sorted(Path(x["review_html"]).name for x in recs.values()
+                                                             if x["ok"])
+    text = (docs / "a.txt").read_text()
+    start = text.index("Acme")
+    assert recs["a.txt"]["spans"] == {"vendor": [[start, start + 4]]} and recs["a.txt"]["ungrounded"] == []
+    page = Path(recs["a.txt"]["review_html"]).read_text()
+    assert f'data-fields="vendor" data-start="{start}" data-end="{start + 4}"' in page and ">Acme</mark>" in page
+    pdf_page = Path(recs["c.pdf"]["review_html"]).read_text()
+    assert ">Initech</mark>" in pdf_page  # grounded in the PDF's text layer
+    image = recs["d.png"]
+    # an image has no text to ground in: nothing is highlighted, and nothing is called a hallucination
+    assert image["ungrounded"] == [] and image["spans"] == {}
+    assert "<mark" not in Path(image["review_html"]).read_text()
+
+
+def test_progress_bar_on_a_terminal_stays_off_the_records(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+    """stderr on a terminal (a pty): rich draws the progress bar there; the records on stdout stay pure JSON."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from ._support import cli_env
+
+    (docs / "broken.pdf").unlink()
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dspydantic", "extract", str(docs), "--prompter", str(prompter_dir), "--out", "-",
+             "--workers", "1"],
+            stdout=subprocess.PIPE, stderr=slave, env={**cli_env(), "TERM": "xterm", "COLUMNS": "100"},
+            timeout=120,
+        )
+        os.close(slave)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and everything was read
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["ok"] for line in lines), terminal  # no bar in the records
+    shown = terminal.decode(errors="replace")
+    assert "extract" in shown and "4/4" in shown  # the bar, drawn on the terminal
+    assert "4 extracted, 0 skipped" in shown  # and the summary

@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 from dspydantic import ConfigurationError, ExtractionResult, LMError, Prompter
-from dspydantic.integrations.routing import ABRouter, Fallback, effective_confidence, stable_fraction
-from dspydantic.testing import FakeLLMServer, Fault
+from dspydantic.integrations.routing import ABRouter, Fallback, effective_confidence, fields_below, stable_fraction
+from dspydantic.testing import FakeLLMServer, Fault, Reply
 
 from ._support import cli_env
 
@@ -57,7 +57,9 @@ def test_fallback_on_low_confidence(two: Any) -> None:
     result = chain.predict_with_confidence(DOC)
     assert result.extra["answered_by"] == "fallback" and result.data.vendor == "Secondary"
     trail = result.extra["fallback_trail"]
-    assert trail[0] == {"name": "primary", "outcome": "low_confidence", "confidence": 0.75}
+    assert {k: trail[0][k] for k in ("name", "outcome", "confidence")} == {
+        "name": "primary", "outcome": "low_confidence", "confidence": 0.75}
+    assert trail[0]["fields_below"] == {"vendor": 0.75, "total": 0.75}  # a re-ask lowers every field
     assert result.usage.calls == 3  # two on the primary, one on the secondary
     a.add_response("not json")
     lenient = prompter(a, "Primary").with_fallback(prompter(b, "Secondary"), min_confidence=0.7)
@@ -168,3 +170,46 @@ def test_router_arguments_are_checked(two: Any) -> None:
         Fallback([p])
     with pytest.raises(ConfigurationError):
         p.with_fallback(p, min_confidence=2)
+
+
+def test_fallback_on_one_fields_own_threshold(two: Any) -> None:
+    """A per-field ``min_confidence`` map: the primary is sure of the vendor (0.99) and unsure of the total
+    (0.61, from the token log-probabilities of its value); only a threshold on the total sends the document
+    to the fallback, which says which field fell short."""
+    a, b = two
+
+    def unsure_total(_: dict[str, Any]) -> Any:  # tokens: '{"vendor":' '"Primary",' '"total":' '1.0}'
+        return Reply(json.dumps({"vendor": "Primary", "total": 1.0}), logprobs=[-0.01, -0.01, -0.01, -0.5])
+
+    primary = Prompter(model=Invoice, model_id="openai/gpt-4o-mini", api_base=a.base_url, logprobs=True,
+                       retry_backoff=0, lm_retries=0)
+    a.set_responder(unsure_total)
+    secondary = prompter(b, "Secondary")
+    on_vendor = primary.with_fallback(secondary, min_confidence={"vendor": 0.9})
+    result = on_vendor.predict_with_confidence(DOC)
+    assert result.extra["answered_by"] == "primary"
+    assert result.field_confidences["total"] == pytest.approx(0.607, abs=0.01)
+    on_total = primary.with_fallback(secondary, min_confidence={"total": 0.9, "*": 0.5})
+    result = on_total.predict_with_confidence(DOC)
+    assert result.extra["answered_by"] == "fallback" and result.data.vendor == "Secondary"
+    assert set(result.extra["fallback_trail"][0]["fields_below"]) == {"total"}
+    # one number: every field must reach it (the lowest, the total, decides)
+    assert primary.with_fallback(secondary, min_confidence=0.7).predict_with_confidence(
+        DOC).extra["answered_by"] == "fallback"
+    with pytest.raises(ConfigurationError, match=r"names field\(s\) \['totl'\] that Invoice does not have"):
+        primary.with_fallback(secondary, min_confidence={"totl": 0.9})
+    with pytest.raises(ConfigurationError, match="must be a number in"):
+        Fallback([primary, secondary], min_confidence={"total": "high"})
+
+
+def test_fields_below_a_number_or_a_map() -> None:
+    r = ExtractionResult(data=Invoice(vendor="a", total=1), confidence=0.4, raw_output="{}",
+                         field_confidences={"vendor": 0.4, "total": 0.95})
+    assert fields_below(r, 0.5) == {"vendor": (0.4, 0.5)}
+    assert fields_below(r, 0.5, ["total"]) == {}
+    assert fields_below(r, {"total": 0.99}) == {"total": (0.95, 0.99)}
+    assert fields_below(r, {"total": 0.9}) == {}
+    assert fields_below(r, {"total": 0.9, "*": 0.5}) == {"vendor": (0.4, 0.5)}
+    r.field_confidences = {}  # no per-field values: the overall confidence, against the highest threshold
+    assert fields_below(r, {"total": 0.3, "vendor": 0.6}) == {"*": (0.4, 0.6)}
+    assert fields_below(r, 0.3) == {}

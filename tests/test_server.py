@@ -291,3 +291,100 @@ def test_workers_split_local_threads_and_metrics_sum_over_workers(saved: dict[st
 
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert f"2 workers, {threads} llama.cpp thread(s) each (DSPYDANTIC_LOCAL_THREADS)" in err
+
+
+# -- field-level confidence, grounding and the review page (issue 11 "Use it") -------------------------
+# The fake LM answers vendor "Other" for a document without "Acme": a value the document does not contain,
+# so the vendor is ungrounded and its confidence low, while the total (a number) keeps 1.0.
+
+
+def test_min_confidence_per_field_and_the_grounding_in_the_response(service: str) -> None:
+    r = post(f"{service}/extract/invoice", {"text": "Invoice from Acme, total 10 EUR"})
+    body = r.json()
+    assert body["spans"] == {"vendor": [[13, 17]]} and body["ungrounded"] == [] and body["calibrated"] is False
+    assert len(body["document_id"]) == 64 and set(body["field_confidences"]) == {"vendor", "total"}
+
+    doc = {"text": "Invoice from Globex, total 20 USD"}
+    r = post(f"{service}/extract/invoice", {**doc, "min_confidence": {"total": 0.9}})
+    assert r.status_code == 200, r.text  # only the total is held to 0.9
+    body = r.json()
+    assert body["ungrounded"] == ["vendor"] and body["spans"] == {}
+    vendor = body["field_confidences"]["vendor"]
+    assert vendor < 0.5 and body["field_confidences"]["total"] == 1.0
+    r = post(f"{service}/extract/invoice", {**doc, "min_confidence": {"vendor": 0.5, "*": 0.9}})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail["type"] == "LowConfidence" and detail["fields"] == {"vendor": vendor}
+    assert detail["min_confidence"] == {"vendor": 0.5, "*": 0.9} and f"vendor {vendor:.3f} < 0.500" in detail["message"]
+    assert detail["result"]["ungrounded"] == ["vendor"]
+    r = post(f"{service}/extract/invoice", {**doc, "min_confidence": 0.9})  # one number: every field
+    assert r.status_code == 422 and r.json()["detail"]["fields"] == {"vendor": vendor}
+    r = post(f"{service}/extract/invoice", {**doc, "min_confidence": {"totl": 0.9}})
+    assert r.status_code == 422 and "'totl'" in r.json()["detail"]["message"]
+    r = post(f"{service}/extract/invoice", {**doc, "min_confidence": {"total": 1.5}})
+    assert r.status_code == 422  # out of [0, 1]: refused by the request schema
+    r = post(f"{service}/extract/invoice/batch", {"items": [doc, {"text": "Invoice from Acme"}],
+                                                  "min_confidence": {"vendor": 0.5}})
+    assert [s["ok"] for s in r.json()["results"]] == [False, True]
+
+
+def test_review_page_of_a_recent_answer(service: str) -> None:
+    text = "Invoice from Acme & Söhne <b>, total 10 EUR"
+    body = post(f"{service}/extract/invoice", {"text": text}).json()
+    r = httpx.get(f"{service}/review/{body['document_id']}", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    page = r.text
+    assert '<mark class="high" data-fields="vendor" data-start="13" data-end="17"' in page
+    assert "&lt;b&gt;" in page and "<b>" not in page  # the document is escaped
+    assert httpx.get(f"{service}/review/{body['document_id']}").status_code == 401
+    assert httpx.get(f"{service}/review/{'0' * 64}", headers=AUTH).status_code == 404
+
+
+def test_serve_with_a_store_records_every_extraction(saved: dict[str, Path], llm: FakeLLMServer,
+                                                     tmp_path: Path) -> None:
+    """``serve --store``: answers and failures are recorded under their document id, routed to the review
+    queue by the per-field threshold, and reviewable from the store (``--review-keep 0``: nothing in memory)."""
+    url = f"sqlite:///{tmp_path / 'served.db'}"
+    proc, base = start_serve(str(saved["invoice"]), "--store", url, "--review-below", '{"vendor": 0.5}',
+                             "--review-keep", "0")
+    try:
+        ok = httpx.post(f"{base}/extract", json={"text": "Invoice from Acme, total 10"}, timeout=30).json()
+        unsure = httpx.post(f"{base}/extract", json={"text": "Invoice from Globex, total 20"}, timeout=30).json()
+        broken = httpx.post(f"{base}/extract", json={"text": "BROKEN invoice"}, timeout=30)
+        assert ok["status"] == "done" and unsure["status"] == "review"
+        assert broken.status_code == 502 and broken.json()["detail"]["status"] == "failed"
+        page = httpx.get(f"{base}/review/{unsure['document_id']}", timeout=30)
+        assert page.status_code == 200 and "not found in source" in page.text and "(review)" in page.text
+        page = httpx.get(f"{base}/review/{ok['document_id']}", timeout=30).text
+        assert 'data-fields="vendor" data-start="13" data-end="17"' in page
+        again = httpx.post(f"{base}/extract", json={"text": "Invoice from Acme, total 10"}, timeout=30).json()
+        assert again["document_id"] == ok["document_id"]
+    finally:
+        code, err = stop(proc)
+    assert code in (0, -signal.SIGTERM), err
+
+    from dspydantic.store import ExtractionStore
+
+    with ExtractionStore(url) as store:
+        docs = {d.id: d for d in store.documents()}
+        assert len(docs) == 3  # the repeated document is one row
+        assert docs[ok["document_id"]].spans == {"vendor": [[13, 17]]}
+        assert docs[unsure["document_id"]].ungrounded == ["vendor"]
+        assert docs[broken.json()["detail"]["document_id"]].error_type == "ExtractionError"
+        assert [d.id for d in store.pending()] == [unsure["document_id"], broken.json()["detail"]["document_id"]]
+        assert {d.prompter_name for d in docs.values()} == {"invoice"}
+    bad = start_serve_error(str(saved["invoice"]), "--store", "not a url")
+    assert bad.returncode == 2 and "not a database URL" in bad.stderr
+    bad = start_serve_error(str(saved["invoice"]), "--store", url, "--review-below", "high")
+    assert bad.returncode == 2 and "--review-below" in bad.stderr
+    bad = start_serve_error(str(saved["invoice"]), "--min-confidence", '{"vendr": 0.5}')
+    assert bad.returncode == 2 and "--min-confidence (serving 'invoice') names field(s) ['vendr']" in bad.stderr
+
+
+def start_serve_error(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "dspydantic", "serve", *args, "--port", "1"], capture_output=True,
+                          text=True, env=cli_env(), timeout=60)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from dspydantic import Prompter  # noqa: E402
+from dspydantic import ConfigurationError, Prompter  # noqa: E402
 from dspydantic.integrations.routing import ABRouter  # noqa: E402
 from dspydantic.server import create_app  # noqa: E402
 from dspydantic.testing import FakeLLMServer  # noqa: E402
@@ -116,6 +116,9 @@ def test_a_router_and_a_fallback_chain_are_served_like_prompters() -> None:
             assert r.json()["answered_by"] == router.assign("user-1")
             assert r.json()["data"]["vendor"] == router.assign("user-1").upper()
             assert client.post("/extract/safe", json={"text": "x"}).json()["answered_by"] == "primary"
+            # an answer of the router has a document id of its variant, and a review page
+            page = client.get(f"/review/{r.json()['document_id']}")
+            assert page.status_code == 200 and "Extraction review" in page.text
             metrics = client.get("/metrics").text
     assert got == {"a", "b"}
     assert 'dspydantic_extractions_total{outcome="ok",prompter="ab",variant="a"}' in metrics
@@ -134,3 +137,31 @@ def test_cors_is_off_unless_origins_are_given(app: Any) -> None:
             assert r.headers["access-control-allow-origin"] == "https://app.example"
             other = client.options("/extract/invoice", headers={**preflight, "Origin": "https://evil.example"})
             assert "access-control-allow-origin" not in other.headers
+
+
+def test_batch_items_are_extracted_at_most_batch_concurrency_at_once() -> None:
+    with FakeLLMServer() as srv:
+        srv.respond_from_schema()
+        srv.latency = 0.2
+        p = Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url, api_key="k")
+        with TestClient(create_app({"invoice": p}, batch_concurrency=2)) as client:
+            r = client.post("/extract/invoice/batch", json={"items": [{"text": f"doc {i}"} for i in range(6)]})
+        assert r.status_code == 200 and all(slot["ok"] for slot in r.json()["results"])
+        assert srv.request_count == 6 and srv.max_in_flight == 2
+
+
+def test_a_default_min_confidence_applies_to_requests_without_their_own() -> None:
+    """``create_app(min_confidence=...)`` (``serve --min-confidence``): a per-field map over every request
+    that names none; a request's own threshold replaces it; a map naming no field of a model is refused."""
+    with FakeLLMServer() as srv:
+        srv.respond_from_schema({"vendor": "Ghost"})  # not in the documents below: an ungrounded vendor
+        p = Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url, api_key="k")
+        with TestClient(create_app({"invoice": p}, min_confidence={"vendor": 0.5})) as client:
+            refused = client.post("/extract/invoice", json={"text": "Invoice from Acme, total 3"})
+            own = client.post("/extract/invoice", json={"text": "Invoice from Acme, total 3", "min_confidence": 0})
+            grounded = client.post("/extract/invoice", json={"text": "Invoice from Ghost, total 3"})
+        assert refused.status_code == 422 and set(refused.json()["detail"]["fields"]) == {"vendor"}
+        assert own.status_code == 200 and "vendor" in own.json()["ungrounded"]
+        assert grounded.status_code == 200 and grounded.json()["spans"]["vendor"] == [[13, 18]]
+        with pytest.raises(ConfigurationError, match=r"names field\(s\) \['vendr'\]"):
+            create_app({"invoice": p}, min_confidence={"vendr": 0.5})

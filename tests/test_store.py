@@ -7,6 +7,7 @@ PostgreSQL runs use a table prefix of their own (dropped afterwards); they skip 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -317,3 +318,124 @@ def test_urls_never_show_the_password() -> None:
     assert "s3cr3t" not in str(err.value) and "127.0.0.1" in str(err.value)
     with pytest.raises(ConfigurationError, match="not a database URL"):
         ExtractionStore("not a url at all")
+
+
+# -- field-level confidence (issue 11 "Use it") ---------------------------------------------------------
+
+_FIELDS = re.compile(r"Invoice from (\w+), total (\d+)(?: \((.*)\))?")
+
+
+def field_answer(body: dict[str, Any]) -> Any:
+    """The fake LM with one log-probability per field value: a note in parentheses makes it unsure of a
+    field ("unsure vendor" 0.74, "unsure total" 0.61) or answer a vendor the document does not contain."""
+    m = _FIELDS.search(document_text(body))
+    assert m is not None
+    vendor, total, note = m.group(1), float(m.group(2)), m.group(3) or ""
+    if "ghost" in note:
+        vendor = "Ghostco"  # not in the document: ungrounded
+    lp_vendor = -0.3 if "unsure vendor" in note else -0.01
+    lp_total = -0.5 if "unsure total" in note else -0.01
+    # tokens: '{"vendor":' '"<vendor>",' '"total":' '<total>}'
+    return Reply(json.dumps({"vendor": vendor, "total": total}), logprobs=[-0.01, lp_vendor, -0.01, lp_total])
+
+
+def test_review_queue_routes_on_each_fields_own_threshold_and_keeps_the_grounding(
+    store_url: tuple[str, str], srv: FakeLLMServer
+) -> None:
+    """Per-field thresholds (a map, "*" for the others) decide the queue from the confidences the extraction
+    computed; the stored document keeps them, the spans and the ungrounded fields."""
+    url, prefix = store_url
+    srv.set_responder(field_answer)
+    prompter = Prompter(Invoice, model_id="openai/fake", api_base=srv.base_url, api_key="sk-test", logprobs=True)
+    inputs = [
+        "Invoice from Acme, total 10",
+        "Invoice from Globex, total 20 (unsure total)",
+        "Invoice from Hesitant, total 30 (unsure vendor)",
+        "Invoice from Initech, total 40 (ghost)",
+    ]
+    with ExtractionStore(url, table_prefix=prefix, review_below={"total": 0.9, "*": 0.5}) as store:
+        docs = store.process(prompter, inputs)
+        # Globex: total 0.61 < 0.9; Hesitant: vendor 0.74 >= the 0.5 of "*"; Initech: an ungrounded vendor
+        assert [d.status for d in docs] == ["done", "review", "done", "review"]
+        assert docs[2].field_confidences["vendor"] == pytest.approx(0.741, abs=0.01)
+        assert docs[1].field_confidences["total"] == pytest.approx(0.607, abs=0.01)
+        assert docs[3].ungrounded == ["vendor"] and docs[3].field_confidences["vendor"] < 0.5
+        assert docs[0].ungrounded == [] and docs[0].spans == {"vendor": [[13, 17]]}
+        assert inputs[0][13:17] == "Acme"
+        assert [d.id for d in store.pending()] == [docs[1].id, docs[3].id]
+        exported = tmp_rows(store)
+        assert exported[docs[3].id]["ungrounded"] == ["vendor"]
+    # one number for every field: the unsure vendor (0.74) is queued too
+    with ExtractionStore(url, table_prefix=prefix, review_below=0.8) as strict:
+        result = prompter.predict_with_confidence(inputs[2])
+        assert strict._route(result) == "review"
+    with pytest.raises(ConfigurationError, match=r"review_below\['total'\] must be a number in \[0, 1\]"):
+        ExtractionStore(url, table_prefix=prefix, review_below={"total": 2})
+
+
+def tmp_rows(store: ExtractionStore) -> dict[str, dict[str, Any]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        store.export(Path(d) / "rows.jsonl")
+        return {r["id"]: r for r in map(json.loads, (Path(d) / "rows.jsonl").read_text().splitlines())}
+
+
+def test_put_records_an_extraction_made_elsewhere_once(store: ExtractionStore, srv: FakeLLMServer) -> None:
+    """What the HTTP service does with ``--store``: the result of an extraction is stored under the id
+    ``process`` gives the input, once; ``process`` then finds it without an LM call."""
+    srv.set_responder(field_answer)
+    prompter = Prompter(Invoice, model_id="openai/fake", api_base=srv.base_url, api_key="sk-test", logprobs=True)
+    text = "Invoice from Acme, total 10"
+    doc = store.put(prompter, text, prompter.predict_with_confidence(text), name="invoice")
+    assert doc.status == "done" and doc.data == {"vendor": "Acme", "total": 10.0} and doc.prompter_name == "invoice"
+    again = store.put(prompter, text, ValueError("a later failure does not replace a stored result"))
+    assert again.id == doc.id and again.status == "done"
+    (processed,) = store.process(prompter, [text], name="invoice")
+    assert processed.id == doc.id and srv.request_count == 1
+    failed = store.put(prompter, "Invoice from Nobody, total 1", ValueError("the LM was down"))
+    assert failed.status == "failed" and failed.error == "the LM was down"
+    fixed = store.put(prompter, "Invoice from Nobody, total 1",
+                      prompter.predict_with_confidence("Invoice from Nobody, total 1"))
+    assert fixed.id == failed.id and fixed.status == "done"  # a result replaces a stored failure
+    assert sum(store.counts().values()) == 2
+
+
+def test_a_database_created_before_the_ungrounded_column_is_migrated_in_place(
+    store_url: tuple[str, str], prompter: Prompter, srv: FakeLLMServer
+) -> None:
+    """A documents table as the first release created it (no ``ungrounded`` column), holding a row: opening
+    the store adds the column (nullable), the old row reads back unchanged, new rows store the column."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from dspydantic.integrations._store_tables import Tables
+
+    url, prefix = store_url
+    current = Tables(prefix).documents
+    old_md = sa.MetaData()
+    old = sa.Table(current.name, old_md, *(sa.Column(c.name, c.type, primary_key=c.primary_key,
+                                                     nullable=c.nullable)
+                                           for c in current.columns if c.name != "ungrounded"))
+    engine = sa.create_engine(url)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        old_md.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(old.insert().values(
+                id="a" * 64, input_sha256="b" * 64, prompter_name="Invoice", prompter_version="v1",
+                prompter_fingerprint="f" * 64, input={"kind": "text", "text": "old"}, status="done",
+                data={"vendor": "Old", "total": 1.0}, confidence=0.9, field_confidences={"vendor": 0.9},
+                spans={}, usage={}, created_at=now, updated_at=now))
+        assert "ungrounded" not in {c["name"] for c in sa.inspect(engine).get_columns(current.name)}
+    finally:
+        engine.dispose()
+    with ExtractionStore(url, table_prefix=prefix) as store:
+        old_doc = store.get("a" * 64)
+        assert old_doc is not None and old_doc.data == {"vendor": "Old", "total": 1.0} and old_doc.ungrounded == []
+        srv.set_responder(field_answer)
+        (new,) = store.process(prompter, ["Invoice from Initech, total 40 (ghost)"])
+        assert new.ungrounded == ["vendor"]
+    with ExtractionStore(url, table_prefix=prefix) as reopened:  # the second open has nothing to add
+        assert reopened.get(new.id) == new

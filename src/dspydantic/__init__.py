@@ -11,6 +11,7 @@ from typing import Any
 
 from ._example import Example
 from ._prompter import Prompter
+from ._render import Demo, PromptState
 from ._result import ExtractionResult, Usage
 from .errors import (
     BatchError,
@@ -28,6 +29,7 @@ __version__ = "0.2.0"
 __all__ = [
     "BatchError",
     "ConfigurationError",
+    "Demo",
     "DspydanticError",
     "Example",
     "ExtractionError",
@@ -35,6 +37,7 @@ __all__ = [
     "LMError",
     "MissingExtraError",
     "PersistenceError",
+    "PromptState",
     "Prompter",
     "SchemaDriftWarning",
     "Usage",

@@ -6,7 +6,9 @@ never a ``TypeError``/``ValueError``/``UnboundLocalError`` from deep inside a ca
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import ConfigurationError
@@ -46,6 +48,22 @@ TRANSPORT_DEFAULTS: dict[str, Any] = {
     "proxy": None,
     "max_connections": 100,
 }
+
+
+def check_keywords(given: Iterable[str], own: Iterable[str], what: str, *, shared: Iterable[str] = ()) -> None:
+    """A :class:`ConfigurationError` for keywords ``what`` does not take: names each unknown one with the
+    closest accepted name (``n_thread`` -> ``n_threads``), then ``what``'s own options and the ``shared`` ones
+    (the Prompter's), instead of a ``TypeError`` from deep inside a constructor."""
+    own, shared = sorted(set(own)), sorted(set(shared) - set(own))
+    unknown = sorted(set(given) - set(own) - set(shared))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, [*own, *shared], n=1, cutoff=0.75)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    message = f"unknown argument(s) {', '.join(hints)} for {what}; its own options: {own or 'none'}"
+    raise ConfigurationError(message + (f"; and every Prompter's: {shared}" if shared else ""))
 
 
 def count(name: str, value: Any, *, low: int) -> int:

@@ -1,46 +1,56 @@
 """``Prompter``: the public verbs. Composes schema, renderer and a backend stack; holds no protocol detail.
 
 The backend stack is ``CachingBackend(RetryingBackend(backend))`` (:mod:`dspydantic.lm.layers`): retries and
-the cache are layers around the backend, not methods here. The extraction *plan* is one generator (sans-IO):
-it yields requests and receives answers; two small drivers run it, sync and async, so they cannot drift.
+the cache are layers around the backend, not methods here. The extraction *plan* is one generator (sans-IO,
+:mod:`dspydantic._plan`): it yields requests and receives answers; two small drivers run it, sync and async,
+so they cannot drift. The batch verbs' bodies are in :mod:`dspydantic._batch`.
+
+``Prompter`` is generic in the user's model: ``Prompter(model=Invoice)`` is a ``Prompter[Invoice]`` whose
+``run()`` returns an ``Invoice`` for a type checker too (free-text mode, ``model=None``, is a
+``Prompter[BaseModel]``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import itertools
-import json
 import logging
 import os
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any, Literal, Unpack
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Generic, Literal, Unpack, cast, overload
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
+from . import _batch, _plan
+from ._batch import BatchOptions, OnError, Progress
 from ._cache import CacheBackend, resolve_cache
 from ._compat import LEGACY_INIT_KEYS, LegacyPrompterAPI, apply_legacy_init, pop_legacy_init, renamed_path
 from ._example import Example
-from ._fanout import fan_out
-from ._inputs import InputDoc, InputKeywords, build_input, check_input_options, input_keywords
+from ._inputs import InputDoc, InputKeywords, check_input_options, input_keywords
 from ._observe import extraction
 from ._options import DEFAULT_SAMPLE_TEMPERATURE, PROMPTER_ARGS, check_confidence, check_runtime
-from ._render import Demo, OutputParseError, PromptState, Renderer
-from ._result import ExtractionResult, Usage
+from ._plan import Plan
+from ._render import Demo, PromptState, Renderer
+from ._result import ExtractionResult
 from ._schema import ensure_model, free_text_model, model_schema
-from .confidence.answer import AnswerCheck, merge_chunk_confidences
-from .errors import BatchError, ConfigurationError, DspydanticError, ExtractionError
-from .lm import LMBackend, LMRequest, LMResponse, resolve_backend
+from .confidence.answer import AnswerCheck
+from .errors import ConfigurationError
+from .lm import LMBackend, LMRequest, resolve_backend
 from .lm.settings import SETTING_NAMES, ModelSettings
+
+__all__ = ["Input", "OnError", "Prompter"]
 
 log = logging.getLogger("dspydantic")
 
-OnError = Literal["raise", "return"]
-# The plan of one extraction: yields requests, receives responses, returns the result.
-_Plan = Generator[LMRequest, LMResponse, ExtractionResult[Any]]
+#: the user's model class a Prompter extracts (``BaseModel`` in free-text mode)
+T = TypeVar("T", bound=BaseModel, default=BaseModel, covariant=True)
+#: the model class ``Prompter.load(..., model=M)`` is given
+M = TypeVar("M", bound=BaseModel, default=BaseModel)
+#: one positional input of a verb: the text, a dict of template variables or input keywords, or an Example
+Input = str | Mapping[str, Any] | Example | None
 
 
-class Prompter(LegacyPrompterAPI):
+class Prompter(LegacyPrompterAPI, Generic[T]):
     """Extracts instances of a Pydantic model with an LLM, and optimizes its own prompts.
 
     Each Prompter owns its LM backend (it never calls ``dspy.configure``). See the README for the choice
@@ -50,7 +60,7 @@ class Prompter(LegacyPrompterAPI):
 
     def __init__(
         self,
-        model: type[BaseModel] | None = None,
+        model: type[T] | None = None,
         model_id: str | None = None,
         *,
         lm: Any = None,
@@ -102,7 +112,7 @@ class Prompter(LegacyPrompterAPI):
             stop=stop,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, extra_body=extra_body,
         )
-        self.model: type[BaseModel] = ensure_model(model) if model is not None else free_text_model()
+        self.model: type[T] = cast("type[T]", ensure_model(model) if model is not None else free_text_model())
         self.free_text = model is None
         self.model_id = model_id
         self._base_schema = model_schema(self.model)
@@ -184,7 +194,7 @@ class Prompter(LegacyPrompterAPI):
 
     def _derive(
         self, *, state: PromptState | None = None, lm: LMBackend | None = None, confidence_samples: int | None = None
-    ) -> Prompter:
+    ) -> Prompter[T]:
         """A shallow copy serving ``state`` and/or calling ``lm`` (e.g. a budgeted stack) instead of ours,
         and/or sampling ``confidence_samples`` extra answers per extraction."""
         clone = copy.copy(self)
@@ -245,217 +255,23 @@ class Prompter(LegacyPrompterAPI):
     def demos(self) -> tuple[Demo, ...]:
         return self._state.demos
 
-    # -- the plan of one extraction (shared by the sync and the async driver) ----------------------
-    def _plan(self, item: Any, renderer: Renderer | None = None) -> _Plan:
-        doc = self._input(item)
-        renderer = renderer if renderer is not None else self.renderer
-        chunks = self._chunks(doc, renderer)
-        if chunks is None:
-            return (yield from self._plan_doc(doc, renderer))
-        # a long document: extract per chunk, merge (scalars by agreement, lists by union)
-        from ._merge import merge_extractions
+    # -- the plan of one extraction (:mod:`dspydantic._plan`; shared by the sync and the async driver) --
+    def _plan(self, item: Any, renderer: Renderer | None = None) -> Plan:
+        return _plan.plan(self, item, renderer)
 
-        results: list[ExtractionResult[Any]] = []
-        failures: list[ExtractionError] = []
-        for chunk in chunks:
-            part = InputDoc(parts=({"type": "text", "text": chunk},), text=chunk, kind=doc.kind,
-                            variables=doc.variables)
-            try:
-                results.append((yield from self._plan_doc(part, renderer)))
-            except ExtractionError as exc:
-                log.debug("chunk %d of %d gave no valid extraction: %s", len(results) + len(failures), len(chunks), exc)
-                failures.append(exc)
-        usage = Usage()
-        for r in results:
-            usage.add(r.usage)
-        for f in failures:
-            if isinstance(f.usage, Usage):
-                usage.add(f.usage)
-        if not results:
-            last = failures[-1] if failures else None
-            truncated = bool(failures) and all(f.truncated for f in failures)
-            raise ExtractionError(
-                f"no chunk of the {len(chunks)}-chunk document gave a valid {self.model.__name__}"
-                + (" (every chunk's answer was cut by the token limit)" if truncated else "")
-                + (f"; last: {last}" if last is not None else ""),
-                raw_output=last.raw_output if last is not None else None,
-                errors=[e for f in failures for e in f.errors],
-                attempts=max((f.attempts for f in failures), default=0),
-                usage=usage,
-                truncated=truncated,
-            )
-        dumps = [r.data.model_dump(mode="json", by_alias=True) for r in results]
-        merged = merge_extractions(dumps, self._base_schema, [r.confidence for r in results])
-        data = self.model.model_validate(merged)
-        # spans against the whole document; each field's confidence from the chunks that gave its value
-        grounded = self.answer_check.regrounded(data, doc.text)
-        fields = merge_chunk_confidences(
-            self.answer_check, data.model_dump(mode="json", by_alias=True),
-            [(d, r.field_confidences) for d, r in zip(dumps, results, strict=True)],
-        )
-        return ExtractionResult(
-            data=data,
-            confidence=min(fields.values()) if fields else min(r.confidence for r in results),
-            raw_output=json.dumps(merged, ensure_ascii=False),
-            usage=usage,
-            attempts=max(r.attempts for r in results),
-            cached=all(r.cached for r in results),
-            confidence_source=results[0].confidence_source,
-            field_confidences=fields,
-            spans=grounded.spans,
-            ungrounded=grounded.ungrounded,
-            calibrated=results[0].calibrated,
-            extra={"chunks": len(chunks), "chunks_extracted": len(results)},
-        )
+    def _plan_messages(self, messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None) -> Plan:
+        return _plan.plan_messages(self, messages, renderer, source=source)
 
     def _chunks(self, doc: InputDoc, renderer: Renderer) -> list[str] | None:
-        """Split a text document that does not fit the backend's context window (else None)."""
-        window = getattr(self.backend, "context_window", None)
-        if not window or doc.has_images:
-            return None
-        from ._chunking import chunk_budget, estimate_tokens, split_text
-
-        doc_tokens = estimate_tokens(doc.text)
-        if doc_tokens + (self.max_tokens or 512) < window // 2:  # the common case: clearly fits
-            return None
-        overhead = estimate_tokens(json.dumps(renderer.messages("", doc.variables), ensure_ascii=False))
-        budget = chunk_budget(window, overhead, self.max_tokens or 512)
-        if doc_tokens <= budget:
-            return None
-        return [c.text for c in split_text(doc.text, max_tokens=budget, overlap_tokens=min(64, budget // 8))]
+        return _plan.split_chunks(self, doc, renderer)
 
     def _request(
         self, renderer: Renderer, messages: list[dict[str, Any]], settings: ModelSettings | None = None
     ) -> LMRequest:
-        """The extraction request for rendered ``messages`` (the optimizer's student sends exactly this too,
-        so candidates are scored, and cached, as inference would send them)."""
-        return LMRequest(
-            messages=messages,
-            json_schema=renderer.schema,
-            schema_name=renderer.schema_name,
-            settings=settings if settings is not None else self.settings,
-            logprobs=self.logprobs,
-        )
-
-    def _larger_limit(self, request: LMRequest, response: LMResponse) -> tuple[int | None, int | None]:
-        """``(limit that was hit, a larger one the model allows or None)`` after ``finish_reason="length"``:
-        double the limit, capped by the context window when it is known."""
-        limit = request.settings.max_tokens or getattr(self.backend, "max_tokens", None) or response.completion_tokens
-        if not isinstance(limit, int) or limit <= 0:
-            return None, None
-        bigger = limit * 2
-        window = getattr(self.backend, "context_window", None)
-        if isinstance(window, int) and window > 0:
-            bigger = min(bigger, window - max(response.prompt_tokens, 1) - 1)
-        return limit, (bigger if bigger > limit else None)
-
-    def _plan_doc(self, doc: InputDoc, renderer: Renderer) -> _Plan:
-        return (yield from self._plan_messages(
-            renderer.messages(doc.as_content(), doc.variables), renderer, source=doc.text or None
-        ))
-
-    def _plan_messages(self, messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None) -> _Plan:
-        """The attempts of one extraction from its rendered messages: ask, parse, check, re-ask. ``source``
-        is the document's text the values are grounded in. (Provider batch jobs send the first request
-        themselves and resume here with its answer.)"""
-        check = self.answer_check
-        usage = Usage()
-        errors: list[Any] = []
-        raw = ""
-        cached_all = True
-        settings = self.settings
-        grown = False
-        attempt = 1
-        while True:
-            request = self._request(renderer, messages, settings)
-            response = yield request
-            raw = response.text
-            cached_all = _count(usage, response) and cached_all
-            if response.finish_reason == "length":  # cut by the token limit: never parsed, never cached
-                limit, bigger = self._larger_limit(request, response)
-                if bigger is not None and not grown:
-                    log.debug("answer cut at max_tokens=%s; asking once more with max_tokens=%d", limit, bigger)
-                    settings, grown = settings.replace(max_tokens=bigger), True
-                    continue
-                raise ExtractionError(
-                    f"the answer was cut by the token limit (max_tokens={limit if limit else 'the default'}"
-                    f"{', also after one retry with a larger limit' if grown else ''}): raise max_tokens"
-                    + (" (the context window allows no more)" if limit and bigger is None else ""),
-                    raw_output=raw,
-                    errors=[*errors, [{"type": "truncated", "msg": "output cut by the token limit"}]],
-                    attempts=attempt,
-                    usage=usage,
-                    truncated=True,
-                )
-            try:
-                data = renderer.parse(raw)
-                # grounding in the source and require_grounding (an ungrounded required value is re-asked)
-                data, assessment = check.check(
-                    renderer, raw, data, source, token_logprobs=response.token_logprobs,
-                    token_texts=response.token_texts, attempt=attempt,
-                )
-            except OutputParseError as exc:
-                errors.append(exc.errors)
-                if attempt <= self.max_retries:
-                    log.debug("answer did not validate (attempt %d): %s", attempt, exc.feedback)
-                    messages = renderer.reask(messages, raw, exc)
-                    attempt += 1
-                    continue
-                raise ExtractionError(
-                    f"no valid {self.model.__name__} after {attempt} attempts; last errors: {errors[-1]}",
-                    raw_output=raw,
-                    errors=errors,
-                    attempts=attempt,
-                    usage=usage,
-                ) from None
-            # validated, and grounded where grounding is required: the cache layer may keep it now (an answer
-            # that failed the grounding check was re-asked above and is never cached as good)
-            response.confirm()
-            samples: list[dict[str, Any] | None] = []  # opt-in agreement signal: extra sampled answers
-            for i in range(1, self.confidence_samples + 1):
-                sampled = yield self._request(
-                    renderer, messages, settings.replace(temperature=self.sample_temperature, seed=i)
-                )
-                cached_all = _count(usage, sampled) and cached_all
-                # a sample cut by the token limit or that does not validate counts as one that disagrees
-                sample = None if sampled.finish_reason == "length" else check.sample(renderer, sampled.text)
-                if sample is not None:
-                    sampled.confirm()
-                samples.append(sample)
-            conf = check.confidences(
-                assessment, samples=samples, calibrator=self.calibrator, logprobs=bool(response.token_logprobs)
-            )
-            return ExtractionResult(
-                data=data,
-                confidence=conf.confidence,
-                raw_output=raw,
-                usage=usage,
-                attempts=attempt,
-                cached=cached_all,
-                confidence_source=conf.source,
-                field_confidences=conf.field_confidences,
-                spans=conf.spans,
-                ungrounded=conf.ungrounded,
-                field_signals=conf.field_signals,
-                calibrated=conf.calibrated,
-            )
+        return _plan.build_request(self, renderer, messages, settings)
 
     def _input(self, item: Any) -> InputDoc:
-        """One input as a document: an InputDoc as is, an Example's input, else :func:`input_keywords`
-        (the one rule for a str or a dict, shared by every verb and batch item)."""
-        if isinstance(item, InputDoc):
-            return item
-        kwargs = item.input_kwargs() if isinstance(item, Example) else input_keywords(item)
-        doc = build_input(**kwargs)
-        try:
-            doc.text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ConfigurationError(
-                f"the input is not valid Unicode text: {exc.object[exc.start:exc.end]!r} at position {exc.start} "
-                "is a lone surrogate (typically from bytes decoded with errors='surrogateescape'); clean it first, "
-                "e.g. text.encode('utf-8', 'replace').decode('utf-8')"
-            ) from None
-        return doc
+        return _plan.input_doc(item)
 
     # -- the two drivers -----------------------------------------------------------------------------
     # ``_observe.extraction`` brackets each extraction (cost on the usage, one log record, the tracing hooks):
@@ -464,84 +280,70 @@ class Prompter(LegacyPrompterAPI):
     # observed (the optimizer reports its own progress and usage).
     def _run_plan(
         self, item: Any, *, lm: LMBackend | None = None, renderer: Renderer | None = None
-    ) -> ExtractionResult[Any]:
+    ) -> ExtractionResult[T]:
         if lm is not None:
-            return self._drive(item, lm, renderer)
+            return _plan.drive(self._plan(item, renderer), lm)
         with extraction(self) as obs:
-            return obs.finish(self._drive(item, self._lm, renderer))
+            return obs.finish(_plan.drive(self._plan(item, renderer), self._lm))
 
-    async def _arun_plan(self, item: Any, *, lm: LMBackend | None = None) -> ExtractionResult[Any]:
+    async def _arun_plan(self, item: Any, *, lm: LMBackend | None = None) -> ExtractionResult[T]:
         if lm is not None:
-            return await self._adrive(item, lm)
+            return await _plan.adrive(self._plan(item), lm)
         with extraction(self) as obs:
-            return obs.finish(await self._adrive(item, self._lm))
-
-    def _drive(self, item: Any, backend: LMBackend, renderer: Renderer | None = None) -> ExtractionResult[Any]:
-        plan = self._plan(item, renderer)
-        request = next(plan)
-        while True:
-            response = backend.complete(request)
-            try:
-                request = plan.send(response)
-            except StopIteration as stop:
-                return stop.value
-
-    async def _adrive(self, item: Any, backend: LMBackend) -> ExtractionResult[Any]:
-        plan = self._plan(item)
-        request = next(plan)
-        while True:
-            response = await backend.acomplete(request)
-            try:
-                request = plan.send(response)
-            except StopIteration as stop:
-                return stop.value
+            return obs.finish(await _plan.adrive(self._plan(item), self._lm))
 
     # -- public verbs ------------------------------------------------------------------------------
     # ``input`` (positional only) is one input, read exactly as a batch item is (see ``input_keywords``:
     # a str is the text, a dict made only of input keywords is those keywords, any other dict is template
     # variables, an Example its input); ``inputs`` are the input keywords by name (``text=``, ``pdf_path=``...).
-    def predict_with_confidence(
-        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
-    ) -> ExtractionResult[Any]:
+    def predict_with_confidence(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> ExtractionResult[T]:
         """Extract one input; returns data, confidence, raw output and usage (summed over re-asks)."""
         return self._run_plan(_item(input, inputs))
 
-    def predict(
-        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
-    ) -> Any:
+    def predict(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> T:
         """Extract one input into an instance of the model (text, template dict, image or PDF)."""
         return self._run_plan(_item(input, inputs)).data
 
-    def run(
-        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
-    ) -> Any:
+    def run(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> T:
         """Alias of :meth:`predict`."""
         return self._run_plan(_item(input, inputs)).data
 
     __call__ = run
 
     async def apredict_with_confidence(
-        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
-    ) -> ExtractionResult[Any]:
+        self, input: Input = None, /, **inputs: Unpack[InputKeywords]
+    ) -> ExtractionResult[T]:
         return await self._arun_plan(_item(input, inputs))
 
-    async def apredict(
-        self, input: str | Mapping[str, Any] | Example | None = None, /, **inputs: Unpack[InputKeywords]
-    ) -> Any:
+    async def apredict(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> T:
         """Native async :meth:`predict` (async HTTP; the local model runs in a worker thread)."""
         return (await self._arun_plan(_item(input, inputs))).data
 
     arun = apredict
 
+    # The batch verbs' result type follows ``on_error`` and ``with_confidence``: with "raise" (the default) every
+    # slot holds a result (a failure raises BatchError); with "return" a failed slot holds its exception.
+    @overload
+    def predict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: Literal["raise"] = ..., *,
+                      with_confidence: Literal[False] = ..., **options: Unpack[BatchOptions]) -> list[T]: ...
+    @overload
+    def predict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: Literal["raise"] = ..., *,
+                      with_confidence: Literal[True], **options: Unpack[BatchOptions]) -> list[ExtractionResult[T]]: ...
+    @overload
+    def predict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: OnError = ..., *,
+                      with_confidence: Literal[False] = ..., **options: Unpack[BatchOptions],
+                      ) -> list[T | Exception]: ...
+    @overload
+    def predict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: OnError = ..., *,
+                      with_confidence: Literal[True], **options: Unpack[BatchOptions],
+                      ) -> list[ExtractionResult[T] | Exception]: ...
+    @overload
+    def predict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: OnError = ..., *,
+                      with_confidence: bool, **options: Unpack[BatchOptions],
+                      ) -> list[ExtractionResult[T] | T | Exception]: ...
     def predict_batch(
-        self,
-        inputs: Iterable[Any],
-        max_workers: int = 4,
-        on_error: OnError = "raise",
-        *,
-        with_confidence: bool = False,
-        max_concurrency: int | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        self, inputs: Iterable[Any], max_workers: int = 4, on_error: OnError = "raise", *,
+        with_confidence: bool = False, max_concurrency: int | None = None, on_progress: Progress | None = None,
     ) -> list[Any]:
         """Extract many inputs, ``max_workers`` at a time; results in input order.
 
@@ -551,62 +353,39 @@ class Prompter(LegacyPrompterAPI):
         ``on_error="return"`` puts the exception in a failed item's slot; ``"raise"`` lets every item
         finish, then raises :class:`BatchError` (whose ``results`` hold everything that succeeded).
         """
-        items = list(inputs)
-        workers = _workers(max_concurrency or max_workers, on_error)
-        run_sync = getattr(self.backend, "run_sync", None)
-        if callable(run_sync) and workers > 1 and len(items) > 1:
-            # a backend on the async HTTP engine: the batch runs as one async batch there, no thread per item
-            out = run_sync(self.apredict_batch(items, max_workers=workers, on_error="return",
-                                               with_confidence=with_confidence, on_progress=on_progress))
-            return _finish(out, on_error)
-        results: list[Any] = [None] * len(items)
-        done = itertools.count(1)  # next() on a count is atomic: safe from the worker threads
+        workers = _batch.check_workers(max_concurrency or max_workers, on_error)
+        out = _batch.run_batch(self, list(inputs), workers, with_confidence=with_confidence, on_progress=on_progress)
+        return _batch.finish(out, on_error)
 
-        def one(i: int) -> None:
-            try:
-                res = self._run_plan(items[i])
-                results[i] = res if with_confidence else res.data
-            except Exception as exc:
-                results[i] = _tag(exc, i)
-            finished = next(done)
-            if on_progress is not None:
-                on_progress(finished, len(items))
-
-        fan_out(one, range(len(items)), workers)
-        return _finish(results, on_error)
-
+    @overload
+    async def apredict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: Literal["raise"] = ..., *,
+                             with_confidence: Literal[False] = ..., **options: Unpack[BatchOptions]) -> list[T]: ...
+    @overload
+    async def apredict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: Literal["raise"] = ..., *,
+                             with_confidence: Literal[True], **options: Unpack[BatchOptions],
+                             ) -> list[ExtractionResult[T]]: ...
+    @overload
+    async def apredict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: OnError = ..., *,
+                             with_confidence: Literal[False] = ..., **options: Unpack[BatchOptions],
+                             ) -> list[T | Exception]: ...
+    @overload
+    async def apredict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: OnError = ..., *,
+                             with_confidence: Literal[True], **options: Unpack[BatchOptions],
+                             ) -> list[ExtractionResult[T] | Exception]: ...
+    @overload
+    async def apredict_batch(self, inputs: Iterable[Any], max_workers: int = ..., on_error: OnError = ..., *,
+                             with_confidence: bool, **options: Unpack[BatchOptions],
+                             ) -> list[ExtractionResult[T] | T | Exception]: ...
     async def apredict_batch(
-        self,
-        inputs: Iterable[Any],
-        max_workers: int = 4,
-        on_error: OnError = "raise",
-        *,
-        with_confidence: bool = False,
-        max_concurrency: int | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        self, inputs: Iterable[Any], max_workers: int = 4, on_error: OnError = "raise", *,
+        with_confidence: bool = False, max_concurrency: int | None = None, on_progress: Progress | None = None,
     ) -> list[Any]:
         """Native async batch: at most ``max_workers`` extractions in flight; results in input order."""
-        items = list(inputs)
-        width = min(_workers(max_concurrency or max_workers, on_error), max(1, len(items)))
-        results: list[Any] = [None] * len(items)
-        queue = iter(range(len(items)))  # shared by the workers: next() never yields an index twice
-        done = 0
-
-        async def worker() -> None:
-            nonlocal done
-            for i in queue:
-                try:
-                    res = await self._arun_plan(items[i])
-                    results[i] = res if with_confidence else res.data
-                except Exception as exc:
-                    results[i] = _tag(exc, i)
-                done += 1
-                if on_progress is not None:
-                    on_progress(done, len(items))
-
-        # ``width`` workers pulling the next index: memory and scheduling stay O(concurrency), not O(items)
-        await asyncio.gather(*(worker() for _ in range(width)))
-        return _finish(results, on_error)
+        workers = _batch.check_workers(max_concurrency or max_workers, on_error)
+        out = await _batch.arun_batch(
+            self, list(inputs), workers, with_confidence=with_confidence, on_progress=on_progress
+        )
+        return _batch.finish(out, on_error)
 
     # -- provider batch jobs (OpenAI Batch API) live in an integration module -----------------------
     def submit_batch(
@@ -659,17 +438,18 @@ class Prompter(LegacyPrompterAPI):
     def load(
         cls,
         path: str | os.PathLike[str] | None = None,
-        model: type[BaseModel] | None = None,
+        model: type[M] | None = None,
         model_id: str | None = None,
         *,
         load_path: str | os.PathLike[str] | None = None,
         **kwargs: Any,
-    ) -> Prompter:
-        """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class)."""
+    ) -> Prompter[M]:
+        """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class).
+        Typed as a ``Prompter[M]`` for the ``model=M`` given (``Prompter[BaseModel]`` without one)."""
         from ._persist import load_prompter
 
         path = renamed_path("load", path, "load_path", load_path)
-        return load_prompter(cls, path, model=model, model_id=model_id, **kwargs)
+        return cast("Prompter[M]", load_prompter(cls, path, model=model, model_id=model_id, **kwargs))
 
     def with_fallback(self, *others: Any, min_confidence: float | None = None) -> Any:
         """A Prompter-like chain that tries ``others`` in turn when this one fails or answers below
@@ -707,41 +487,3 @@ def _item(item: Any, keywords: Mapping[str, Any]) -> dict[str, Any]:
     if not merged:
         raise ConfigurationError("nothing to extract from: pass text=..., image_path=..., or pdf_path=...")
     return merged
-
-
-def _workers(n: int, on_error: str) -> int:
-    if on_error not in ("raise", "return"):
-        raise ConfigurationError(f"on_error must be 'raise' or 'return', got {on_error!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ConfigurationError(f"max_workers must be a positive int, got {n!r}")
-    return n
-
-
-def _tag(exc: Exception, index: int) -> Exception:
-    if isinstance(exc, DspydanticError):
-        exc.batch_index = index  # type: ignore[attr-defined]
-    return exc
-
-
-def _finish(results: list[Any], on_error: str) -> list[Any]:
-    if on_error == "raise":
-        failed = {i: r for i, r in enumerate(results) if isinstance(r, Exception)}
-        if failed:
-            first = min(failed)
-            raise BatchError(
-                f"{len(failed)} of {len(results)} items failed; first (item {first}): {failed[first]}",
-                results=results,
-                errors=failed,
-            ) from failed[first]
-    return results
-
-
-def _count(usage: Usage, response: LMResponse) -> bool:
-    """Add one answer to ``usage``; returns whether the cache layer served it."""
-    if response.cached:
-        usage.cache_hits += 1
-    else:
-        usage.calls += 1
-        usage.prompt_tokens += response.prompt_tokens
-        usage.completion_tokens += response.completion_tokens
-    return response.cached

@@ -321,7 +321,7 @@ class FakeBatchAPI:
 
     def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One line's answer from the server's queue/responder, as a chat completion would get it."""
-        from .testing import Fault, _error_body
+        from .testing._script import Fault, _error_body
 
         spec = self.owner._next_spec(body)
         if isinstance(spec, Fault):
@@ -385,7 +385,7 @@ class FakeBatchAPI:
     def _error(
         status: int, message: str, record: dict[str, Any] | None = None
     ) -> tuple[int, bytes, str, dict[str, Any]]:
-        from .testing import _error_body
+        from .testing._script import _error_body
 
         return FakeBatchAPI._json(status, _error_body(status, message), record)
 

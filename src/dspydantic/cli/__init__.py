@@ -38,7 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
-    return int(handler(args) or 0)
+    from ..errors import DspydanticError
+
+    try:
+        return int(handler(args) or 0)
+    except DspydanticError as exc:  # a command that let one through: one line, never a traceback
+        from ._shared import fail
+
+        return fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

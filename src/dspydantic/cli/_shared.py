@@ -67,11 +67,13 @@ def fail(message: str) -> int:
 
 def read_examples(path: str) -> list[Any]:
     """Examples from a JSON-lines file: ``{"text": ..., "expected_output": {...}}`` per line (also
-    ``image_path``/``pdf_path`` instead of ``text``; ``input``/``output`` are accepted as aliases)."""
+    ``image_path``/``pdf_path`` instead of ``text``, and any other input keyword of ``Example``, such as
+    ``pdf_dpi`` or ``max_pdf_pages``; ``input``/``output`` are accepted as aliases)."""
     import json
     import sys
 
     from .. import Example
+    from .._inputs import INPUT_OPTIONS
     from ..errors import ConfigurationError
 
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
@@ -88,9 +90,10 @@ def read_examples(path: str) -> list[Any]:
                 raise ConfigurationError(f"{path}:{n} must be a JSON object")
             text = row.get("text", row.get("input"))
             expected = row.get("expected_output", row.get("output"))
+            # the other input keywords of the one input spec (image_path, pdf_path, pdf_dpi, max_pdf_pages, ...)
+            inputs = {k: v for k, v in row.items() if k in INPUT_OPTIONS}
             try:
-                examples.append(Example(text=text, expected_output=expected, image_path=row.get("image_path"),
-                                        pdf_path=row.get("pdf_path")))
+                examples.append(Example(text=text, expected_output=expected, **inputs))
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{path}:{n}: {exc}") from None
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._shared import fail
+
 
 def register(sub: Any) -> None:
     demo = sub.add_parser(
@@ -21,7 +23,8 @@ def register(sub: Any) -> None:
     demo.set_defaults(handler=_demo)
 
     model = sub.add_parser("model", help="show (and assemble) the embedded local model file")
-    model.add_argument("name", nargs="?", default="qwen2.5-0.5b", help="qwen2.5-0.5b or smollm2-135m")
+    model.add_argument("name", nargs="?", default="qwen2.5-0.5b",
+                       help="a known model (qwen2.5-0.5b, smollm2-135m) or the path of a .gguf file")
     model.set_defaults(handler=_model)
 
 
@@ -32,7 +35,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
+    from ..errors import ConfigurationError, MissingExtraError
+    from ..lm._assemble import KNOWN_MODELS
     from ..lm.local import local_model_path
 
-    print(local_model_path(args.name))
+    try:
+        path = local_model_path(args.name)
+    except MissingExtraError as exc:
+        return fail(f"{exc} (the model {args.name!r} comes with that extra)")
+    except ConfigurationError as exc:
+        if args.name in KNOWN_MODELS or not str(exc).startswith("unknown local model"):
+            return fail(str(exc))  # e.g. a .gguf path that does not exist
+        known = ", ".join(sorted(KNOWN_MODELS))
+        return fail(f"unknown model {args.name!r}; the known models are {known} (or give the path of a .gguf file)")
+    print(path)
     return 0

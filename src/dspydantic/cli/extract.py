@@ -23,6 +23,9 @@ def register(sub: Any) -> None:
                    help="a JSON-lines file (appended), a directory (one JSON file per input) or - for stdout")
     p.add_argument("--glob", metavar="PATTERN", help="only files whose name matches, in directories (e.g. '*.pdf')")
     p.add_argument("--workers", type=int, default=4, help="inputs extracted at once (default 4)")
+    p.add_argument("--html", metavar="DIR",
+                   help="also write each answer's review page here (the source with every field's grounded "
+                   "spans highlighted, with its confidence)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary unless something failed")
     add_lm_args(p)
     p.set_defaults(handler=run)
@@ -51,10 +54,14 @@ def run(args: argparse.Namespace) -> int:
     def on_start(n: int) -> None:
         nonlocal progress, task
         if interactive and n:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # on stderr (the terminal checked above): stdout may carry the records (--out -), and goes
+            # around the bar only when it is that terminal too, never into a pipe or a file
             progress = Progress(TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                transient=True)
+                                transient=True, console=Console(stderr=True), redirect_stdout=sys.stdout.isatty(),
+                                redirect_stderr=False)
             progress.start()
             task = progress.add_task("extract", total=n)
 
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             progress.advance(task)
 
     try:
-        summary = run_extract(prompter, sources, args.out, workers=args.workers, on_start=on_start, on_done=on_done)
+        summary = run_extract(prompter, sources, args.out, workers=args.workers, on_start=on_start, on_done=on_done,
+                              html_dir=args.html)
     except (DspydanticError, OSError) as exc:
         return fail(str(exc))
     finally:

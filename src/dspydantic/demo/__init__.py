@@ -43,6 +43,7 @@ __all__ = [
     "DemoSize",
     "Invoice",
     "load_examples",
+    "load_hint",
     "load_records",
     "run_demo",
     "sizes",
@@ -154,6 +155,15 @@ class _Measured:
     demos: int = 0
 
 
+def load_hint(out: str, model_id: str) -> str:
+    """The Python that loads the demo's saved prompter (printed at the end of the demo; runs as written)."""
+    return (
+        "from dspydantic import Prompter\n"
+        "from dspydantic.demo import Invoice\n"
+        f"prompter = Prompter.load({out!r}, model=Invoice, model_id={model_id!r})"
+    )
+
+
 def run_demo(
     model_id: str = "local",
     optimizer: str = "auto",
@@ -240,10 +250,8 @@ def _run(console: Console, *, model_id: str, optimizer: str, out: str, seed: int
     finally:
         reloaded.close()
 
-    console.print(
-        f"Saved the optimized prompter to [bold]{out}[/bold]; use it with "
-        f"[cyan]Prompter.load({out!r}, model=Invoice, model_id={model_id!r})[/cyan]."
-    )
+    console.print(f"Saved the optimized prompter to [bold]{out}[/bold]; use it in Python with")
+    console.print(load_hint(out, model_id), style="cyan", highlight=False, markup=False, soft_wrap=True)
     console.print(f"Total time: {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -198,6 +198,6 @@ def _not_valid(prompter: Prompter, response: LMResponse) -> ExtractionError:
 
 def finish(results: list[Any], on_error: str) -> list[Any]:
     """``on_error="raise"``: a ``BatchError`` holding every slot when any item failed (as ``predict_batch``)."""
-    from .._prompter import _finish
+    from .._batch import finish as _finish
 
     return _finish(results, on_error)

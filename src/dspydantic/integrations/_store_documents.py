@@ -29,6 +29,7 @@ class StoredDocument:
     confidence: float | None
     field_confidences: dict[str, float] = field(default_factory=dict)
     spans: dict[str, Any] = field(default_factory=dict)
+    ungrounded: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
     attempts: int | None = None
     error_type: str | None = None
@@ -69,6 +70,7 @@ def from_row(row: Any) -> StoredDocument:
         confidence=row["confidence"],
         field_confidences=dict(row["field_confidences"] or {}),
         spans=dict(row["spans"] or {}),
+        ungrounded=list(row.get("ungrounded") or []),
         usage=dict(row["usage"] or {}),
         attempts=row["attempts"],
         error_type=row["error_type"],
@@ -93,7 +95,7 @@ def write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise MissingExtraError("db", "pyarrow") from None
-    nested = ("input", "data", "corrected_data", "label", "field_confidences", "spans", "usage")
+    nested = ("input", "data", "corrected_data", "label", "field_confidences", "spans", "ungrounded", "usage")
     names = list(rows[0]) if rows else [*StoredDocument.__dataclass_fields__, "label"]
     columns: dict[str, list[Any]] = {k: [] for k in names}
     for row in rows:

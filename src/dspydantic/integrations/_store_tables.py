@@ -56,6 +56,7 @@ class Tables:
             sa.Column("confidence", sa.Float),
             sa.Column("field_confidences", _JSON),
             sa.Column("spans", _JSON),
+            sa.Column("ungrounded", _JSON),  # added after the first release: see ``add_missing_columns``
             sa.Column("usage", _JSON),
             sa.Column("attempts", sa.Integer),
             sa.Column("error_type", sa.String(100)),
@@ -76,6 +77,30 @@ class Tables:
             sa.Column("created_at", ts, nullable=False),
             sa.Column("updated_at", ts, nullable=False),
         )
+
+
+def add_missing_columns(engine: sa.Engine, table: sa.Table) -> list[str]:
+    """Additive migration: ``ALTER TABLE ... ADD COLUMN`` for each nullable column of ``table`` that a
+    database created by an older release lacks (existing rows read NULL there). Returns the added names;
+    a concurrent process adding the same column is not an error."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    added = []
+    for column in table.columns:
+        if column.name in present:
+            continue
+        if not column.nullable:  # not something an older database can get without a default
+            raise sa.exc.InvalidRequestError(f"{table.name} lacks the required column {column.name!r}")
+        preparer = engine.dialect.identifier_preparer
+        ddl = (f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} "
+               f"{column.type.compile(dialect=engine.dialect)}")
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(ddl))
+        except sa.exc.DBAPIError:
+            if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                raise
+        added.append(column.name)
+    return added
 
 
 def insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:

@@ -9,7 +9,8 @@ registers three tasks that any Celery client calls by name, without importing ds
 * ``dspydantic.extract_file(prompter, path)``: a PDF, an image or a UTF-8 text file, told by its content
 * ``dspydantic.extract_batch(prompter, items)``: a list of texts / input dicts; per-item errors
 
-Each returns JSON: ``{"data", "confidence", "field_confidences", "usage", "error", "document_id", ...}``.
+Each returns JSON: ``{"data", "confidence", "field_confidences", "spans", "ungrounded", "usage", "error",
+"document_id", ...}``.
 
 Delivery: tasks are ``acks_late`` with ``reject_on_worker_lost``: a worker process killed mid-task (kill -9,
 OOM) leaves its message unacknowledged and the broker delivers it again. Each document has an idempotency
@@ -416,6 +417,7 @@ def _from_result(result: Any, name: str, fingerprint: str, key: str) -> dict[str
         "confidence": float(result.confidence),
         "field_confidences": {k: float(v) for k, v in result.field_confidences.items()},
         "spans": to_jsonable_python(result.spans),
+        "ungrounded": list(result.ungrounded),
         "usage": _usage(result.usage),
         "error": None,
         "prompter": name,
@@ -437,6 +439,7 @@ def _from_document(doc: StoredDocument, name: str, *, raise_failed: bool = True)
         "confidence": doc.confidence,
         "field_confidences": doc.field_confidences,
         "spans": doc.spans,
+        "ungrounded": doc.ungrounded,
         "usage": doc.usage,
         "error": None,
         "prompter": name,

@@ -5,9 +5,14 @@ Resumable: every record carries the SHA-256 of its input's content, and an input
 successful record in the output is skipped (failed ones are tried again; the newer record wins). A failing
 input (unreadable, corrupt, no valid answer, LM error) gets an error record and the rest goes on.
 
+With ``html_dir`` each answer also gets its review page there (``<name>-<hash>.html``: the source with the
+grounded spans of every field highlighted with their confidence, see
+:func:`dspydantic.confidence.render_review_html`), named in its record as ``review_html``.
+
 A file is a PDF or an image by its extension (or, without a known one, by its first bytes); anything else is
 read as UTF-8 text. A JSON line on stdin is a string (the text) or an object with input keys (``text``,
-``image_path``, ``image_base64``, ``pdf_path``, ``pdf_mode``) and optionally an ``id``.
+``image_path``, ``image_base64``, ``pdf_path``, ``pdf_mode``, ``max_pdf_pages``, ...: the input keywords but raw
+bytes) and optionally an ``id``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .._inputs import INPUT_KEYS
 from .._media import SNIFF_BYTES, sniff_image_mime
 from ..errors import ConfigurationError
 from ._version import prompter_version
@@ -31,7 +37,8 @@ __all__ = ["ExtractSummary", "Source", "discover", "read_done", "run_extract"]
 
 PDF_EXT = {".pdf"}
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
-_STDIN_KEYS = {"text", "image_path", "image_base64", "pdf_path", "pdf_mode"}
+#: the input keywords (the one spec, ``dspydantic._inputs``) a JSON line can carry: all but raw bytes and PIL images
+_STDIN_KEYS = INPUT_KEYS - {"image_bytes", "pdf_bytes", "image"}
 
 
 @dataclass
@@ -179,6 +186,11 @@ def read_done(out: str) -> set[str]:
     return {h for h, ok in status.items() if ok}
 
 
+def _file_stem(ident: str, sha256: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(ident).stem)[:80] or "input"
+    return f"{stem}-{(sha256 or 'unread')[:12]}"
+
+
 class _Writer:
     def __init__(self, out: str, stdout: IO[str]) -> None:
         self.out = out
@@ -194,8 +206,7 @@ class _Writer:
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False)
         if self.directory:
-            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(record["id"]).stem)[:80] or "input"
-            target = Path(self.out) / f"{stem}-{(record['sha256'] or 'unread')[:12]}.json"
+            target = Path(self.out) / f"{_file_stem(record['id'], record['sha256'])}.json"
             tmp = target.with_suffix(".json.tmp")
             tmp.write_text(line, encoding="utf-8")
             os.replace(tmp, target)
@@ -225,27 +236,60 @@ class ExtractSummary:
         return self.extracted + self.skipped + self.failed
 
 
-def _record(source: Source, prompter: Any, version: str) -> dict[str, Any]:
+def _extract_with_source(prompter: Any, inputs: dict[str, Any]) -> tuple[Any, str]:
+    """The result and the text it was read from (a PDF's text layer; '' for an image), reading the input once."""
+    from .._inputs import build_input
+
+    doc = build_input(**inputs)
+    if hasattr(prompter, "predict_batch") and hasattr(prompter, "renderer"):  # a Prompter takes the document
+        (out,) = prompter.predict_batch([doc], 1, "return", with_confidence=True)
+        if isinstance(out, BaseException):
+            raise out
+        return out, doc.text
+    return prompter.predict_with_confidence(**inputs), doc.text
+
+
+def _write_review(html_dir: Path, source: Source, result: Any, text: str) -> str:
+    from ..confidence.review import render_review_html
+
+    target = html_dir / f"{_file_stem(source.id, source.sha256)}.html"
+    tmp = target.with_suffix(".html.tmp")
+    tmp.write_text(render_review_html(result, text, title=f"Extraction review: {source.id}"), encoding="utf-8")
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _record(source: Source, prompter: Any, version: str, html_dir: Path | None = None) -> dict[str, Any]:
     base: dict[str, Any] = {"id": source.id, "sha256": source.sha256, "kind": source.kind}
+    page = None
     try:
         if source.problem is not None:
             raise ConfigurationError(source.problem)
-        result = prompter.predict_with_confidence(**source.inputs())
+        if html_dir is None:
+            result = prompter.predict_with_confidence(**source.inputs())
+        else:
+            result, text = _extract_with_source(prompter, source.inputs())
+            page = _write_review(html_dir, source, result, text)
     except Exception as exc:  # every failure becomes the input's error record
         return {**base, "ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
     u = result.usage
-    return {
+    record = {
         **base,
         "ok": True,
         "data": result.data.model_dump(mode="json", by_alias=True),
         "confidence": result.confidence,
         "field_confidences": dict(result.field_confidences),
+        "spans": {k: [list(span) for span in v] for k, v in result.spans.items()},
+        "ungrounded": list(result.ungrounded),
         "usage": {"calls": u.calls, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                   "cache_hits": u.cache_hits, "cost_usd": u.cost_usd},
         "attempts": result.attempts,
         "cached": result.cached,
         "prompter_version": version,
     }
+    if page is not None:
+        record["review_html"] = page
+    return record
 
 
 def run_extract(
@@ -257,10 +301,12 @@ def run_extract(
     stdout: IO[str] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    html_dir: str | os.PathLike[str] | None = None,
 ) -> ExtractSummary:
     """Extract every source not already done in ``out`` on ``workers`` threads; records are written (and
     flushed) from this thread as they finish, so an interrupted run resumes where it stopped.
-    ``on_start(n)`` is told how many inputs will run, ``on_done(record)`` about each finished one."""
+    ``on_start(n)`` is told how many inputs will run, ``on_done(record)`` about each finished one;
+    ``html_dir`` gets a review page per answer."""
     import sys
 
     if not isinstance(workers, int) or workers < 1:
@@ -276,6 +322,9 @@ def run_extract(
     if on_start is not None:
         on_start(len(todo))
     version = prompter_version(prompter)
+    pages = Path(html_dir) if html_dir is not None else None
+    if pages is not None:
+        pages.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out, stdout if stdout is not None else sys.stdout)
 
     def finish(record: dict[str, Any]) -> None:
@@ -291,14 +340,14 @@ def run_extract(
     try:
         if workers == 1:
             for source in todo:
-                finish(_record(source, prompter, version))
+                finish(_record(source, prompter, version, pages))
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 # at most 2 x workers submitted at a time: a huge input list is not all held in memory at once
                 queue = iter(todo)
                 running: set[Future[dict[str, Any]]] = set()
                 for source in queue:
-                    running.add(pool.submit(_record, source, prompter, version))
+                    running.add(pool.submit(_record, source, prompter, version, pages))
                     if len(running) >= 2 * workers:
                         finished, running = wait(running, return_when=FIRST_COMPLETED)
                         for f in finished:

@@ -10,7 +10,10 @@ input, which prompter answers, and say which one did.
     result.extra["variant"], router.metrics()
 
 Confidence is read per field when the result has per-field confidences (the minimum over ``fields``, or
-over every field), else the overall ``confidence``: :func:`effective_confidence`.
+over every field), else the overall ``confidence``: :func:`effective_confidence`. A threshold is a number
+(every field must reach it) or a map of field paths to numbers (``{"total": 0.9, "*": 0.6}``: ``"*"`` for the
+fields not named): :func:`fields_below` says which fields fall short. The service's ``min_confidence``, the
+store's ``review_below`` and the fallback chain's ``min_confidence`` all take either.
 """
 
 from __future__ import annotations
@@ -28,7 +31,21 @@ from .._fanout import fan_out
 from .._result import ExtractionResult, Usage
 from ..errors import BatchError, ConfigurationError, DspydanticError
 
-__all__ = ["ABRouter", "Fallback", "VariantStats", "effective_confidence", "stable_fraction"]
+__all__ = [
+    "ABRouter",
+    "Fallback",
+    "Threshold",
+    "VariantStats",
+    "check_threshold",
+    "effective_confidence",
+    "fields_below",
+    "stable_fraction",
+]
+
+#: a confidence threshold: one number for every field, or field path -> number (``"*"``: any other field)
+Threshold = float | Mapping[str, float]
+#: the key of :func:`fields_below`'s answer when the result has no per-field confidences
+OVERALL = "*"
 
 
 def effective_confidence(result: ExtractionResult[Any], fields: Sequence[str] | None = None) -> float:
@@ -42,6 +59,73 @@ def effective_confidence(result: ExtractionResult[Any], fields: Sequence[str] | 
     if per_field:
         return min(per_field.values())
     return result.confidence
+
+
+def check_threshold(
+    threshold: Any, model: Any = None, *, what: str = "min_confidence", schema: Mapping[str, Any] | None = None
+) -> Threshold:
+    """``threshold`` checked (numbers in [0, 1]; a map's keys are field paths of ``model`` — or of the JSON
+    ``schema`` — when given, or ``"*"``); returns it as a float or a plain dict. Raises
+    :class:`ConfigurationError`."""
+    if isinstance(threshold, Mapping):
+        if not threshold:
+            raise ConfigurationError(f"{what} is an empty map: name at least one field (or '*' for every field)")
+        out: dict[str, float] = {}
+        for key, value in threshold.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigurationError(f"{what}: field paths are non-empty strings, got {key!r}")
+            out[key] = _unit(value, f"{what}[{key!r}]")
+        if model is not None or schema is not None:
+            from .._schema import inline_schema, model_schema, walk_fields
+
+            tree = model_schema(model) if model is not None else inline_schema(dict(schema or {}))
+            known = {path for path, _, _ in walk_fields(tree)}
+            unknown = sorted(k for k in out if k != OVERALL and k not in known)
+            if unknown:
+                owner = model.__name__ if model is not None else "the model"
+                raise ConfigurationError(
+                    f"{what} names field(s) {unknown} that {owner} does not have; its fields are "
+                    f"{sorted(known)} (and '*' for every field not named)"
+                )
+        return out
+    return _unit(threshold, what)
+
+
+def _unit(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigurationError(f"{what} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def fields_below(
+    result: ExtractionResult[Any], threshold: Threshold, fields: Sequence[str] | None = None
+) -> dict[str, tuple[float, float]]:
+    """The fields of ``result`` under their threshold: path -> (confidence, threshold); empty when it passes.
+
+    * a number: every field's confidence (over ``fields`` when given and present) must reach it;
+    * a map: each field named in it must reach its own value; ``"*"`` applies to every field not named.
+      Named fields the result has no confidence for are not checked.
+
+    Without per-field confidences the overall ``confidence`` (the lowest field's) is checked, against the
+    number or, for a map, against its highest value (it bounds every field from below: nothing is let
+    through that a field's own threshold could refuse); the answer's key is then ``"*"``.
+    """
+    per_field = result.field_confidences or {}
+    if not per_field:
+        limit = threshold if not isinstance(threshold, Mapping) else max(threshold.values())
+        conf = float(result.confidence)
+        return {OVERALL: (conf, float(limit))} if conf < limit else {}
+    if not isinstance(threshold, Mapping):
+        chosen = {f: per_field[f] for f in fields or () if f in per_field} or per_field
+        return {f: (float(c), float(threshold)) for f, c in chosen.items() if c < threshold}
+    default = threshold.get(OVERALL)
+    out: dict[str, tuple[float, float]] = {}
+    for path, conf in per_field.items():
+        own = threshold.get(path)
+        bound = own if own is not None else default
+        if bound is not None and conf < bound:
+            out[path] = (float(conf), float(bound))
+    return out
 
 
 def _item(text: Any, inputs: Mapping[str, Any]) -> Any:
@@ -179,7 +263,8 @@ async def _acall(member: Any, item: Any) -> ExtractionResult[Any]:
 
 class Fallback(_PrompterLike):
     """Tries each prompter in order; the next one is asked when one raises (an LM or extraction error: not a
-    bad input, which every member would refuse) or answers below ``min_confidence``. The last one's answer is
+    bad input, which every member would refuse) or answers below ``min_confidence`` (a number every field
+    must reach, or a map of field paths to numbers: see :func:`fields_below`). The last one's answer is
     taken whatever its confidence. When the last one fails too, the best answer seen below the threshold is
     returned, if any; otherwise the last error is raised.
 
@@ -192,15 +277,15 @@ class Fallback(_PrompterLike):
         self,
         prompters: Sequence[Any],
         *,
-        min_confidence: float | None = None,
+        min_confidence: Threshold | None = None,
         names: Sequence[str] | None = None,
         fields: Sequence[str] | None = None,
     ) -> None:
         members = list(prompters)
         if len(members) < 2:
             raise ConfigurationError("a fallback chain needs at least two prompters")
-        if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
-            raise ConfigurationError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+        if min_confidence is not None:
+            min_confidence = check_threshold(min_confidence, getattr(members[0], "model", None))
         default = ["primary", "fallback"] + [f"fallback{i}" for i in range(2, len(members))]
         self.names = list(names) if names is not None else default
         if len(self.names) != len(members) or len(set(self.names)) != len(members):
@@ -213,16 +298,17 @@ class Fallback(_PrompterLike):
     def __repr__(self) -> str:
         return f"Fallback({', '.join(self.names)}, min_confidence={self.min_confidence})"
 
-    def with_fallback(self, *others: Any, min_confidence: float | None = None) -> Fallback:
+    def with_fallback(self, *others: Any, min_confidence: Threshold | None = None) -> Fallback:
         return Fallback(
             [*self.prompters, *others],
             min_confidence=self.min_confidence if min_confidence is None else min_confidence,
             fields=self.fields,
         )
 
-    def _good(self, result: ExtractionResult[Any]) -> tuple[bool, float]:
+    def _good(self, result: ExtractionResult[Any]) -> tuple[bool, float, dict[str, tuple[float, float]]]:
         conf = effective_confidence(result, self.fields)
-        return (self.min_confidence is None or conf >= self.min_confidence), conf
+        below = {} if self.min_confidence is None else fields_below(result, self.min_confidence, self.fields)
+        return not below, conf, below
 
     def _step(self, i: int, outcome: ExtractionResult[Any] | Exception, state: _Trail) -> ExtractionResult[Any] | None:
         """Record one member's outcome; returns the result to give back, or None to ask the next one."""
@@ -240,8 +326,11 @@ class Fallback(_PrompterLike):
                 raise outcome
             return None
         state.usage.add(outcome.usage)
-        ok, conf = self._good(outcome)
-        state.trail.append({"name": name, "outcome": "ok" if ok else "low_confidence", "confidence": conf})
+        ok, conf, below = self._good(outcome)
+        step: dict[str, Any] = {"name": name, "outcome": "ok" if ok else "low_confidence", "confidence": conf}
+        if below:
+            step["fields_below"] = {f: c for f, (c, _) in below.items()}
+        state.trail.append(step)
         if ok or last:
             return state.done(outcome, name)
         if state.best is None or conf > effective_confidence(state.best[1], self.fields):

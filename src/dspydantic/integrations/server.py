@@ -4,13 +4,19 @@
     app = create_app({"invoice": "./invoice_prompter", "receipt": receipt_prompter})
 
 Routes: ``POST /extract/{name}`` (and ``POST /extract`` when one prompter is served), ``POST
-/extract/{name}/batch``, ``GET /`` (what is served), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
+/extract/{name}/batch``, ``GET /review/{document_id}`` (the HTML review page of an answer: its grounded spans
+highlighted in the source with their confidence), ``GET /`` (what is served), ``GET /healthz``, ``GET
+/readyz``, ``GET /metrics``;
 ``/docs`` and ``/openapi.json`` show each prompter's own model as its response type. ``dspydantic serve``
 runs it under uvicorn (see :mod:`dspydantic.cli.serve`).
 
 Every extraction uses the async verbs (async HTTP; the local model runs in a worker thread behind its lock);
 PDFs and images are decoded in a worker thread too, so no request blocks the event loop. Uvicorn's graceful
 shutdown lets in-flight requests finish; the prompters' backends are closed after them.
+
+With ``store=`` (an :class:`~dspydantic.store.ExtractionStore` or its URL; ``dspydantic serve --store``) every
+answer and every failed extraction is recorded under its ``document_id`` (the id ``store.process`` gives the
+same input and prompter), routed to the store's review queue by its per-field confidences.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import logging
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -36,15 +44,16 @@ from ..errors import ConfigurationError, DspydanticError, ExtractionError, LMErr
 
 try:
     from fastapi import Depends, FastAPI, HTTPException
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 except ImportError:  # this module is the [server] feature: say which extra is missing
     raise MissingExtraError("server", "fastapi") from None
 
+from ._identity import PreparedInput, document_key, prepare_input, prompter_fingerprint
 from ._version import members as _members
 from ._version import prompter_version
 from .metrics import ExtractionMetrics
-from .routing import effective_confidence
+from .routing import check_threshold, fields_below
 
 log = logging.getLogger("dspydantic.server")
 
@@ -86,11 +95,17 @@ class ExtractInput(BaseModel):
         return self
 
 
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+#: a number every field must reach, or field path -> number ("*": every field not named)
+MinConfidence = Unit | dict[str, Unit] | None
+_MIN_CONFIDENCE_DOC = (
+    "refuse (422) an answer with a field whose confidence is lower: a number for every field, or a map of "
+    "field paths to numbers ('*' for the fields not named), e.g. {\"total\": 0.9, \"*\": 0.6}"
+)
+
+
 class ExtractRequest(ExtractInput):
-    min_confidence: float | None = Field(
-        None, ge=0.0, le=1.0,
-        description="refuse (422) an answer whose confidence (the lowest per-field one when known) is lower",
-    )
+    min_confidence: MinConfidence = Field(None, description=_MIN_CONFIDENCE_DOC)
 
 
 class UsageOut(BaseModel):
@@ -110,7 +125,8 @@ class ErrorOut(BaseModel):
     type: str
     message: str
     confidence: float | None = None
-    min_confidence: float | None = None
+    min_confidence: float | dict[str, float] | None = None
+    fields: dict[str, float] | None = Field(None, description="LowConfidence: the fields below their threshold")
     attempts: int | None = None
     lm_status: int | None = None
 
@@ -280,6 +296,22 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
+class _Answer:
+    """One extraction the service made: the result, its document id and the source text it was read from."""
+
+    __slots__ = ("document_id", "member", "prep", "result")
+
+    def __init__(self, result: ExtractionResult[Any], prep: PreparedInput | None, member: Any, document_id: str):
+        self.result = result
+        self.prep = prep
+        self.member = member
+        self.document_id = document_id
+
+    @property
+    def source(self) -> str:
+        return self.prep.doc.text if self.prep is not None else ""
+
+
 class _Served:
     """One served prompter and how to call it."""
 
@@ -288,26 +320,62 @@ class _Served:
         self.target = target
         self.version = prompter_version(target)
         self.routed = hasattr(target, "assign")  # an A/B router takes a key
+        self._fingerprints: dict[int, str] = {}
 
-    def result_json(self, result: ExtractionResult[Any]) -> dict[str, Any]:
+    def fingerprint(self, member: Any) -> str:
+        """The store's fingerprint of a served Prompter (a prompter-like member: a hash of its version)."""
+        key = id(member)
+        if key not in self._fingerprints:
+            if isinstance(member, Prompter):
+                self._fingerprints[key] = prompter_fingerprint(member)
+            else:
+                import hashlib
+
+                self._fingerprints[key] = hashlib.sha256(prompter_version(member).encode()).hexdigest()
+        return self._fingerprints[key]
+
+    def member(self, result: ExtractionResult[Any] | None, exc: BaseException | None = None) -> Any:
+        """The prompter that answered (or failed): a router's variant, a fallback chain's answering member."""
+        target = self.target
+        variant = (result.extra.get("variant") if result is not None else getattr(exc, "variant", None))
+        if variant is not None and hasattr(target, "variants"):
+            return target.variants.get(variant, target)
+        answered = result.extra.get("answered_by") if result is not None else None
+        if hasattr(target, "prompters") and hasattr(target, "names"):
+            if answered in target.names:
+                return target.prompters[target.names.index(answered)]
+            return target.prompters[-1]  # a failed chain: its last member's error is the one raised
+        return target
+
+    def document_id(self, member: Any, prep: PreparedInput | None) -> str:
+        return document_key(self.fingerprint(member), prep.digest) if prep is not None else ""
+
+    def result_json(self, answer: _Answer) -> dict[str, Any]:
+        result = answer.result
         u = result.usage
         out: dict[str, Any] = {
             "data": result.data.model_dump(mode="json", by_alias=True),
             "confidence": result.confidence,
             "field_confidences": dict(result.field_confidences),
+            "spans": {k: [list(span) for span in v] for k, v in result.spans.items()},
+            "ungrounded": list(result.ungrounded),
+            "calibrated": result.calibrated,
             "usage": {"calls": u.calls, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                       "cache_hits": u.cache_hits, "cost_usd": u.cost_usd},
             "attempts": result.attempts,
             "cached": result.cached,
             "prompter": self.name,
             "prompter_version": self.version,
+            "document_id": answer.document_id,
         }
         answered = result.extra.get("variant") or result.extra.get("answered_by")
         if answered:
             out["answered_by"] = answered
         return out
 
-    async def extract(self, item: ExtractInput) -> ExtractionResult[Any]:
+    async def prepare(self, item: ExtractInput) -> tuple[dict[str, Any], PreparedInput]:
+        """The input keywords of ``item`` and the input normalised (decoding a PDF or an image is CPU work:
+        in a worker thread)."""
         kwargs: dict[str, Any] = {}
         if item.text is not None:
             kwargs["text"] = item.text
@@ -317,22 +385,58 @@ class _Served:
             kwargs["pdf_bytes"] = decode_base64(item.pdf_base64, "pdf_base64")[0]
         if item.pdf_mode is not None:
             kwargs["pdf_mode"] = item.pdf_mode
-        route_key = {"key": item.key} if self.routed and item.key is not None else {}
         binary = item.image_base64 is not None or item.pdf_base64 is not None
-        if binary and isinstance(self.target, Prompter):
-            # decoding a PDF or an image is CPU work: in a worker thread, then the native async extraction
-            from .._inputs import build_input
+        prep = await asyncio.to_thread(prepare_input, kwargs) if binary else prepare_input(kwargs)
+        return kwargs, prep
 
-            doc = await asyncio.to_thread(build_input, **kwargs)
-            (out,) = await self.target.apredict_batch([doc], 1, "return", with_confidence=True)
+    async def extract(self, item: ExtractInput, kwargs: dict[str, Any], prep: PreparedInput) -> ExtractionResult[Any]:
+        if isinstance(self.target, Prompter):  # the native async batch verb takes the prepared document
+            (out,) = await self.target.apredict_batch([prep.doc], 1, "return", with_confidence=True)
             if isinstance(out, BaseException):
                 raise out
             return out
-        if binary:
-            return await asyncio.to_thread(
-                self.target.predict_with_confidence, **kwargs, **route_key
-            )
+        route_key = {"key": item.key} if self.routed and item.key is not None else {}
+        if item.image_base64 is not None or item.pdf_base64 is not None:
+            return await asyncio.to_thread(self.target.predict_with_confidence, **kwargs, **route_key)
         return await self.target.apredict_with_confidence(**kwargs, **route_key)
+
+
+class _Recent:
+    """The last answers (with their source text) for ``/review/{id}``, bounded in count and in characters."""
+
+    def __init__(self, max_items: int, max_chars: int = 64_000_000) -> None:
+        self.max_items = max_items
+        self.max_chars = max_chars
+        self._items: OrderedDict[str, tuple[str, _Answer]] = OrderedDict()
+        self._chars = 0
+
+    def add(self, name: str, answer: _Answer) -> None:
+        if self.max_items < 1 or not answer.document_id:
+            return
+        old = self._items.pop(answer.document_id, None)
+        if old is not None:
+            self._chars -= len(old[1].source)
+        self._items[answer.document_id] = (name, answer)
+        self._chars += len(answer.source)
+        while self._items and (len(self._items) > self.max_items or self._chars > self.max_chars):
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._chars -= len(dropped.source)
+
+    def get(self, document_id: str) -> tuple[str, _Answer] | None:
+        return self._items.get(document_id)
+
+
+def _stored_source(record: Mapping[str, Any]) -> str:
+    """The text a stored input was read from (a template's rendered variables); '' for a PDF or an image
+    given as bytes (the store does not keep their text)."""
+    text = record.get("text")
+    if isinstance(text, str):
+        return text
+    if isinstance(text, Mapping):
+        from .._inputs import render_variables
+
+        return render_variables(text)
+    return ""
 
 
 def create_app(
@@ -345,6 +449,9 @@ def create_app(
     cors_origins: Sequence[str] = (),
     readiness_timeout: float = 2.0,
     title: str = "dspydantic",
+    store: Any = None,
+    review_keep: int = 256,
+    min_confidence: float | Mapping[str, float] | None = None,
     **load_kwargs: Any,
 ) -> Any:
     """A FastAPI app serving ``prompters`` (name -> Prompter, Prompter-like object or saved directory).
@@ -356,11 +463,29 @@ def create_app(
         max_batch_items: most items of one batch request (more: 422).
         batch_concurrency: most batch items extracted at once, over every batch request of this app.
         cors_origins: origins allowed by CORS (none by default: CORS is off).
+        store: an :class:`~dspydantic.store.ExtractionStore` or a database URL (the ``[db]`` extra): every
+            extraction is recorded there (answers routed to its review queue by their per-field
+            confidences; failures too), and ``/review/{document_id}`` reads it.
+        min_confidence: the threshold of requests that give none (a number every field must reach, or a map
+            of field paths to numbers, ``"*"`` for the others); a request's own ``min_confidence`` replaces it.
+        review_keep: how many recent answers (with their source text) this process keeps for
+            ``/review/{document_id}`` (0: none; the store's documents are reviewable either way).
         load_kwargs: passed to ``Prompter.load`` for paths (``model_id=``, ``api_base=``, ``cache=``...).
     """
     if max_body_bytes < 1 or max_batch_items < 1 or batch_concurrency < 1:
         raise ConfigurationError("max_body_bytes, max_batch_items and batch_concurrency must be positive")
+    if review_keep < 0:
+        raise ConfigurationError("review_keep must be 0 or more")
+    if isinstance(store, str):
+        from .store import ExtractionStore
+
+        store = ExtractionStore(store)
     served = {name: _Served(name, p) for name, p in load_prompters(prompters, **load_kwargs).items()}
+    if min_confidence is not None:
+        for s in served.values():  # a field map must fit every served model
+            check_threshold(min_confidence, s.target.model, what=f"min_confidence (serving {s.name!r})")
+    default_threshold = min_confidence
+    recent = _Recent(review_keep)
     metrics = ExtractionMetrics()
     batch_slots = asyncio.Semaphore(batch_concurrency)
     ready: dict[str, Any] = {"checked": 0.0, "body": None}
@@ -385,6 +510,7 @@ def create_app(
                   description="Structured extraction into Pydantic models (dspydantic).")
     app.state.metrics = metrics
     app.state.prompters = {n: s.target for n, s in served.items()}
+    app.state.store = store
 
     bearer = HTTPBearer(auto_error=False)
 
@@ -400,28 +526,64 @@ def create_app(
     def _record_error(s: _Served, exc: BaseException, latency: float) -> None:
         metrics.observe_error(s.name, exc, latency)
 
-    async def run_one(s: _Served, item: ExtractInput, min_conf: float | None) -> tuple[int, dict[str, Any]]:
-        started = time.perf_counter()
+    async def record(s: _Served, prep: PreparedInput, member: Any,
+                     outcome: ExtractionResult[Any] | BaseException) -> str | None:
+        """Store the outcome (with ``store=``); the stored status, None when it could not be written (the
+        answer is not lost for it: logged, and counted as a ``StoreError``)."""
+        if store is None or not isinstance(member, Prompter):
+            return None
         try:
-            result = await s.extract(item)
+            doc = await asyncio.to_thread(store.put, member, prep, outcome, name=s.name)
+        except Exception as exc:
+            log.exception("could not record an extraction with %s in %s", s.name, store)
+            metrics.observe_rejection(s.name, f"StoreError: {type(exc).__name__}")
+            return None
+        return str(doc.status)
+
+    async def run_one(s: _Served, item: ExtractInput, min_conf: Any) -> tuple[int, dict[str, Any]]:
+        started = time.perf_counter()
+        if min_conf is None:
+            min_conf = default_threshold
+        prep: PreparedInput | None = None
+        try:
+            threshold = None if min_conf is None else check_threshold(min_conf, s.target.model)
+            kwargs, prep = await s.prepare(item)
+            result = await s.extract(item, kwargs, prep)
         except DspydanticError as exc:
             _record_error(s, exc, time.perf_counter() - started)
-            return _status_of(exc), _error_body(exc)
+            body = _error_body(exc)
+            if prep is not None and not isinstance(exc, ConfigurationError):
+                member = s.member(None, exc)
+                body["document_id"] = s.document_id(member, prep)
+                status = await record(s, prep, member, exc)
+                if status is not None:
+                    body["status"] = status
+            return _status_of(exc), body
         except Exception as exc:  # a bug: logged with its traceback, answered without internals
             _record_error(s, exc, time.perf_counter() - started)
             log.exception("extraction with %s failed unexpectedly", s.name)
             return 500, {"type": "InternalError", "message": "internal error (see the server log)"}
         metrics.observe_result(s.name, result, time.perf_counter() - started)
-        body = s.result_json(result)
-        if min_conf is not None:
-            conf = effective_confidence(result)
-            if conf < min_conf:
+        member = s.member(result)
+        answer = _Answer(result, prep, member, s.document_id(member, prep))
+        recent.add(s.name, answer)
+        body = s.result_json(answer)
+        status = await record(s, prep, member, result)
+        if status is not None:
+            body["status"] = status
+        if threshold is not None:
+            below = fields_below(result, threshold)
+            if below:
                 metrics.observe_rejection(s.name, "LowConfidence")
+                conf = min(c for c, _ in below.values())
+                names = ", ".join(f"{f} {c:.3f} < {t:.3f}" if f != "*" else f"confidence {c:.3f} < {t:.3f}"
+                                  for f, (c, t) in below.items())
                 return 422, {
                     "type": "LowConfidence",
-                    "message": f"confidence {conf:.3f} is below min_confidence {min_conf:.3f}",
+                    "message": f"below min_confidence: {names}",
                     "confidence": conf,
-                    "min_confidence": min_conf,
+                    "min_confidence": threshold,
+                    "fields": {f: c for f, (c, _) in below.items()},
                     "result": body,
                 }
         return 200, body
@@ -434,12 +596,17 @@ def create_app(
             data=(model, ...),
             confidence=(float, ...),
             field_confidences=(dict[str, float], {}),
+            spans=(dict[str, list[tuple[int, int]]], {}),
+            ungrounded=(list[str], []),
+            calibrated=(bool, False),
             usage=(UsageOut, ...),
             attempts=(int, ...),
             cached=(bool, ...),
             prompter=(str, ...),
             prompter_version=(str, ...),
             answered_by=(str | None, None),
+            document_id=(str, ""),
+            status=(str | None, None),
         )
         slot = create_model(
             f"BatchSlot_{safe}", ok=(bool, ...), result=(response_model | None, None),  # type: ignore[arg-type]
@@ -450,7 +617,7 @@ def create_app(
             f"BatchRequest_{safe}",
             __config__=ConfigDict(extra="forbid"),
             items=(list[ExtractInput], Field(..., min_length=1, max_length=max_batch_items)),
-            min_confidence=(float | None, Field(None, ge=0.0, le=1.0)),
+            min_confidence=(MinConfidence, Field(None, description=_MIN_CONFIDENCE_DOC)),
         )
         errors: dict[int | str, dict[str, Any]] = {
             401: {"description": "missing or wrong bearer token"},
@@ -494,6 +661,36 @@ def create_app(
         return {"prompters": {n: {"model": s.target.model.__name__, "version": s.version,
                                   "routes": [f"/extract/{n}", f"/extract/{n}/batch"]} for n, s in served.items()}}
 
+    @app.get("/review/{document_id}", dependencies=guarded, response_class=HTMLResponse,
+             summary="the review page of an answer: its grounded spans in the source, each field's confidence",
+             responses={404: {"description": "no such answer here (this process's recent ones, or the store)"}})
+    async def review(document_id: str) -> Any:
+        found = recent.get(document_id)
+        if found is not None:
+            name, answer = found
+            page = _review_page(f"{name}: {document_id[:12]}", answer.result, answer.source)
+        else:
+            doc = None
+            if store is not None and re.fullmatch(r"[0-9a-f]{64}", document_id):
+                doc = await asyncio.to_thread(store.get, document_id)
+            if doc is None:
+                return JSONResponse({"detail": f"no answer with id {document_id!r} here"}, status_code=404)
+            s = served.get(doc.prompter_name)
+            data: Any = doc.data
+            if s is not None and doc.data is not None:
+                try:
+                    data = s.target.model.model_validate(doc.data)
+                except ValueError:
+                    data = None
+            shown = SimpleNamespace(
+                data=data if hasattr(data, "model_dump") else None, confidence=doc.confidence,
+                field_confidences=doc.field_confidences, calibrated=False, ungrounded=doc.ungrounded,
+                spans={k: [tuple(x) for x in v] for k, v in doc.spans.items()},
+            )
+            page = _review_page(f"{doc.prompter_name}: {document_id[:12]} ({doc.status})", shown,
+                                _stored_source(doc.input))
+        return HTMLResponse(page, headers={"Content-Security-Policy": _REVIEW_CSP})
+
     @app.get("/healthz", summary="the process is up")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -533,6 +730,15 @@ def create_app(
     return asgi
 
 
+_REVIEW_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def _review_page(title: str, result: Any, source: str) -> str:
+    from ..confidence.review import render_review_html
+
+    return render_review_html(result, source, title=f"Extraction review — {title}")
+
+
 def _version() -> str:
     from .. import __version__
 
@@ -548,4 +754,11 @@ def app_from_env() -> Any:
     config = json.loads(raw)
     prompters = config.pop("prompters")
     load_kwargs = config.pop("load_kwargs", {}) or {}
+    store_url = config.pop("store", None)
+    review_below = config.pop("review_below", None)
+    if store_url:
+        from .store import ExtractionStore
+
+        config["store"] = ExtractionStore(store_url, **({"review_below": review_below} if review_below is not None
+                                                        else {}))
     return create_app(prompters, auth_token=os.environ.get(TOKEN_ENV) or None, **config, **load_kwargs)

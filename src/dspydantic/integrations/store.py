@@ -54,6 +54,7 @@ from ._store_tables import (
     REVIEWED,
     STATUSES,
     Tables,
+    add_missing_columns,
     as_utc,
     insert_ignore,
     utcnow,
@@ -74,9 +75,11 @@ log = logging.getLogger("dspydantic.store")
 class ExtractionStore:
     """Extraction results in a database (``url``: any SQLAlchemy URL; SQLite and PostgreSQL are tested).
 
-    * ``review_below``: results whose confidence is under it are queued for review (the minimum over
-      ``field_confidences`` — or over ``review_fields`` of them — when the result has per-field values,
-      else the overall ``confidence``); failed extractions are queued too.
+    * ``review_below``: results with a field under it are queued for review (with per-field confidences:
+      any field — or any of ``review_fields`` — below the number; else the overall ``confidence``). A map
+      of field paths to numbers gives each field its own threshold (``{"total": 0.9, "*": 0.6}``; see
+      :func:`dspydantic.integrations.routing.fields_below`). Failed extractions are queued too. A stored
+      result keeps its per-field confidences, grounded spans and ungrounded fields.
     * ``table_prefix``: the tables are ``<prefix>documents`` and ``<prefix>batch_jobs`` (created when
       missing).
     * ``lease_seconds``: a claim older than this is taken to belong to a dead worker and is taken over.
@@ -86,7 +89,7 @@ class ExtractionStore:
         self,
         url: str = "sqlite:///extractions.db",
         *,
-        review_below: float = 0.8,
+        review_below: float | Mapping[str, float] = 0.8,
         review_fields: Sequence[str] | None = None,
         table_prefix: str = "dspydantic_",
         lease_seconds: float = 600.0,
@@ -98,11 +101,11 @@ class ExtractionStore:
             self._url = sa.engine.make_url(url)
         except (sa.exc.ArgumentError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"not a database URL: {exc}") from None
-        if not 0.0 <= float(review_below) <= 1.0:
-            raise ConfigurationError(f"review_below must be in [0, 1], got {review_below!r}")
         if not table_prefix.replace("_", "").isalnum():
             raise ConfigurationError(f"table_prefix must be letters, digits and '_', got {table_prefix!r}")
-        self.review_below = float(review_below)
+        from .routing import check_threshold
+
+        self.review_below = check_threshold(review_below, what="review_below")
         self.review_fields = tuple(review_fields or ())
         self.lease_seconds = float(lease_seconds)
         self.poll_interval = float(poll_interval)
@@ -152,10 +155,14 @@ class ExtractionStore:
         return engine
 
     def create_tables(self) -> None:
-        """Create the store's tables where missing (several processes may call this at once)."""
+        """Create the store's tables where missing, and add the columns a database made by an older release
+        lacks (additive: existing rows keep their values; several processes may call this at once)."""
         for attempt in range(5):
             try:
                 self._tables.metadata.create_all(self.engine, checkfirst=True)
+                added = add_missing_columns(self.engine, self._tables.documents)
+                if added:
+                    log.info("store %s: added column(s) %s", self.url, ", ".join(added))
                 return
             except sa.exc.DBAPIError as exc:  # a concurrent CREATE TABLE won the race: look again
                 if attempt == 4:
@@ -219,6 +226,30 @@ class ExtractionStore:
                 busy = [k for k in busy if k not in taken and self._status(k) == PROCESSING]
         docs = self._get_many(list(unique))
         return [docs[k] for k in keys]
+
+    def put(
+        self,
+        prompter: Prompter,
+        item: Any,
+        outcome: ExtractionResult[Any] | BaseException,
+        *,
+        name: str | None = None,
+    ) -> StoredDocument:
+        """Store the outcome of an extraction made elsewhere (the HTTP service records its answers so), under
+        the same id :meth:`process` gives the input: written once. When the document is stored already, the
+        stored row is kept (a failed one is replaced by a result) and returned."""
+        prep = prepare_input(item)
+        name = name or prompter.model.__name__
+        fingerprint = prompter_fingerprint(prompter)
+        key = document_key(fingerprint, prep.digest)
+        meta = {"prompter_name": name, "prompter_version": fingerprint[:12], "prompter_fingerprint": fingerprint,
+                "lm": prompter_lm(prompter)}
+        token = uuid.uuid4().hex
+        if self._claim(key, prep, meta, token, retry_failed=not isinstance(outcome, BaseException)):
+            self.record(key, token, outcome)
+        doc = self.get(key)
+        assert doc is not None  # claimed, or stored by someone else
+        return doc
 
     def _claim(self, key: str, prep: PreparedInput, meta: dict[str, Any], token: str, retry_failed: bool) -> bool:
         """Make this caller the one extracting ``key``; False when it is stored or someone else has it."""
@@ -309,6 +340,7 @@ class ExtractionStore:
                 confidence=float(outcome.confidence),
                 field_confidences={k: float(v) for k, v in outcome.field_confidences.items()},
                 spans=to_jsonable_python(outcome.spans),
+                ungrounded=list(outcome.ungrounded),
                 usage=usage_json(outcome.usage),
                 attempts=outcome.attempts,
                 error_type=None,
@@ -323,13 +355,9 @@ class ExtractionStore:
         return written
 
     def _route(self, result: ExtractionResult[Any]) -> str:
-        confidence = float(result.confidence)
-        per_field = result.field_confidences
-        if per_field:
-            chosen = [v for k, v in per_field.items() if not self.review_fields or k in self.review_fields]
-            if chosen:
-                confidence = min(chosen)
-        return REVIEW if confidence < self.review_below else DONE
+        from .routing import fields_below
+
+        return REVIEW if fields_below(result, self.review_below, self.review_fields) else DONE
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, doc_id: str) -> StoredDocument | None:

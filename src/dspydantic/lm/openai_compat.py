@@ -40,6 +40,22 @@ def retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUS or status >= 500
 
 
+def http_error(
+    status: int, message: str, headers: dict[str, str], source: str, *, secrets: tuple[str, ...] = ()
+) -> LMError:
+    """The :class:`LMError` of an error answer (``status`` >= 400) from ``source``: retryable for
+    408/409/425/429/5xx, with the request id and ``Retry-After`` from the (lower-cased) ``headers``."""
+    return LMError(
+        f"{source} answered HTTP {status}: {message}",
+        status=status,
+        retryable=retryable_status(status),
+        headers=headers,
+        request_id=request_id(headers),
+        retry_after=parse_retry_after(headers),
+        secrets=secrets,
+    )
+
+
 class OpenAICompatBackend:
     """Backend for ``/chat/completions`` of an OpenAI-compatible server."""
 
@@ -179,15 +195,7 @@ class OpenAICompatBackend:
                         message = err["error"]
                 except orjson.JSONDecodeError:
                     pass
-            raise LMError(
-                f"{self.model} at {self.base_url} answered HTTP {status}: {message}",
-                status=status,
-                retryable=retryable_status(status),
-                headers=headers,
-                request_id=request_id(headers),
-                retry_after=parse_retry_after(headers),
-                secrets=self._secrets,
-            )
+            raise http_error(status, message, headers, f"{self.model} at {self.base_url}", secrets=self._secrets)
         try:
             data = orjson.loads(raw)
             choice = data["choices"][0]

@@ -62,7 +62,7 @@ class UnsupportedLlamaVersionError(MissingExtraError):
         self.found = found
         self.args = (
             f"llama-cpp-python {found} is installed, but the local backend supports {series}.x only (tested with "
-            f"{TESTED_VERSION}): pip install 'dspydantic[local]'",
+            f"{TESTED_VERSION}, which the [local] and [smollm] extras pin): pip install 'dspydantic[local]'",
         )
 
     def __str__(self) -> str:
@@ -94,10 +94,11 @@ def check_version(version: str | None) -> None:
 check_version(installed_version())
 
 
-def require() -> None:
-    """:class:`MissingExtraError` when llama-cpp-python is not installed (cheap: nothing is imported)."""
+def require(extra: str = "local") -> None:
+    """:class:`MissingExtraError` naming ``extra`` when llama-cpp-python is not installed (cheap: nothing is
+    imported)."""
     if importlib.util.find_spec("llama_cpp") is None:
-        raise MissingExtraError("local", "llama-cpp-python")
+        raise MissingExtraError(extra, "llama-cpp-python")
 
 
 def _lib() -> Any:

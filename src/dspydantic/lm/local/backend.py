@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from dspydantic.errors import ConfigurationError, LMError
-from dspydantic.lm._assemble import DEFAULT_MODEL, fingerprint, resolve_model_file
+from dspydantic.lm._assemble import DEFAULT_MODEL, extra_for, fingerprint, resolve_model_file
 from dspydantic.lm._base import LMRequest, LMResponse
 from dspydantic.lm.local import _llama
 from dspydantic.lm.local.grammar import LazyGrammar, bound_string_lengths
@@ -129,7 +129,7 @@ class LocalBackend:
     _closed: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
-        _llama.require()
+        _llama.require(extra_for(self.model))
         if self.n_ctx < 256:
             raise ConfigurationError(f"n_ctx must be at least 256, got {self.n_ctx}")
         path, label, sha = resolve_model_file(self.model)
@@ -307,4 +307,8 @@ def resolve_local(model_id: str, *, context_window: int | None = None, **kwargs:
         raise ConfigurationError(f"not a local model id: {model_id!r}")
     if context_window is not None:
         kwargs["n_ctx"] = context_window
+    from dspydantic._options import check_keywords  # a mistyped option is named, never a raw TypeError
+
+    check_keywords(kwargs, [f.name for f in fields(LocalBackend) if f.init and f.name != "model"],
+                   "the local model")
     return LocalBackend(model=name, **kwargs)
