@@ -451,7 +451,7 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
         path = renamed_path("load", path, "load_path", load_path)
         return cast("Prompter[M]", load_prompter(cls, path, model=model, model_id=model_id, **kwargs))
 
-    def with_fallback(self, *others: Any, min_confidence: float | None = None) -> Any:
+    def with_fallback(self, *others: Any, min_confidence: float | Mapping[str, float] | None = None) -> Any:
         """A Prompter-like chain that tries ``others`` in turn when this one fails or answers below
         ``min_confidence``; see :class:`dspydantic.integrations.routing.Fallback`."""
         from .integrations.routing import Fallback  # a leaf without optional dependencies

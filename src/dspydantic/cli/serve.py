@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         targets = parse_targets(args.prompters)  # imports the service (fastapi): a missing extra is said here
         from .._persist import read_saved
-        from ..integrations.routing import check_threshold
+        from ..integrations.thresholds import check_threshold
 
         review_below = _threshold("--review-below", args.review_below)
         min_confidence = _threshold("--min-confidence", args.min_confidence)

@@ -9,8 +9,7 @@ registers three tasks that any Celery client calls by name, without importing ds
 * ``dspydantic.extract_file(prompter, path)``: a PDF, an image or a UTF-8 text file, told by its content
 * ``dspydantic.extract_batch(prompter, items)``: a list of texts / input dicts; per-item errors
 
-Each returns JSON: ``{"data", "confidence", "field_confidences", "spans", "ungrounded", "usage", "error",
-"document_id", ...}``.
+Each returns JSON (``data``, ``confidence``, ``field_confidences``, ``spans``, ``ungrounded``, ``error``, ...).
 
 Delivery: tasks are ``acks_late`` with ``reject_on_worker_lost``: a worker process killed mid-task (kill -9,
 OOM) leaves its message unacknowledged and the broker delivers it again. Each document has an idempotency

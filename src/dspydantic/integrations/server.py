@@ -53,7 +53,7 @@ from ._identity import PreparedInput, document_key, prepare_input, prompter_fing
 from ._version import members as _members
 from ._version import prompter_version
 from .metrics import ExtractionMetrics
-from .routing import check_threshold, fields_below
+from .thresholds import check_threshold, fields_below
 
 log = logging.getLogger("dspydantic.server")
 

@@ -78,7 +78,7 @@ class ExtractionStore:
     * ``review_below``: results with a field under it are queued for review (with per-field confidences:
       any field — or any of ``review_fields`` — below the number; else the overall ``confidence``). A map
       of field paths to numbers gives each field its own threshold (``{"total": 0.9, "*": 0.6}``; see
-      :func:`dspydantic.integrations.routing.fields_below`). Failed extractions are queued too. A stored
+      :func:`dspydantic.integrations.thresholds.fields_below`). Failed extractions are queued too. A stored
       result keeps its per-field confidences, grounded spans and ungrounded fields.
     * ``table_prefix``: the tables are ``<prefix>documents`` and ``<prefix>batch_jobs`` (created when
       missing).
@@ -103,7 +103,7 @@ class ExtractionStore:
             raise ConfigurationError(f"not a database URL: {exc}") from None
         if not table_prefix.replace("_", "").isalnum():
             raise ConfigurationError(f"table_prefix must be letters, digits and '_', got {table_prefix!r}")
-        from .routing import check_threshold
+        from .thresholds import check_threshold
 
         self.review_below = check_threshold(review_below, what="review_below")
         self.review_fields = tuple(review_fields or ())
@@ -355,7 +355,7 @@ class ExtractionStore:
         return written
 
     def _route(self, result: ExtractionResult[Any]) -> str:
-        from .routing import fields_below
+        from .thresholds import fields_below
 
         return REVIEW if fields_below(result, self.review_below, self.review_fields) else DONE
 
