@@ -31,15 +31,7 @@ from dspydantic.lm.local.model import (
 )
 from dspydantic.lm.settings import ModelSettings
 
-__all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "DEFAULT_N_CTX",
-    "DEFAULT_STRING_MAX_LENGTH",
-    "THREADS_ENV",
-    "LocalBackend",
-    "local_model_path",
-    "resolve_local",
-]
+# the public names are re-exported by dspydantic.lm.local (its __all__)
 
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_TOKENS = 512
