@@ -22,8 +22,10 @@ class Invoice(BaseModel):
     total: float
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path, endpoint: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
+    if endpoint:
+        env["OPENAI_BASE_URL"] = endpoint  # load() never uses the endpoint a saved directory names
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env["OPENAI_API_KEY"] = SECRET
     env["DSPYDANTIC_BATCH_DIR"] = str(cwd / "jobs")
@@ -49,7 +51,7 @@ def test_submit_status_fetch_on_files(tmp_path: Path) -> None:
         inputs.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         submitted = run_cli("batch", "submit", "prompter", str(inputs), "--name", "q3", "--job", "job.json",
-                            cwd=tmp_path)
+                            cwd=tmp_path, endpoint=srv.base_url)
         assert submitted.returncode == 0, submitted.stderr
         assert "4 inputs, 4 requests (4 uploaded, 0 reused, 0 cached)" in submitted.stdout
         (batch_id,) = srv.batches.batch_ids
@@ -57,12 +59,12 @@ def test_submit_status_fetch_on_files(tmp_path: Path) -> None:
         assert srv.requests[0].headers["authorization"] == f"Bearer {SECRET}"  # the key came from the env
         assert SECRET not in (tmp_path / "job.json").read_text()
 
-        status = run_cli("batch", "status", "job.json", cwd=tmp_path)
+        status = run_cli("batch", "status", "job.json", cwd=tmp_path, endpoint=srv.base_url)
         assert status.returncode == 0, status.stderr
         assert status.stdout.startswith(f"{batch_id}: ") and f"  {batch_id}: " in status.stdout
 
         fetched = run_cli("batch", "fetch", "job.json", "--wait", "--poll", "0.1", "--out", "out.jsonl",
-                          cwd=tmp_path)
+                          cwd=tmp_path, endpoint=srv.base_url)
         assert fetched.returncode == 0, fetched.stderr
         lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert [x["index"] for x in lines] == [0, 1, 2, 3]

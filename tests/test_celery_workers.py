@@ -86,8 +86,9 @@ def saved(llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return {"invoice": root / "invoice", "receipts": root / "receipts"}
 
 
-def worker(args: list[str], logfile: Path) -> Worker:
-    env = child_env(OPENAI_API_KEY="sk-test")
+def worker(args: list[str], logfile: Path, llm: FakeLLMServer) -> Worker:
+    # the endpoint comes from the environment: load() never uses the one a saved directory names
+    env = child_env(OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=llm.base_url)
     env.pop("DSPYDANTIC_LOCAL_THREADS", None)  # the worker chooses
     w = Worker(args, logfile)
     w.env = env
@@ -95,14 +96,16 @@ def worker(args: list[str], logfile: Path) -> Worker:
 
 
 @pytest.fixture(scope="module")
-def redis_worker(saved: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, str]]:
+def redis_worker(
+    saved: dict[str, Path], llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Worker, str]]:
     url = need_redis()
     queue = unique("dspydantic_q")
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     args = [f"invoice={saved['invoice']}", str(saved["receipts"]), "--broker", url, "--backend", url,
             "--concurrency", "2", "--queues", queue]
     try:
-        with worker(args, log) as w:
+        with worker(args, log, llm) as w:
             yield w, queue
     finally:
         purge_redis(url, queue)
@@ -235,7 +238,7 @@ def test_a_pool_process_killed_mid_task_is_redelivered_and_stored_once(
             "--queues", queue, "--store", f"sqlite:///{db}"]
     text = "Invoice from Killed, total 9"
     request.addfinalizer(lambda: purge_redis(url, queue))
-    with worker(args, tmp_path / "w.log") as w, celery_client(url, url) as app:
+    with worker(args, tmp_path / "w.log", llm) as w, celery_client(url, url) as app:
         (first_pool,) = children(w.pid)
         llm.add_response(Reply(json.dumps({"vendor": "Killed", "total": 9}), delay=30))  # the first call hangs
         result = app.send_task("dspydantic.extract", kwargs={"prompter": "invoice", "text": text}, queue=queue)
@@ -278,7 +281,7 @@ def test_rabbitmq_a_killed_worker_is_replaced_and_the_task_completes_once(
               "--store", store_url]
     with celery_client(amqp, "rpc://") as app:
         try:
-            with worker([*common, "--concurrency", "1"], tmp_path / "a.log") as a:
+            with worker([*common, "--concurrency", "1"], tmp_path / "a.log", llm) as a:
                 quick = app.send_task("dspydantic.extract", kwargs={"prompter": "invoice",
                                                                     "text": "Invoice from Rabbit, total 4"},
                                       queue=queue).get(timeout=60)
@@ -292,7 +295,7 @@ def test_rabbitmq_a_killed_worker_is_replaced_and_the_task_completes_once(
                     assert time.monotonic() < deadline, a.log()
                     time.sleep(0.05)
                 a.kill()
-            with worker([*common, "--pool", "threads", "--concurrency", "2"], tmp_path / "b.log") as b:
+            with worker([*common, "--pool", "threads", "--concurrency", "2"], tmp_path / "b.log", llm) as b:
                 out = result.get(timeout=90)
                 assert out["data"] == {"vendor": "Crash", "total": 3.0}
                 assert requests_for(llm, "Crash") == 2
@@ -317,7 +320,8 @@ def test_eager_mode_runs_the_same_tasks_in_process(llm: FakeLLMServer, saved: di
     def factory() -> Prompter:
         return Prompter(Invoice, model_id="openai/fake", api_base=llm.base_url, lm_retries=0)
 
-    app = make_app({"invoice": str(saved["invoice"]), "built": factory}, eager=True, retry_backoff=0)
+    app = make_app({"invoice": str(saved["invoice"]), "built": factory}, eager=True, retry_backoff=0,
+                   load_kwargs={"api_base": llm.base_url})
     extract = app.tasks["dspydantic.extract"]
     assert extract.delay(prompter="invoice", text="Invoice from Eager, total 2").get()["data"] == {
         "vendor": "Eager", "total": 2.0}

@@ -77,7 +77,8 @@ def test_extract_a_directory_of_text_pdf_image_and_a_corrupt_file(
     docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
-    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--out", str(out), "--workers", "3")
+    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir),
+                "--api-base", llm.base_url, "--out", str(out), "--workers", "3")
     assert r.returncode == 1  # one input failed
     recs = {Path(x["id"]).name: x for x in records(out)}
     assert set(recs) == {"a.txt", "b.md", "c.pdf", "d.png", "broken.pdf"}  # the hidden file is skipped
@@ -96,14 +97,16 @@ def test_extract_a_directory_of_text_pdf_image_and_a_corrupt_file(
 def test_extract_resumes_by_content_hash(docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path) -> None:
     (docs / "broken.pdf").unlink()
     out = tmp_path / "out.jsonl"
-    first = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--out", str(out))
+    first = run_cli("extract", str(docs), "--prompter", str(prompter_dir),
+                    "--api-base", llm.base_url, "--out", str(out))
     assert first.returncode == 0, first.stderr
     assert first.stderr == ""  # quiet when not on a terminal and nothing failed
     calls = llm.request_count
     assert calls == 4
     (docs / "e.txt").write_text("Invoice from Umbrella, 5 CHF")
     (docs / "a-copy.txt").write_text("Invoice from Acme, total 10 EUR")  # same content as a.txt: already done
-    again = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--out", str(out))
+    again = run_cli("extract", str(docs), "--prompter", str(prompter_dir),
+                    "--api-base", llm.base_url, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert llm.request_count == calls + 1  # only e.txt ran
     assert [Path(x["id"]).name for x in records(out)][-1] == "e.txt"
@@ -115,16 +118,17 @@ def test_extract_retries_failed_inputs_on_the_next_run(prompter_dir: Path, llm: 
     doc.write_text("Invoice from Acme")
     out = tmp_path / "out.jsonl"
     llm.add_response("no json", times=3)  # every attempt of the first run fails
-    r = run_cli("extract", str(doc), "--prompter", str(prompter_dir), "--out", str(out), "--workers", "1")
+    r = run_cli("extract", str(doc), "--prompter", str(prompter_dir),
+                "--api-base", llm.base_url, "--out", str(out), "--workers", "1")
     assert r.returncode == 1 and "ExtractionError" in r.stderr
-    r = run_cli("extract", str(doc), "--prompter", str(prompter_dir), "--out", str(out))
+    r = run_cli("extract", str(doc), "--prompter", str(prompter_dir), "--api-base", llm.base_url, "--out", str(out))
     assert r.returncode == 0
     assert [x["ok"] for x in records(out)] == [False, True]
 
 
 def test_extract_json_lines_from_stdin_to_stdout(prompter_dir: Path, llm: FakeLLMServer) -> None:
     lines = '"Invoice from Acme"\n{"id": "inv-7", "text": "Bill from Globex"}\n\nnot json\n{"colour": "red"}\n'
-    r = run_cli("extract", "-", "--prompter", str(prompter_dir), "--out", "-", stdin=lines)
+    r = run_cli("extract", "-", "--prompter", str(prompter_dir), "--api-base", llm.base_url, "--out", "-", stdin=lines)
     assert r.returncode == 1
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     by_id = {x["id"]: x for x in recs}
@@ -135,18 +139,20 @@ def test_extract_json_lines_from_stdin_to_stdout(prompter_dir: Path, llm: FakeLL
     assert "2 failed" in r.stderr
 
 
-def test_extract_glob_into_a_directory(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+def test_extract_glob_into_a_directory(docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    r = run_cli("extract", str(docs), "--glob", "*.txt", "--prompter", str(prompter_dir), "--out", str(out) + "/")
+    r = run_cli("extract", str(docs), "--glob", "*.txt", "--prompter", str(prompter_dir),
+                "--api-base", llm.base_url, "--out", str(out) + "/")
     assert r.returncode == 0, r.stderr
     files = sorted(out.glob("*.json"))
     assert len(files) == 1 and files[0].name.startswith("a-")
     assert json.loads(files[0].read_text())["data"]["vendor"] == "Acme"
     pattern = str(docs / "**" / "*.md")
-    r = run_cli("extract", pattern, "--prompter", str(prompter_dir), "--out", str(out))
+    r = run_cli("extract", pattern, "--prompter", str(prompter_dir), "--api-base", llm.base_url, "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert len(list(out.glob("*.json"))) == 2
-    r = run_cli("extract", pattern, "--prompter", str(prompter_dir), "--out", str(out))  # resumed: nothing to do
+    r = run_cli("extract", pattern, "--prompter", str(prompter_dir),
+                "--api-base", llm.base_url, "--out", str(out))  # resumed: nothing to do
     assert r.returncode == 0 and len(list(out.glob("*.json"))) == 2
 
 
@@ -185,12 +191,12 @@ def test_optimize_then_evaluate_from_the_command_line(llm: FakeLLMServer, tmp_pa
     result = json.loads(r.stdout)
     assert result["optimizer"] == "bootstrap" and result["lm_calls"] <= 40
     assert (out / "dspydantic.json").exists()
-    r = run_cli("evaluate", str(examples), "--prompter", str(out), "--json", cwd=tmp_path)
+    r = run_cli("evaluate", str(examples), "--prompter", str(out), "--api-base", llm.base_url, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["n"] == 6 and set(report["per_field"]) == {"vendor", "total"}
     assert report["per_field"]["vendor"] == 1.0 and report["score"] == 1.0
-    r = run_cli("evaluate", str(examples), "--prompter", str(out), cwd=tmp_path)
+    r = run_cli("evaluate", str(examples), "--prompter", str(out), "--api-base", llm.base_url, cwd=tmp_path)
     assert r.returncode == 0 and "vendor" in r.stdout and "1.000" in r.stdout
     r = run_cli("optimize", str(examples), "--model", "mymodels:Nope", "--model-id", "openai/x", "--out",
                 str(out), cwd=tmp_path)
@@ -225,11 +231,14 @@ def test_help_imports_no_heavy_dependency() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_extract_html_writes_a_review_page_per_answer(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+def test_extract_html_writes_a_review_page_per_answer(
+    docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path
+) -> None:
     """``--html DIR``: each answer's review page (its grounded spans highlighted in the text it was read from:
     a text file's content, a PDF's text layer), named in its record; a failed input gets none."""
     out, pages = tmp_path / "out.jsonl", tmp_path / "pages"
-    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--out", str(out), "--html", str(pages))
+    r = run_cli("extract", str(docs), "--prompter", str(prompter_dir), "--api-base", llm.base_url, "--out", str(out),
+                "--html", str(pages))
     assert r.returncode == 1  # broken.pdf
     recs = {Path(x["id"]).name: x for x in records(out)}
     assert "review_html" not in recs["broken.pdf"]
@@ -249,7 +258,9 @@ def test_extract_html_writes_a_review_page_per_answer(docs: Path, prompter_dir: 
     assert "<mark" not in Path(image["review_html"]).read_text()
 
 
-def test_progress_bar_on_a_terminal_stays_off_the_records(docs: Path, prompter_dir: Path, tmp_path: Path) -> None:
+def test_progress_bar_on_a_terminal_stays_off_the_records(
+    docs: Path, prompter_dir: Path, llm: FakeLLMServer, tmp_path: Path
+) -> None:
     """stderr on a terminal (a pty): rich draws the progress bar there; the records on stdout stay pure JSON."""
     import os
     import pty
@@ -263,7 +274,7 @@ def test_progress_bar_on_a_terminal_stays_off_the_records(docs: Path, prompter_d
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "dspydantic", "extract", str(docs), "--prompter", str(prompter_dir), "--out", "-",
-             "--workers", "1"],
+             "--workers", "1", "--api-base", llm.base_url],
             stdout=subprocess.PIPE, stderr=slave, env={**cli_env(), "TERM": "xterm", "COLUMNS": "100"},
             timeout=120,
         )

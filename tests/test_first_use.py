@@ -82,10 +82,13 @@ def test_a_mistyped_keyword_is_a_configuration_error_naming_the_right_one(make: 
     assert not isinstance(info.value, TypeError)
 
 
-def test_the_demos_closing_hint_runs_as_written(tmp_path: Path) -> None:
+def test_the_demos_closing_hint_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = str(tmp_path / "demo_invoice_prompter")
     with FakeLLMServer() as srv:
         Prompter(model=Invoice, model_id="openai/fake", api_base=srv.base_url, api_key="k").save(out)
+        # load() takes the endpoint and key from the environment (never from the saved directory)
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
     hint = load_hint(out, "local")
     assert "from dspydantic.demo import Invoice" in hint  # where Invoice comes from
     namespace: dict[str, Any] = {}

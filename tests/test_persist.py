@@ -1,7 +1,7 @@
 """Prompter.save / Prompter.load: format, round trips, schema drift, atomic writes, secrets, 0.1.x directories.
 
 Every extraction goes over real HTTP to ``FakeLLMServer``; nothing of the library is mocked. The only patched
-functions are our own file-writing steps (``_persist._write_file`` / ``_persist._rename``), to simulate a
+functions are our own file-writing steps (``atomic._write_file`` / ``atomic._rename``), to simulate a
 crash in the middle of a save.
 """
 
@@ -27,13 +27,13 @@ from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 
 import dspydantic
-from dspydantic import PersistenceError, Prompter, _persist
-from dspydantic._persist import SchemaDriftWarning, sanitize_api_base, schema_drift
+from dspydantic import PersistenceError, Prompter
 from dspydantic._rebuild import rebuild_model
 from dspydantic._render import Demo
 from dspydantic._schema import fingerprint, model_schema
 from dspydantic.errors import ConfigurationError
 from dspydantic.lm.openai_compat import OpenAICompatBackend
+from dspydantic.persist import SchemaDriftWarning, atomic, sanitize_api_base, schema_drift
 from dspydantic.testing import FakeLLMServer
 
 KEY = "sk-test-9f8e7d6c5b4a3f2e1d0c"
@@ -180,7 +180,7 @@ def test_round_trip_with_model_sends_the_same_request(answering: FakeLLMServer, 
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an unchanged model loads without any warning
-        q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY)
+        q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY, api_base=answering.base_url)
     assert q.model is Everything
     assert q.model_id == "openai/fake"
     assert (q.temperature, q.max_tokens, q.max_retries) == (0.0, 800, 1)
@@ -202,7 +202,7 @@ def test_round_trip_without_model_rebuilds_every_field_type(answering: FakeLLMSe
     first = p.run("Invoice 42 from ACME")
     p.save(tmp_path / "saved")  # a Path works too
 
-    q = Prompter.load(tmp_path / "saved", api_key=KEY)  # type: ignore[arg-type]
+    q = Prompter.load(tmp_path / "saved", api_key=KEY, api_base=answering.base_url)  # type: ignore[arg-type]
     assert q.model is not Everything
     assert q.model.__name__ == "Everything"
     assert model_schema(q.model) == model_schema(Everything)  # the rebuilt class is exact for these types
@@ -280,7 +280,7 @@ def test_demo_outputs_are_stored_json_safe(answering: FakeLLMServer, tmp_path: P
 
     stored = json.loads((tmp_path / "saved" / "prompts.json").read_text())["optimized"]["demos"][0]["output"]
     assert stored["issued"] == "2024-03-01" and stored["total"] == "1234.50" and stored["color"] == "blue"
-    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY)
+    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY, api_base=answering.base_url)
     assert q.demos[0].output == to_jsonable_python(rich)
     q.run("Invoice 43")  # the loaded demo renders (JSON-safe) and the extraction goes through
     assert json.loads(answering.chat_requests[0].messages[2]["content"])["issued"] == "2024-03-01"
@@ -295,7 +295,7 @@ def test_unoptimized_prompter_round_trips(answering: FakeLLMServer, tmp_path: Pa
     assert prompts["original"]["system_prompt"] == "Custom system prompt"
     assert json.loads((tmp_path / "plain" / "dspydantic.json").read_text())["optimized"] is False
 
-    q = Prompter.load(str(tmp_path / "plain"), model=Everything, api_key=KEY)
+    q = Prompter.load(str(tmp_path / "plain"), model=Everything, api_key=KEY, api_base=answering.base_url)
     assert q.state is q._original_state
     assert q.system_prompt == "Custom system prompt"
     q.run("x")
@@ -307,7 +307,7 @@ def test_free_text_prompter_round_trips(srv: FakeLLMServer, tmp_path: Path) -> N
     p = make_prompter(srv, model=None, instruction_prompt="Summarise the document.")
     assert p.run("Long text").output == "A short summary."
     p.save(str(tmp_path / "free"))
-    q = Prompter.load(str(tmp_path / "free"), api_key=KEY)
+    q = Prompter.load(str(tmp_path / "free"), api_key=KEY, api_base=srv.base_url)
     assert q.free_text
     assert q.run("Long text").output == "A short summary."
     assert srv.chat_requests[1].body == srv.chat_requests[0].body
@@ -325,14 +325,43 @@ def test_optimization_report_is_saved(answering: FakeLLMServer, tmp_path: Path) 
     p.save(str(tmp_path / "saved"))
     expected = {"baseline_score": 0.5, "optimized_score": "0.875", "finished": "2024-05-01"}
     assert json.loads((tmp_path / "saved" / "report.json").read_text()) == expected
-    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY)
+    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY, api_base=answering.base_url)
     loaded = q.optimization_result
     assert (loaded.to_json() if hasattr(loaded, "to_json") else loaded) == expected
 
     p.optimization_result = object()  # no to_json(): nothing to store
     p.save(str(tmp_path / "saved"))
     assert not (tmp_path / "saved" / "report.json").exists()
-    assert Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY).optimization_result is None
+    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY, api_base=answering.base_url)
+    assert q.optimization_result is None
+
+
+def test_report_refers_to_the_same_demo_files_as_the_prompts(answering: FakeLLMServer, tmp_path: Path) -> None:
+    from dspydantic.optimize import OptimizationResult
+
+    p = make_prompter(answering)
+    baseline = p.state
+    optimize_by_hand(p)
+    result = OptimizationResult(
+        baseline_score=0.5, optimized_score=0.75, accepted=True, message="accepted", optimizer="by hand",
+        optimizer_reason="test", state=p.state, baseline_state=baseline, candidate_state=p.state,
+        candidate_score=0.75, baseline_per_field={}, candidate_per_field={}, n_train=2, n_val=2, n_examples=4,
+        lm_calls=0, requests=0, cache_hits=0, prompt_tokens=0, completion_tokens=0, estimated_cost_usd=None,
+        wall_time_s=0.0,
+    )
+    p.optimization_result = result
+    p.save(str(tmp_path / "saved"))
+
+    files = snapshot(tmp_path / "saved")
+    assert sorted(n for n in files if n.startswith("demos/")) == ["demos/0001.png", "demos/0002.png"]  # once
+    report = files["report.json"]
+    assert b"base64" not in report and b"data:image" not in report  # images are files, not inline copies
+    parts = [part for d in json.loads(report)["state"]["demos"] if isinstance(d["input"], list) for part in d["input"]]
+    assert {"type": "image_file", "path": "demos/0002.png", "mime": "image/png"} in parts
+    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY, api_base=answering.base_url)
+    assert isinstance(q.optimization_result, OptimizationResult)
+    assert q.optimization_result.state == p.state == q.state  # the images come back from the same files
+    assert q.optimization_result.to_json() == result.to_json()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,7 +409,7 @@ def save_doc(srv: FakeLLMServer, target: Path) -> Prompter:
 def test_descriptions_stay_with_their_fields_when_fields_move(srv: FakeLLMServer, tmp_path: Path) -> None:
     save_doc(srv, tmp_path / "doc")
     with pytest.warns(SchemaDriftWarning) as caught:
-        q = Prompter.load(str(tmp_path / "doc"), model=DocV2, api_key=KEY)
+        q = Prompter.load(str(tmp_path / "doc"), model=DocV2, api_key=KEY, api_base=srv.base_url)
     message = str(caught[0].message)
     assert "subtitle: added optional field" in message
     assert "author.email: added optional field" in message
@@ -408,7 +437,7 @@ def test_changed_description_and_widened_type_load_with_a_warning(srv: FakeLLMSe
         chapters: list[str] = Field(default_factory=list)
 
     with pytest.warns(SchemaDriftWarning) as caught:
-        q = Prompter.load(str(tmp_path / "doc"), model=DocV3, api_key=KEY)
+        q = Prompter.load(str(tmp_path / "doc"), model=DocV3, api_key=KEY, api_base=srv.base_url)
     message = str(caught[0].message)
     for expected in ("title: description changed", "pages: type widened", "pages: became optional"):
         assert expected in message
@@ -542,7 +571,7 @@ def test_failure_while_writing_files_leaves_previous_save_intact(
     p.save(str(target))
     before = snapshot(target)
 
-    real = _persist._write_file
+    real = atomic._write_file
     written: list[str] = []
 
     def flaky(path: Path, data: bytes) -> None:
@@ -552,7 +581,7 @@ def test_failure_while_writing_files_leaves_previous_save_intact(
         written.append(path.name)
         real(path, data)
 
-    monkeypatch.setattr(_persist, "_write_file", flaky)
+    monkeypatch.setattr(atomic, "_write_file", flaky)
     p.state = p.state.replace(system_prompt="a newer prompt")
     with pytest.raises(PersistenceError, match="No space left on device") as err:
         p.save(str(target))
@@ -570,7 +599,7 @@ def test_failure_during_the_swap_restores_the_previous_save(
     p.save(str(target))
     before = snapshot(target)
 
-    real = _persist._rename
+    real = atomic._rename
     calls: list[tuple[str, str]] = []
 
     def failing(src: Path, dst: Path) -> None:
@@ -579,14 +608,15 @@ def test_failure_during_the_swap_restores_the_previous_save(
             raise OSError(5, "Input/output error")
         real(src, dst)
 
-    monkeypatch.setattr(_persist, "_rename", failing)
+    monkeypatch.setattr(atomic, "_rename", failing)
     p.state = p.state.replace(system_prompt="a newer prompt")
     with pytest.raises(PersistenceError, match="Input/output error"):
         p.save(str(target))
     assert calls[0][1].startswith(".saved.bak-")  # the swap had begun
     assert snapshot(target) == before
     assert siblings(target) == []
-    assert Prompter.load(str(target), model=Everything, api_key=KEY).state == make_state_v1(answering)
+    loaded = Prompter.load(str(target), model=Everything, api_key=KEY, api_base=answering.base_url)
+    assert loaded.state == make_state_v1(answering)
 
 
 def make_state_v1(srv: FakeLLMServer) -> Any:
@@ -599,7 +629,8 @@ _KILLED_SAVE = textwrap.dedent(
     """
     import os, sys
     from pydantic import BaseModel
-    from dspydantic import Prompter, _persist
+    from dspydantic import Prompter
+    from dspydantic.persist import atomic
 
     class Doc(BaseModel):
         title: str
@@ -608,14 +639,14 @@ _KILLED_SAVE = textwrap.dedent(
     p = Prompter(Doc, "openai/fake", api_base="http://127.0.0.1:9/v1", api_key="k")
     p.save(target)
     p.state = p.state.replace(system_prompt="version 2")
-    real = _persist._rename
+    real = atomic._rename
 
     def dying(src, dst):
         if ".tmp-" in src.name:
             os._exit(3)  # killed after the old save was moved aside, before the new one is in place
         real(src, dst)
 
-    _persist._rename = dying
+    atomic._rename = dying
     p.save(target)
     """
 )
@@ -633,7 +664,7 @@ def test_save_killed_mid_swap_is_recovered(tmp_path: Path) -> None:
         title: str
 
     with pytest.warns(UserWarning, match="interrupted"):
-        q = Prompter.load(str(target), model=Doc, api_key="k")
+        q = Prompter.load(str(target), model=Doc, api_key="k", api_base="http://127.0.0.1:9/v1")
     assert q.system_prompt is None  # the last complete save, not the half-done one
     q.save(str(target))  # the next save completes and clears what the killed one left
     assert siblings(target) == []
@@ -650,7 +681,7 @@ def test_resave_replaces_the_whole_directory(answering: FakeLLMServer, tmp_path:
     p.save(str(target))
     assert not (target / "demos").exists()
     assert siblings(target) == []
-    assert Prompter.load(str(target), model=Everything, api_key=KEY).demos == ()
+    assert Prompter.load(str(target), model=Everything, api_key=KEY, api_base=answering.base_url).demos == ()
 
 
 def test_refuses_to_replace_a_directory_that_is_not_a_prompter(answering: FakeLLMServer, tmp_path: Path) -> None:
@@ -690,7 +721,7 @@ def test_no_secret_is_written(srv: FakeLLMServer, tmp_path: Path, monkeypatch: p
     manifest = json.loads(files["dspydantic.json"])
     assert manifest["lm"]["api_base"] == f"http://127.0.0.1:{port}/v1"
 
-    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY)
+    q = Prompter.load(str(tmp_path / "saved"), model=Everything, api_key=KEY, trust_saved_endpoint=True)
     q.run("Invoice")
     assert srv.chat_requests[1].headers["authorization"] == auth
 
@@ -714,8 +745,11 @@ def test_load_options(answering: FakeLLMServer, tmp_path: Path, monkeypatch: pyt
     p.save(str(tmp_path / "saved"))
     path = str(tmp_path / "saved")
 
-    # kwargs reach the constructor and override saved settings; the saved endpoint is reused
-    q = Prompter.load(path, model=Everything, api_key=KEY, temperature=0.5, cache=True)
+    # kwargs reach the constructor and override saved settings; the saved endpoint only on request
+    with pytest.warns(UserWarning, match="does not use an endpoint named by a file"):
+        plain = Prompter.load(path, model=Everything, api_key=KEY)
+    assert plain.backend.base_url == "https://api.openai.com/v1"  # type: ignore[attr-defined]
+    q = Prompter.load(path, model=Everything, api_key=KEY, trust_saved_endpoint=True, temperature=0.5, cache=True)
     assert q.temperature == 0.5 and q.cache is not None
     assert q.backend.base_url == answering.base_url  # type: ignore[attr-defined]
     q.run("a")
@@ -758,7 +792,7 @@ def _truncate(path: Path) -> None:
     ("damage", "expected"),
     [
         (lambda d: _truncate(d / "dspydantic.json"), ["dspydantic.json", "not valid JSON", "save the prompter again"]),
-        (lambda d: _truncate(d / "prompts.json"), ["prompts.json", "not valid JSON", "truncated"]),
+        (lambda d: _truncate(d / "prompts.json"), ["prompts.json", "corrupt or truncated", "checksum"]),
         (lambda d: (d / "schema.json").unlink(), ["schema.json", "is missing", "incomplete"]),
         (lambda d: _truncate(d / "demos" / "0001.png"), ["0001.png", "corrupt or truncated", "save the prompter"]),
         (
@@ -792,14 +826,14 @@ def test_damaged_directory_gives_an_actionable_error(
         assert text in str(err.value)
 
 
-def test_edited_json_loads_with_a_warning(answering: FakeLLMServer, tmp_path: Path) -> None:
+def test_edited_json_is_refused_with_the_way_to_change_prompts(answering: FakeLLMServer, tmp_path: Path) -> None:
     target = _saved(answering, tmp_path)
     prompts = json.loads((target / "prompts.json").read_text())
     prompts["optimized"]["system_prompt"] = "Edited by hand."
     (target / "prompts.json").write_text(json.dumps(prompts))
-    with pytest.warns(UserWarning, match="modified after it was saved"):
-        q = Prompter.load(str(target), model=Everything, api_key=KEY)
-    assert q.system_prompt == "Edited by hand."
+    with pytest.raises(PersistenceError, match="changed after it was saved") as err:
+        Prompter.load(str(target), model=Everything, api_key=KEY)
+    assert "prompts.json" in str(err.value) and "set prompter.state and save it" in str(err.value)
 
 
 def test_not_a_prompter_directory(tmp_path: Path) -> None:
@@ -989,7 +1023,7 @@ def test_reads_a_0_1_directory_without_the_model(srv: FakeLLMServer, tmp_path: P
     leaky = {"api_base": srv.base_url + "?sig=abc", "api_version": "2024-01-01", "api_key": "sk-old-leak"}
     write_legacy(tmp_path / "old", version="0.1.2", model_id="openai/fake", model_config=leaky)
     with pytest.warns(UserWarning, match="contains an api_key; it is ignored"):
-        q = Prompter.load(str(tmp_path / "old"), api_key=KEY)
+        q = Prompter.load(str(tmp_path / "old"), api_key=KEY, trust_saved_endpoint=True)
     assert q.model.__name__ == "Receipt" and q.model_id == "openai/fake"
     result = q.run("Receipt from Bob's Diner")
     assert result.model_dump() == RECEIPT
@@ -1015,3 +1049,53 @@ def test_legacy_directory_missing_a_file(tmp_path: Path) -> None:
     (tmp_path / "old" / "optimized_state.json").unlink()
     with pytest.raises(PersistenceError, match=r"optimized_state.json' is missing"):
         Prompter.load(str(tmp_path / "old"), model=Receipt, api_key=KEY)
+
+
+# --------------------------------------------------------------------------------------------------
+# the one identity: Prompter.fingerprint / version, used by the store, Celery, the service and batch jobs
+
+
+def test_one_fingerprint_shared_by_every_integration_and_kept_by_a_load(
+    answering: FakeLLMServer, tmp_path: Path
+) -> None:
+    from dspydantic.integrations import _batch_bridge, _identity, _version
+
+    p = make_prompter(answering, temperature=0.0, max_tokens=800)
+    optimize_by_hand(p)
+    fp = p.fingerprint
+    assert len(fp) == 64 and p.version == fp[:12]
+    assert _identity.prompter_fingerprint(p) == _batch_bridge.fingerprint(p) == fp  # store, Celery, batch jobs
+    assert _version.prompter_version(p) == p.version  # the service and the file pipeline
+    p.save(tmp_path / "saved")
+    assert Prompter.load(tmp_path / "saved", model=Everything, api_base=answering.base_url).fingerprint == fp
+    assert Prompter.load(tmp_path / "saved", api_base=answering.base_url).fingerprint == fp  # rebuilt model
+    code = (
+        "import sys; from dspydantic import Prompter; "
+        "print(Prompter.load(sys.argv[1], api_base='http://127.0.0.1:9/v1', api_key='other').fingerprint)"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "saved")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}, check=True)
+    assert child.stdout.strip() == fp  # the same in another process, whatever endpoint and key
+
+    # what decides an answer changes it; where and how the requests go does not
+    same = make_prompter(answering, temperature=0.0, max_tokens=800, api_base="http://127.0.0.1:9/v1",
+                         lm_retries=5, max_retries=0, cache=True)
+    same.state = p.state
+    assert same.fingerprint == fp
+    changed = [
+        p.state.replace(system_prompt="other"),
+        p.state.replace(demos=p.state.demos[:1]),
+        p.state.replace(field_descriptions={**p.state.field_descriptions, "vendor": "other"}),
+    ]
+    for state in changed:
+        q = make_prompter(answering, temperature=0.0, max_tokens=800)
+        q.state = state
+        assert q.fingerprint != fp
+    hotter = make_prompter(answering, temperature=0.5, max_tokens=800)
+    hotter.state = p.state
+    other_model = Prompter(Everything, "openai/other", api_base=answering.base_url, api_key=KEY,
+                           temperature=0.0, max_tokens=800)
+    other_model.state = p.state
+    assert len({fp, hotter.fingerprint, other_model.fingerprint}) == 3
+    chain = p.with_fallback(hotter)
+    assert _version.prompter_version(chain) not in (p.version, hotter.version)

@@ -165,11 +165,12 @@ def test_review_and_optimize_from_the_command_line(srv: FakeLLMServer, tmp_path:
 
     out = tmp_path / "optimized"
     run = run_cli("optimize", "--from-store", url, "--prompter", str(saved), "--out", str(out),
-                  "--optimizer", "bootstrap", timeout=300, OPENAI_API_KEY="sk-test")
+                  "--optimizer", "bootstrap", timeout=300, OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=srv.base_url)
     assert run.returncode == 0, run.stderr
     assert "9 reviewed examples" in run.stdout
-    optimized = Prompter.load(out, model=Invoice, api_key="sk-test")
-    assert Prompter.load(saved, model=Invoice, api_key="sk-test").evaluate(held_out()).score == pytest.approx(0.5)
+    optimized = Prompter.load(out, model=Invoice, api_key="sk-test", api_base=srv.base_url)
+    before = Prompter.load(saved, model=Invoice, api_key="sk-test", api_base=srv.base_url)
+    assert before.evaluate(held_out()).score == pytest.approx(0.5)
     assert optimized.evaluate(held_out()).score == pytest.approx(1.0)
 
     empty = run_cli("optimize", "--from-store", f"sqlite:///{tmp_path / 'empty.db'}", "--prompter", str(saved),

@@ -75,9 +75,9 @@ def saved(llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.fixture(scope="module")
-def service(saved: dict[str, Path]) -> Iterator[str]:
-    proc, url = start_serve(
-        str(saved["invoice"]), f"receipt={saved['receipt']}", "--max-body-bytes", "4096",
+def service(saved: dict[str, Path], llm: FakeLLMServer) -> Iterator[str]:
+    proc, url = start_serve(  # the endpoint from the command line: never the one a saved directory names
+        str(saved["invoice"]), f"receipt={saved['receipt']}", "--max-body-bytes", "4096", "--api-base", llm.base_url,
         env=cli_env(DSPYDANTIC_API_TOKEN=TOKEN),
     )
     yield url
@@ -199,6 +199,28 @@ def test_batch_keeps_each_items_error_in_its_slot(service: str) -> None:
     assert r.status_code == 422
 
 
+def test_the_input_options_reach_the_pdf_and_image_readers(service: str, llm: FakeLLMServer) -> None:
+    from .test_inputs import image_pdf
+
+    pdf = base64.b64encode(image_pdf(3)).decode()
+    body = {"pdf_base64": pdf, "pdf_mode": "images", "pdf_dpi": 36, "max_pdf_pages": 2}
+    r = post(f"{service}/extract/invoice", body)
+    assert r.status_code == 200, r.text
+    parts = llm.chat_requests[-1].body["messages"][-1]["content"]
+    assert sum(1 for p in parts if p.get("type") == "image_url") == 2  # two of the three pages, as asked
+    odd = base64.b64encode(b"\x00\x00\x00\x0cjP  custom image payload").decode()
+    r = post(f"{service}/extract/invoice", {"image_base64": odd})
+    assert r.status_code == 422  # bytes no sniffer knows are refused...
+    r = post(f"{service}/extract/invoice", {"image_base64": odd, "image_mime": "image/jp2"})
+    assert r.status_code == 200, r.text  # ...unless the caller says what they are
+    parts = llm.chat_requests[-1].body["messages"][-1]["content"]
+    assert any(p.get("type") == "image_url" and p["image_url"]["url"].startswith("data:image/jp2;base64,")
+               for p in parts)
+    for bad in ({"pdf_dpi": 5}, {"max_pdf_pages": 0}, {"image_mime": "text/html"}):
+        r = post(f"{service}/extract/invoice", {"pdf_base64": pdf, **bad})
+        assert r.status_code == 422 and next(iter(bad)) in r.text
+
+
 def test_metrics_count_requests_extractions_tokens_errors_and_confidence(service: str) -> None:
     post(f"{service}/extract/invoice", {"text": "Invoice from Acme"})
     post(f"{service}/extract/invoice", {"text": "BROKEN"})
@@ -251,7 +273,7 @@ def test_the_event_loop_is_free_while_an_lm_call_waits(service: str) -> None:
 
 
 def test_graceful_shutdown_finishes_the_request_in_flight(saved: dict[str, Path], llm: FakeLLMServer) -> None:
-    proc, url = start_serve(str(saved["invoice"]))
+    proc, url = start_serve(str(saved["invoice"]), "--api-base", llm.base_url)
     out: dict[str, Any] = {}
     t = threading.Thread(target=lambda: out.update(r=httpx.post(f"{url}/extract", json={"text": "SLOW"}, timeout=30)))
     t.start()
@@ -269,8 +291,8 @@ def test_graceful_shutdown_finishes_the_request_in_flight(saved: dict[str, Path]
     assert code in (0, -signal.SIGTERM), err  # uvicorn re-raises SIGTERM after its graceful shutdown
 
 
-def test_workers_split_local_threads_and_metrics_sum_over_workers(saved: dict[str, Path]) -> None:
-    env = cli_env()
+def test_workers_split_local_threads_and_metrics_sum_over_workers(saved: dict[str, Path], llm: FakeLLMServer) -> None:
+    env = cli_env(OPENAI_BASE_URL=llm.base_url)
     env.pop("DSPYDANTIC_LOCAL_THREADS", None)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc, url = start_serve(str(saved["invoice"]), "--workers", "2", env=env)
@@ -347,7 +369,7 @@ def test_serve_with_a_store_records_every_extraction(saved: dict[str, Path], llm
     queue by the per-field threshold, and reviewable from the store (``--review-keep 0``: nothing in memory)."""
     url = f"sqlite:///{tmp_path / 'served.db'}"
     proc, base = start_serve(str(saved["invoice"]), "--store", url, "--review-below", '{"vendor": 0.5}',
-                             "--review-keep", "0")
+                             "--review-keep", "0", "--api-base", llm.base_url)
     try:
         ok = httpx.post(f"{base}/extract", json={"text": "Invoice from Acme, total 10"}, timeout=30).json()
         unsure = httpx.post(f"{base}/extract", json={"text": "Invoice from Globex, total 20"}, timeout=30).json()

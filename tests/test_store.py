@@ -241,7 +241,7 @@ def test_several_processes_process_the_same_inputs_once(
     procs = [
         subprocess.Popen([sys.executable, "-c", _CONCURRENT, url, prefix, str(saved), json.dumps(inputs)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=child_env())
+                         env=child_env(OPENAI_BASE_URL=srv.base_url))  # the endpoint from the environment
         for _ in range(3)
     ]
     for p in procs:  # every process has imported everything and opened the store...

@@ -85,7 +85,7 @@ def renamed_path(verb: str, path: Any, old_name: str, old_value: Any) -> str | o
 def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str) -> dict[str, str]:
     """Field descriptions keyed by our paths (``items[].name``); 0.1's paths (``items.name``) are
     translated; a path the model does not have raises :class:`ConfigurationError` naming it."""
-    from ._schema import iter_field_paths, legacy_paths
+    from ._schema import iter_field_paths, legacy_path, legacy_paths
 
     if not isinstance(descriptions, Mapping):
         raise ConfigurationError(f"{what} must be a dict of field path -> description")
@@ -101,7 +101,7 @@ def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str
             continue
         if not isinstance(desc, str):
             raise ConfigurationError(f"{what}[{key!r}] must be a string, got {type(desc).__name__}")
-        if path not in described and desc == path.rsplit(".", 1)[-1].replace("[]", "").replace("{}", ""):
+        if path not in described and desc == legacy_path(path.rsplit(".", 1)[-1]):
             continue  # 0.1 wrote the field name where a field had no description: not a description
         out[path] = desc
     if unknown:
@@ -113,8 +113,8 @@ def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str
 def demo_from_legacy(raw: Any) -> Demo:
     """A demo from 0.1's ``{"input_data": {"text": ..., "images": [...]}, "expected_output": ...}`` (our
     ``{"input": ..., "output": ...}`` and :class:`Demo` objects are accepted too)."""
-    from ._persist import _legacy_demo
     from ._render import Demo
+    from .persist.legacy import legacy_demo as _legacy_demo
 
     if isinstance(raw, Demo):
         return raw

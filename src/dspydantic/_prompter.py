@@ -8,6 +8,9 @@ so they cannot drift. The batch verbs' bodies are in :mod:`dspydantic._batch`.
 ``Prompter`` is generic in the user's model: ``Prompter(model=Invoice)`` is a ``Prompter[Invoice]`` whose
 ``run()`` returns an ``Invoice`` for a type checker too (free-text mode, ``model=None``, is a
 ``Prompter[BaseModel]``).
+
+Size: the one public façade; every verb is a few lines delegating to its own module (plan, batch, persist,
+optimize, integrations), and the typed overloads of the batch verbs alone take ~50 lines.
 """
 
 from __future__ import annotations
@@ -404,6 +407,21 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
 
         return resume_batch(self, id_or_path, store=store)
 
+    # -- identity: one fingerprint for the store, workers, service and batch jobs ------------------------
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of everything that decides what this prompter answers (schema, prompts, field
+        descriptions, demos, LM, sampling settings); the same in every process and for a ``load()`` copy.
+        See :mod:`dspydantic._fingerprint`."""
+        from ._fingerprint import prompter_fingerprint
+
+        return prompter_fingerprint(self)
+
+    @property
+    def version(self) -> str:
+        """The first 12 hex digits of :attr:`fingerprint` (what the service and the stores show)."""
+        return self.fingerprint[:12]
+
     # -- optimization, evaluation and persistence live in their own modules ------------------------
     def optimize(self, examples: Sequence[Example], *args: Any, **kwargs: Any) -> Any:
         """Improve prompts, field descriptions and demos from examples; see :mod:`dspydantic.optimize`.
@@ -429,8 +447,9 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
     def save(
         self, path: str | os.PathLike[str] | None = None, *, save_path: str | os.PathLike[str] | None = None
     ) -> None:
-        """Write this prompter to a versioned directory of JSON (atomic; no secrets)."""
-        from ._persist import save_prompter
+        """Write this prompter to a versioned directory of JSON (atomic; no secrets; through a symbolic link,
+        into the directory it points to)."""
+        from .persist import save_prompter
 
         save_prompter(self, renamed_path("save", path, "save_path", save_path))
 
@@ -445,8 +464,13 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
         **kwargs: Any,
     ) -> Prompter[M]:
         """Load a saved prompter; checks the saved schema against ``model`` (or rebuilds a model class).
-        Typed as a ``Prompter[M]`` for the ``model=M`` given (``Prompter[BaseModel]`` without one)."""
-        from ._persist import load_prompter
+
+        The endpoint and key come from the arguments (``api_base=``, ``api_key=``, ``lm=``) or the environment,
+        never from the directory: ``trust_saved_endpoint=True`` uses the saved ``api_base``, with the
+        ``api_key=`` of this call only (never a key from the environment). See :mod:`dspydantic.persist.load`.
+        Typed as a ``Prompter[M]`` for the ``model=M`` given (``Prompter[BaseModel]`` without one).
+        """
+        from .persist import load_prompter
 
         path = renamed_path("load", path, "load_path", load_path)
         return cast("Prompter[M]", load_prompter(cls, path, model=model, model_id=model_id, **kwargs))

@@ -24,7 +24,7 @@ _SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "secret", "passwo
 
 def save_prompter_state(state: PrompterState, save_path: str | os.PathLike[str]) -> None:
     """Write ``state`` in dspydantic 0.1's format (an ``api_key`` in ``model_config`` is left out)."""
-    from ._persist import LEGACY_METADATA, LEGACY_SCHEMA, LEGACY_STATE
+    from .persist.legacy import LEGACY_METADATA, LEGACY_SCHEMA, LEGACY_STATE
 
     warn_deprecated("save_prompter_state()", "use prompter.save(path); Prompter.load(path) reads both formats")
     target = Path(save_path)
@@ -56,8 +56,8 @@ def save_prompter_state(state: PrompterState, save_path: str | os.PathLike[str])
 
 def load_prompter_state(load_path: str | os.PathLike[str]) -> PrompterState:
     """Read a saved prompter directory (ours or 0.1's) as 0.1's :class:`PrompterState`."""
-    from ._persist import read_saved
     from ._schema import default_descriptions
+    from .persist import read_saved
 
     warn_deprecated("load_prompter_state()", "use Prompter.load(path) (and prompter.state for the prompts)")
     saved = read_saved(load_path)

@@ -68,7 +68,8 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 def _lm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-id", help="the LM (default: the one saved / recorded)")
-    parser.add_argument("--api-base", help="an OpenAI-compatible endpoint (default: the one saved / recorded)")
+    parser.add_argument("--api-base", help="an OpenAI-compatible endpoint (default: OPENAI_BASE_URL for submit, "
+                        "the recorded one for a job; never the one a saved directory names)")
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

@@ -10,14 +10,12 @@ When the core's plan, ``LMRequest``, layers or backends change, this module is w
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .._render import DEFAULT_INSTRUCTION_PROMPT, DEFAULT_SYSTEM_PROMPT, OutputParseError
+from .._render import OutputParseError
 from .._result import ExtractionResult, Usage
 from ..errors import ConfigurationError, ExtractionError
 from ..lm import LMResponse
@@ -28,10 +26,6 @@ from ._batch_provider import BatchProvider
 if TYPE_CHECKING:
     from .._prompter import Prompter
     from ..lm.openai_compat import OpenAICompatBackend
-
-#: version of the fingerprint recipe (a change makes old jobs un-resumable rather than silently wrong)
-_FINGERPRINT_VERSION = 1
-
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
@@ -82,21 +76,9 @@ def endpoint(prompter: Prompter) -> str:
 
 
 def fingerprint(prompter: Prompter) -> str:
-    """A stable hash of everything that shapes a request besides the input: model id, effective prompts,
-    demos, and the request body without messages (model, schema with its field descriptions, settings)."""
-    body = _backend(prompter).body(prompter._request(prompter.renderer, []))
-    body.pop("messages", None)
-    state = prompter.state
-    payload = {
-        "v": _FINGERPRINT_VERSION,
-        "model_id": prompter.model_id,
-        "system": state.system_prompt or DEFAULT_SYSTEM_PROMPT,
-        "instruction": state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT,
-        "demos": [d.to_json() for d in state.demos],
-        "body": body,
-    }
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The prompter's one fingerprint (:attr:`Prompter.fingerprint`): the ``custom_id`` prefix and what a
+    resumed job is checked against (its recipe version makes old jobs un-resumable rather than wrong)."""
+    return prompter.fingerprint
 
 
 def render(prompter: Prompter, item: Any, prompter_fingerprint: str) -> Rendered:

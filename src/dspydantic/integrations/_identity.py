@@ -1,9 +1,8 @@
 """Stable identities for the scale-out integrations: a prompter's fingerprint, an input's digest, and the key
 of one (input, prompter) pair, all the same in every process (no salted ``hash()``).
 
-* :func:`prompter_fingerprint` — sha256 over what decides an answer: the JSON schema the LM is shown, the
-  prompts, the effective field descriptions, the demos, the model id and the sampling settings (the same
-  data a saved prompter directory holds, so a prompter and its ``Prompter.load`` copy agree).
+* :func:`prompter_fingerprint` — :attr:`Prompter.fingerprint`, the one identity of a prompter (a sha256 over
+  what decides an answer; a prompter and its ``Prompter.load`` copy agree; see :mod:`dspydantic._fingerprint`).
 * :func:`prepare_input` — the input normalised as the Prompter will send it (:class:`InputDoc`, whose
   fingerprint is a sha256 over the content parts: a PDF given by path or by bytes, an image by path or by
   base64, give the same digest), plus a JSON-safe record of it to store and to rebuild an ``Example`` from.
@@ -21,13 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._example import INPUT_KEYS, Example
+from .._fingerprint import prompter_lm
 from .._inputs import InputDoc, build_input
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
 
-__all__ = ["PreparedInput", "document_key", "example_from_record", "prepare_input", "prompter_fingerprint"]
+__all__ = [
+    "PreparedInput", "document_key", "example_from_record", "prepare_input", "prompter_fingerprint", "prompter_lm",
+]
 
 
 def _canonical(obj: Any) -> bytes:
@@ -35,25 +37,8 @@ def _canonical(obj: Any) -> bytes:
 
 
 def prompter_fingerprint(prompter: Prompter) -> str:
-    """sha256 hex digest of everything that decides what ``prompter`` answers (stable across processes)."""
-    state = prompter.state
-    renderer = prompter.renderer
-    payload = {
-        "schema": renderer.schema,
-        "schema_name": renderer.schema_name,
-        "system_prompt": state.system_prompt,
-        "instruction_prompt": state.instruction_prompt,
-        "field_descriptions": dict(prompter.field_descriptions),
-        "demos": [{"input": d.input, "output": d.output} for d in state.demos],
-        "lm": prompter_lm(prompter),
-        "settings": {"temperature": prompter.temperature, "max_tokens": prompter.max_tokens},
-    }
-    return hashlib.sha256(_canonical(payload)).hexdigest()
-
-
-def prompter_lm(prompter: Prompter) -> str:
-    """The model id a prompter runs on (its backend's cache id when it was built from an ``lm=`` object)."""
-    return prompter.model_id or str(getattr(prompter.backend, "cache_id", type(prompter.backend).__name__))
+    """The prompter's one fingerprint (:attr:`Prompter.fingerprint`, see :mod:`dspydantic._fingerprint`)."""
+    return prompter.fingerprint
 
 
 def document_key(fingerprint: str, input_digest: str) -> str:

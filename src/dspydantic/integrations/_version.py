@@ -1,38 +1,16 @@
-"""A short content hash of what answers for a prompter (shared by the service and the file pipeline)."""
+"""The short version of what answers for a prompter (shared by the service and the file pipeline): the first
+12 hex digits of its one fingerprint (:attr:`Prompter.fingerprint`), over every member for a fallback chain or
+an A/B router."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from .._prompter import Prompter
+from .._fingerprint import fingerprint_of, members
 
-
-def members(obj: Any) -> list[Any]:
-    """The prompters of a fallback chain or an A/B router (empty for a plain Prompter)."""
-    if hasattr(obj, "prompters"):
-        return list(obj.prompters)
-    if hasattr(obj, "variants"):
-        return list(obj.variants.values())
-    return []
+__all__ = ["members", "prompter_version"]
 
 
 def prompter_version(prompter: Any) -> str:
-    """12 hex digits of SHA-256 over the model id, the schema and the prompt state (prompts, field
-    descriptions, demos) -- the saved files that decide the answers, not the save time or the report; over
-    every member for a fallback chain or an A/B router."""
-    h = hashlib.sha256()
-    inner = members(prompter)
-    if inner:
-        for m in inner:
-            h.update(prompter_version(m).encode())
-    elif isinstance(prompter, Prompter):
-        from .._persist import MANIFEST, REPORT_FILE, _render_files
-
-        h.update(str(prompter.model_id).encode())
-        for name, data in sorted(_render_files(prompter).items()):
-            if name not in (MANIFEST, REPORT_FILE):
-                h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    else:
-        h.update(repr(prompter).encode())
-    return h.hexdigest()[:12]
+    """12 hex digits of :func:`dspydantic._fingerprint.fingerprint_of` (a Prompter's :attr:`~Prompter.version`)."""
+    return fingerprint_of(prompter)[:12]

@@ -86,6 +86,11 @@ class ExtractInput(BaseModel):
     image_base64: str | None = Field(None, description="an image (PNG, JPEG, GIF, WebP), base64 or a data: URL")
     pdf_base64: str | None = Field(None, description="a PDF, base64")
     pdf_mode: Literal["auto", "text", "images"] | None = Field(None, description="text layer or page images")
+    pdf_dpi: int | None = Field(None, ge=18, le=600, description="resolution of rendered PDF pages (images mode)")
+    max_pdf_pages: int | None = Field(None, ge=1, description="read only the first N pages of the PDF")
+    image_mime: str | None = Field(
+        None, pattern=r"^image/[A-Za-z0-9.+-]{1,64}$", description="the image's MIME type, when not sniffable"
+    )
     key: str | None = Field(None, max_length=256, description="routing key (sticky variant of an A/B prompter)")
 
     @model_validator(mode="after")
@@ -383,8 +388,9 @@ class _Served:
             kwargs["image_base64"] = item.image_base64
         if item.pdf_base64 is not None:
             kwargs["pdf_bytes"] = decode_base64(item.pdf_base64, "pdf_base64")[0]
-        if item.pdf_mode is not None:
-            kwargs["pdf_mode"] = item.pdf_mode
+        for option in ("pdf_mode", "pdf_dpi", "max_pdf_pages", "image_mime"):  # the library's input options
+            if (value := getattr(item, option)) is not None:
+                kwargs[option] = value
         binary = item.image_base64 is not None or item.pdf_base64 is not None
         prep = await asyncio.to_thread(prepare_input, kwargs) if binary else prepare_input(kwargs)
         return kwargs, prep

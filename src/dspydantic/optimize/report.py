@@ -19,6 +19,7 @@ from .._fanout import fan_out
 from .._render import Demo, PromptState
 from .._result import ExtractionResult, Usage
 from ..errors import ConfigurationError, ExtractionError
+from ..persist.state import ImageFiles, state_from_json, state_to_json
 from .scoring import EvaluationSummary, FieldEvaluators, OutputScore, WholeOutput, aggregate, resolve_evaluators
 
 if TYPE_CHECKING:
@@ -455,8 +456,9 @@ class OptimizationResult:
     # -- persistence (``Prompter.save`` stores ``to_json()`` as report.json) ------------------------------
     FORMAT = "dspydantic.optimization_result/1"
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict of everything but the per-example reports."""
+    def to_json(self, images: ImageFiles | None = None) -> dict[str, Any]:
+        """A JSON-safe dict of everything but the per-example reports (prompt states by the one codec of
+        :mod:`dspydantic.persist.state`; with ``images``, demo images become files there)."""
         out: dict[str, Any] = {"format": self.FORMAT}
         for name in (
             "baseline_score", "optimized_score", "accepted", "message", "optimizer", "optimizer_reason",
@@ -471,12 +473,13 @@ class OptimizationResult:
             out[name] = value
         for name in ("state", "baseline_state", "candidate_state"):
             st = getattr(self, name)
-            out[name] = _state_json(st) if st is not None else None
+            out[name] = state_to_json(st, images, name) if st is not None else None
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> OptimizationResult:
-        """Rebuild from :meth:`to_json` output (raises ``ValueError`` on anything else)."""
+    def from_json(cls, data: Mapping[str, Any], images: Mapping[str, bytes] | None = None) -> OptimizationResult:
+        """Rebuild from :meth:`to_json` output (raises ``ValueError`` on anything else); demo image files
+        are taken from ``images`` (relative path -> bytes)."""
         if not isinstance(data, Mapping) or data.get("format") != cls.FORMAT:
             raise ValueError("not a dspydantic optimization result")
         kw = {k: v for k, v in data.items() if k != "format"}
@@ -484,7 +487,7 @@ class OptimizationResult:
             if kw.get(name) is None:
                 kw[name] = float("nan")
         for name in ("state", "baseline_state", "candidate_state"):
-            kw[name] = _state_from_json(kw[name]) if kw.get(name) is not None else None
+            kw[name] = state_from_json(kw[name], images) if kw.get(name) is not None else None
         if kw.get("state") is None or kw.get("baseline_state") is None:
             raise ValueError("an optimization result needs its state and baseline_state")
         return cls(**kw)
@@ -513,19 +516,3 @@ class OptimizationResult:
         return self.summary()
 
 
-def _state_json(state: PromptState) -> dict[str, Any]:
-    return {
-        "system_prompt": state.system_prompt,
-        "instruction_prompt": state.instruction_prompt,
-        "field_descriptions": dict(state.field_descriptions),
-        "demos": [d.to_json() for d in state.demos],
-    }
-
-
-def _state_from_json(data: Mapping[str, Any]) -> PromptState:
-    return PromptState(
-        system_prompt=data.get("system_prompt"),
-        instruction_prompt=data.get("instruction_prompt"),
-        field_descriptions={str(k): str(v) for k, v in (data.get("field_descriptions") or {}).items()},
-        demos=tuple(Demo.from_json(d) for d in data.get("demos") or ()),
-    )

@@ -41,7 +41,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from .._schema import join_path
+from .._schema import join_path, legacy_path
 from ..errors import ConfigurationError
 from .evaluators import Evaluator, _score_from, get_evaluator, normalize_value
 
@@ -174,7 +174,7 @@ def _is_whole_output_callable(spec: Any) -> bool:
 
 
 def _segments(path: str) -> tuple[str, ...]:
-    return tuple(s for s in path.replace("[]", "").replace("{}", "").split(".") if s)
+    return tuple(s for s in legacy_path(path).split(".") if s)
 
 
 class FieldEvaluators:
