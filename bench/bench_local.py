@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dspydantic.lm._base import LMRequest
-from dspydantic.lm.local import LocalBackend, bound_string_lengths
+from dspydantic.lm.local import LocalBackend, _llama, bound_string_lengths
 
 VENDORS = [
     "ACME Corp",
@@ -173,7 +173,7 @@ def main() -> None:
     warms: list[float] = []
     for r in range(2):
         with shared.lock:
-            shared.clear_states()
+            shared.states.clear()
             llama.reset()
         cold, _ = timed(lambda r=r: via_backend(messages(300 + r, 6)))
         warm, _ = timed(lambda r=r: via_backend(messages(310 + r, 6)))
@@ -224,13 +224,14 @@ def main() -> None:
     with shared.lock:
         llama.reset()
         llama.eval(shared.render(messages(0, 6))[0])
-        save_s, _ = timed(shared._save_live)
-        state = shared._saved[-1]
-        load_s, _ = timed(lambda: shared._restore(state))
+        save_s, saved = timed(lambda: _llama.save_state(llama))
+        data, size = saved
+        live = _llama.live_tokens(llama).copy()
+        load_s, _ = timed(lambda: _llama.restore_state(llama, data, size, live))
         ls_save, ls = timed(llama.save_state)
         ls_load, _ = timed(lambda: llama.load_state(ls))
     print(
-        f"    one state ({state.size / 1e6:.1f} MB KV): save {save_s * 1e3:.1f} ms, restore "
+        f"    one state ({size / 1e6:.1f} MB KV): save {save_s * 1e3:.1f} ms, restore "
         f"{load_s * 1e3:.1f} ms; llama-cpp-python LlamaState (LlamaRAMCache saves one after *every* call): "
         f"save {ls_save * 1e3:.0f} ms, load {ls_load * 1e3:.0f} ms, "
         f"{(ls.scores.nbytes + ls.llama_state_size) / 1e6:.0f} MB"

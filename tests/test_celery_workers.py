@@ -352,7 +352,7 @@ def test_worker_command_rejects_bad_prompter_arguments(tmp_path: Path, saved: di
 
 
 def test_local_threads_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dspydantic.lm.local import _default_threads
+    from dspydantic.lm.local.backend import _default_threads
 
     monkeypatch.delenv("DSPYDANTIC_LOCAL_THREADS", raising=False)
     cores = threads_per_process(1)

@@ -34,7 +34,6 @@ from pydantic import BaseModel, Field, field_validator
 
 import dspydantic
 from dspydantic import ConfigurationError, Example, ExtractionError, Prompter
-from dspydantic._inputs import encode_png
 from dspydantic.testing import FakeLLMServer, last_user_text, message_text
 from tests.test_inputs import image_pdf, text_pdf
 
@@ -134,7 +133,9 @@ def deprecations(record: list[warnings.WarningMessage]) -> list[str]:
 def png_file(tmp_path: Path, name: str = "photo.png", size: tuple[int, int] = (4, 3)) -> Path:
     w, h = size
     path = tmp_path / name
-    path.write_bytes(encode_png(bytes([200, 30, 30]) * (w * h), w, h, 3 * w, 3))
+    from PIL import Image
+
+    Image.new("RGB", (w, h), (200, 30, 30)).save(path, format="PNG")
     return path
 
 

@@ -7,6 +7,7 @@ import io
 import itertools
 import re
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -20,25 +21,26 @@ from dspydantic._chunking import (
     Chunk,
     chunk_budget,
     estimate_tokens,
-    merge_extractions,
     split_text,
 )
-from dspydantic._inputs import (
-    InputDoc,
-    build_input,
-    encode_png,
-    render_template,
-    template_placeholders,
-)
+from dspydantic._inputs import InputDoc, build_input
+from dspydantic._media import SNIFF_BYTES, data_url, decode_base64, parse_data_url, sniff_image_mime
+from dspydantic._merge import merge_extractions
+from dspydantic._template import render_template, template_placeholders
 from dspydantic.errors import ConfigurationError, MissingExtraError
+
+from ._support import cli_env
 
 # --------------------------------------------------------------------------------------------------
 # fixtures: tiny images and hand-written PDFs (no PDF library needed to make them)
 
 
 def _png(width: int = 3, height: int = 2, rgb: tuple[int, int, int] = (255, 0, 0)) -> bytes:
-    raw = bytes(rgb) * (width * height)
-    return encode_png(raw, width, height, width * 3, 3)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), rgb).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # 1x1 transparent GIF
@@ -283,6 +285,52 @@ def test_bmp_is_converted_to_png() -> None:
     assert mime == "image/png" and _png_size(data) == (4, 3)
 
 
+def test_one_sniffer_for_every_image_format() -> None:
+    Image = pytest.importorskip("PIL.Image")
+    formats = [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("GIF", "image/gif"), ("WEBP", "image/webp"),
+               ("BMP", "image/bmp"), ("TIFF", "image/tiff")]
+    for fmt, mime in formats:
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 3), (9, 9, 9)).save(buf, format=fmt)
+        assert sniff_image_mime(buf.getvalue()[:SNIFF_BYTES]) == mime, fmt
+    # text that starts like a BMP's "BM" is not an image (the batch verbs tell files apart with it)
+    assert sniff_image_mime(b"BMW Group invoice 2024-001, total 1,234.50 EUR"[:SNIFF_BYTES]) is None
+    assert sniff_image_mime(b"%PDF-1.7") is None
+
+
+def test_one_base64_and_data_url_decoder() -> None:
+    png = _png()
+    b64 = base64.b64encode(png).decode()
+    assert decode_base64(b64) == (png, None)
+    assert decode_base64(f" data:image/png;base64,{b64[:20]}\n{b64[20:]} ") == (png, "image/png")
+    assert decode_base64(base64.urlsafe_b64encode(png).decode().rstrip("=")) == (png, None)
+    assert decode_base64(data_url(png, "image/gif").encode()) == (png, "image/gif")
+    assert parse_data_url(data_url(png, "image/webp")) == (png, "image/webp")
+    assert parse_data_url("https://example.com/a.png") is None
+    assert parse_data_url("data:image/png,not-base64") is None
+    assert parse_data_url("data:image/png;base64,***") is None
+    with pytest.raises(ConfigurationError, match="pdf_base64 is not valid base64"):
+        decode_base64("%%%%", "pdf_base64")
+
+
+def test_rendering_a_pdf_page_without_pillow_names_the_extra(tmp_path: Path) -> None:
+    pdf = tmp_path / "scan.pdf"
+    pdf.write_bytes(image_pdf())
+    code = (
+        "import sys\n"
+        "sys.modules['PIL'] = None\n"
+        "from dspydantic._inputs import build_input\n"
+        "from dspydantic.errors import MissingExtraError\n"
+        "try:\n"
+        "    build_input(pdf_path=sys.argv[1])\n"
+        "except MissingExtraError as exc:\n"
+        "    print(exc.extra, exc.package)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(pdf)], capture_output=True, text=True, env=cli_env(),
+                         timeout=120)
+    assert out.stdout.split() == ["pdf", "pillow"], out.stderr
+
+
 def test_image_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="not valid base64"):
         build_input(image_base64="this is *not* base64!!")
@@ -475,18 +523,6 @@ def test_missing_pdf_libraries_raise_missing_extra(monkeypatch: pytest.MonkeyPat
     assert info2.value.extra == "pdf" and info2.value.package == "pypdfium2"
     # a text-layer PDF does not need pypdfium2
     assert "Acme" in build_input(pdf_bytes=text_pdf([PAGE1])).text
-
-
-def test_encode_png_round_trip() -> None:
-    Image = pytest.importorskip("PIL.Image")
-    raw = bytes(range(256)) * 3  # 16 x 16 RGB
-    img = Image.open(io.BytesIO(encode_png(raw, 16, 16, 48, 3)))
-    assert img.size == (16, 16) and img.mode == "RGB"
-    assert img.tobytes() == raw
-    # stride larger than the row (padding bytes are skipped)
-    padded = b"".join(bytes([y, y, y]) * 4 + b"PAD" for y in range(5))
-    grey = Image.open(io.BytesIO(encode_png(padded, 4, 5, 15, 3)))
-    assert grey.getpixel((3, 4)) == (4, 4, 4)
 
 
 # --------------------------------------------------------------------------------------------------

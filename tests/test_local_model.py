@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +80,53 @@ def test_missing_model_package_names_the_extra(tmp_path: Path, monkeypatch: pyte
         ensure_split_model(ghost)
     assert info.value.package == "dspydantic-no-such-model-pkg"
     assert not list(tmp_path.iterdir())
+
+
+def test_llama_cpp_versions_outside_0_3_are_refused() -> None:
+    from dspydantic.lm.local import _llama
+
+    for ok in ("0.3.0", "0.3.36", "0.3.99.dev1", None):
+        _llama.check_version(ok)
+    for bad in ("0.2.90", "0.4.0", "1.0.0", "unknown"):
+        with pytest.raises(_llama.UnsupportedLlamaVersionError, match=re.escape(bad)) as info:
+            _llama.check_version(bad)
+        assert isinstance(info.value, MissingExtraError) and info.value.extra == "local"
+        assert "0.3.x" in str(info.value) and "pip install 'dspydantic[local]'" in str(info.value)
+
+
+def test_an_unsupported_llama_cpp_fails_when_the_local_backend_is_imported() -> None:
+    code = (
+        "import importlib.metadata as md\n"
+        "real = md.version\n"
+        "md.version = lambda name: '0.4.2' if name == 'llama-cpp-python' else real(name)\n"
+        "from dspydantic.errors import MissingExtraError\n"
+        "try:\n"
+        "    from dspydantic import Prompter\n"
+        "    Prompter(model_id='local')\n"
+        "except MissingExtraError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.startswith("UnsupportedLlamaVersionError llama-cpp-python 0.4.2 is installed"), out.stderr
+    assert "0.3.x" in out.stdout
+
+
+_PRIVATE_LLAMA = re.compile(
+    r"llama\w*\._\w|\._grammar\b|_requires_eval|\.input_ids\[|\.n_tokens\s*=|"
+    r"llama_sampler_|llama_state_|llama_token_data|LlamaGrammar|llama_chat_format"
+)
+
+
+def test_only_one_module_reaches_into_llama_cpp() -> None:
+    offenders = []
+    for path in sorted((SRC / "dspydantic").rglob("*.py")):
+        if path.name == "_llama.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if _PRIVATE_LLAMA.search(line):
+                offenders.append(f"{path.relative_to(SRC)}:{n}: {line.strip()}")
+    assert offenders == []
 
 
 @pytest.mark.parametrize(
@@ -355,7 +403,7 @@ def test_kv_prefix_survives_interleaved_prompters(qwen: LocalBackend) -> None:
 
     shared = qwen._model()
     with shared.lock:  # forget everything: a cold evaluation of the same prompt
-        shared.clear_states()
+        shared.states.clear()
         shared.llama.reset()
     cold_text, _ = call(sys_a, 2)
     assert cold_text == text_a

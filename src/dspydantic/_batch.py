@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from ._fanout import fan_out
 from .errors import BatchError, ConfigurationError, DspydanticError
 
 if TYPE_CHECKING:
@@ -53,12 +53,7 @@ def run_batch(
         if on_progress is not None:
             on_progress(finished, len(items))
 
-    if workers == 1 or len(items) <= 1:
-        for i in range(len(items)):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            list(pool.map(one, range(len(items))))
+    fan_out(one, range(len(items)), workers)
     return results
 
 

@@ -85,13 +85,12 @@ def renamed_path(verb: str, path: Any, old_name: str, old_value: Any) -> str | o
 def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str) -> dict[str, str]:
     """Field descriptions keyed by our paths (``items[].name``); 0.1's paths (``items.name``) are
     translated; a path the model does not have raises :class:`ConfigurationError` naming it."""
-    from ._schema import iter_field_paths
-    from .persist.legacy import legacy_paths as _legacy_paths
+    from ._schema import iter_field_paths, legacy_path, legacy_paths
 
     if not isinstance(descriptions, Mapping):
         raise ConfigurationError(f"{what} must be a dict of field path -> description")
     ours = {f.path for f in iter_field_paths(schema)}
-    legacy = _legacy_paths(schema)
+    legacy = legacy_paths(schema)
     out: dict[str, str] = {}
     unknown = []
     described = {f.path for f in iter_field_paths(schema) if f.description}
@@ -102,7 +101,7 @@ def our_paths(schema: dict[str, Any], descriptions: Mapping[str, Any], what: str
             continue
         if not isinstance(desc, str):
             raise ConfigurationError(f"{what}[{key!r}] must be a string, got {type(desc).__name__}")
-        if path not in described and desc == path.rsplit(".", 1)[-1].replace("[]", "").replace("{}", ""):
+        if path not in described and desc == legacy_path(path.rsplit(".", 1)[-1]):
             continue  # 0.1 wrote the field name where a field had no description: not a description
         out[path] = desc
     if unknown:

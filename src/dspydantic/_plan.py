@@ -62,7 +62,7 @@ def plan(p: Prompter[Any], item: Any, renderer: Renderer | None = None) -> Plan:
     if chunks is None:
         return (yield from plan_doc(p, doc, renderer))
     # a long document: extract per chunk, merge (scalars by agreement, lists by union)
-    from ._chunking import merge_extractions
+    from ._merge import merge_extractions
 
     results: list[ExtractionResult[Any]] = []
     failures: list[ExtractionError] = []

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ._inputs import render_template, template_placeholders
-from ._schema import apply_descriptions, default_descriptions, iter_field_paths, model_schema
+from ._schema import apply_descriptions, default_descriptions, is_free_text, iter_field_paths, model_schema
+from ._template import render_template, template_placeholders
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful information extraction system. You read a document and return the requested "
@@ -97,6 +97,8 @@ class Renderer:
 
     def __init__(self, model: type[BaseModel], state: PromptState, *, base_schema: dict[str, Any] | None = None):
         self.model = model
+        #: free-text mode: an answer that is not JSON is the ``output`` itself
+        self.free_text = is_free_text(model)
         self.state = state
         self.base_schema = base_schema if base_schema is not None else model_schema(model)
         self.descriptions = {**default_descriptions(self.base_schema), **dict(state.field_descriptions)}
@@ -153,7 +155,7 @@ class Renderer:
                 raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
         obj = extract_json(text)
         if obj is None:
-            if set(self.model.model_fields) == {"output"}:  # free-text mode accepts plain text
+            if self.free_text:
                 return self.model(output=text.strip())
             raise OutputParseError("The answer is not a JSON object.", [{"type": "json_invalid"}])
         try:

@@ -2,6 +2,9 @@
 
 Field paths are dotted: ``vendor``, ``address.city``; items of a list are ``items[].name``; values of a
 ``dict[str, Model]`` are ``prices{}.amount``. Everything per field is keyed by its path, never by position.
+This module is the one source of that grammar: :func:`walk_fields` lists a schema's paths, :func:`join_path`,
+:func:`ancestor_paths`, :func:`owning_path` and :func:`schema_path` compute with them, :func:`legacy_path`
+translates to dspydantic 0.1's form.
 """
 
 from __future__ import annotations
@@ -32,9 +35,23 @@ def ensure_model(model: Any) -> type[BaseModel]:
     )
 
 
+#: the class attribute that marks the free-text model (a flag on the class, not a guess from its fields; not a
+#: base class either: defining a model class at import would make pydantic load its plugins up front)
+_FREE_TEXT_FLAG = "__dspydantic_free_text__"
+
+
 def free_text_model() -> type[BaseModel]:
-    """The model used when a Prompter has no model: a single free-text ``output`` field."""
-    return create_model("Output", output=(str, Field(description="The answer as free text")))
+    """The model used when a Prompter has no model: a single free-text ``output`` field, flagged so that an
+    answer which is not JSON is the ``output`` itself (a user's own model is never free text, whatever its
+    fields are called)."""
+    model = create_model("Output", output=(str, Field(description="The answer as free text")))
+    setattr(model, _FREE_TEXT_FLAG, True)
+    return model
+
+
+def is_free_text(model: type[BaseModel]) -> bool:
+    """Whether ``model`` is the free-text model (see :func:`free_text_model`), or derived from it."""
+    return bool(getattr(model, _FREE_TEXT_FLAG, False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +140,56 @@ def walk_fields(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], b
                             yield from visit(c2, f"{path}{suffix}{s2}.")
 
     yield from visit(schema, "")
+
+
+def join_path(parent: str, name: str) -> str:
+    """``parent.name`` (just ``name`` at the top)."""
+    return f"{parent}.{name}" if parent else name
+
+
+def ancestor_paths(path: str) -> list[str]:
+    """Field paths above ``path``: ``a.b[].c`` -> ``["a", "a.b"]``."""
+    parts = path.split(".")
+    return [".".join(parts[:i]).removesuffix("[]").removesuffix("{}") for i in range(1, len(parts))]
+
+
+def owning_path(path: str, known: set[str] | frozenset[str]) -> str | None:
+    """The deepest field path of ``known`` that is ``path`` or contains it (``tags[]`` -> ``tags``)."""
+    p = path
+    while p:
+        if p in known:
+            return p
+        cut = max(p.rfind("."), p.rfind("["), p.rfind("{"))
+        if cut <= 0:
+            return None
+        p = p[:cut]
+    return None
+
+
+def schema_path(segments: tuple[str | int, ...], known: set[str] | frozenset[str]) -> str:
+    """The field path of an instance path (keys and list indices): list indices become ``[]``, keys of a
+    ``dict[str, X]`` field ``{}``; ``known`` are the field paths of the schema (from :func:`walk_fields`)."""
+    cur = ""
+    for seg in segments:
+        if isinstance(seg, int):
+            cur += "[]"
+            continue
+        candidate = join_path(cur, seg)
+        cur = candidate if candidate in known else f"{cur}{{}}"
+    return cur
+
+
+def legacy_path(path: str) -> str:
+    """dspydantic 0.1's form of a field path: no ``[]`` / ``{}`` (``items[].name`` -> ``items.name``)."""
+    return path.replace("[]", "").replace("{}", "")
+
+
+def legacy_paths(schema: dict[str, Any]) -> dict[str, str]:
+    """0.1 field path -> our path, for every field of an (inlined) schema (the first path wins a clash)."""
+    out: dict[str, str] = {}
+    for path, _, _ in walk_fields(schema):
+        out.setdefault(legacy_path(path), path)
+    return out
 
 
 def iter_field_paths(schema: dict[str, Any]) -> list[FieldPath]:

@@ -16,23 +16,19 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, create_model
 
+from ._schema import iter_field_paths, join_path, legacy_path, model_schema
+
 __all__ = [
     "apply_optimized_descriptions", "create_optimized_model", "extract_field_descriptions", "extract_field_types",
 ]
 
 
-def _legacy(path: str) -> str:
-    return path.replace("[]", "").replace("{}", "")
-
-
 def extract_field_descriptions(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
     """Every field path -> its description, or the field's name when it has none (as 0.1 did)."""
-    from ._schema import iter_field_paths, model_schema
-
     out: dict[str, str] = {}
     for f in iter_field_paths(model_schema(model)):
-        path = _legacy(f.path)
-        out.setdefault(f"{prefix}.{path}" if prefix else path, f.description or path.rsplit(".", 1)[-1])
+        path = legacy_path(f.path)
+        out.setdefault(join_path(prefix, path), f.description or path.rsplit(".", 1)[-1])
     return out
 
 
@@ -90,7 +86,7 @@ def apply_optimized_descriptions(model: type[BaseModel], optimized_descriptions:
 def create_optimized_model(model: type[BaseModel], optimized_descriptions: Mapping[str, str]) -> type[BaseModel]:
     """A subclass of ``model`` (nested models too) whose fields carry these descriptions; validators,
     defaults and methods are inherited. Unknown paths are ignored, as in 0.1."""
-    wanted = {_legacy(str(k)): str(v) for k, v in optimized_descriptions.items()}
+    wanted = {legacy_path(str(k)): str(v) for k, v in optimized_descriptions.items()}
     return _rebuild(model, "", wanted, {})
 
 
@@ -101,7 +97,7 @@ def _rebuild(cls: type[BaseModel], prefix: str, wanted: dict[str, str], done: di
     done[key] = cls  # a recursive model refers to itself unchanged
     fields: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
-        path = f"{prefix}.{name}" if prefix else name
+        path = join_path(prefix, name)
         annotation = _substitute(info.annotation, path, wanted, done)
         description = wanted.get(path)
         if annotation is info.annotation and description is None:

@@ -3,7 +3,8 @@
 The answer is located as the renderer's parser finds it (:func:`dspydantic._render.extract_json`): the
 whole text when it is JSON, else the first object in a code fence, else the first object in the text.
 Every value (objects, arrays and scalars, nested) is reported with its instance path (keys and list
-indices) and its ``[start, end)`` range in the raw text.
+indices; :func:`dspydantic._schema.schema_path` turns it into a field path) and its ``[start, end)`` range
+in the raw text.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Located", "locate_values", "schema_path"]
+__all__ = ["Located", "locate_values"]
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _WS = " \t\n\r"
@@ -125,30 +126,4 @@ def _first_object(raw: str, lo: int, hi: int) -> list[Located] | None:
         if found is not None:
             return found
         i = raw.find("{", i + 1, hi)
-    return None
-
-
-def schema_path(segments: tuple[str | int, ...], known: set[str] | frozenset[str]) -> str:
-    """The schema path of an instance path: list indices become ``[]``, keys of a ``dict[str, X]`` field
-    ``{}``; ``known`` are the field paths of the schema (from :func:`dspydantic._schema.walk_fields`)."""
-    cur = ""
-    for seg in segments:
-        if isinstance(seg, int):
-            cur += "[]"
-            continue
-        candidate = f"{cur}.{seg}" if cur else seg
-        cur = candidate if candidate in known else f"{cur}{{}}"
-    return cur
-
-
-def owner(path: str, known: set[str] | frozenset[str]) -> str | None:
-    """The deepest field path of ``known`` that is ``path`` or contains it (``tags[]`` -> ``tags``)."""
-    p = path
-    while p:
-        if p in known:
-            return p
-        cut = max(p.rfind("."), p.rfind("["), p.rfind("{"))
-        if cut <= 0:
-            return None
-        p = p[:cut]
     return None

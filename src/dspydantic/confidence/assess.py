@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._schema import walk_fields
+from .._schema import owning_path, schema_path, walk_fields
 from ..errors import ConfigurationError
-from ._jsonpos import Located, locate_values, owner, schema_path
+from ._jsonpos import Located, locate_values
 from .grounding import ground
 from .signals import MIN_LOGPROB, FieldSignals, align_tokens
 
@@ -198,7 +198,7 @@ def assess(
         for loc in located:
             if not isinstance(loc.value, str) or not loc.segments or not loc.value.strip():
                 continue
-            path = owner(schema_path(loc.segments, plan.paths), plan.paths)
+            path = owning_path(schema_path(loc.segments, plan.paths), plan.paths)
             if path is None or path not in plan.groundable:
                 continue
             g = ground(loc.value, source)

@@ -13,8 +13,8 @@ import itertools
 import json
 from typing import Any
 
-from .._schema import model_schema, walk_fields
-from ._jsonpos import locate_values, owner, schema_path
+from .._schema import model_schema, owning_path, schema_path, walk_fields
+from ._jsonpos import locate_values
 
 __all__ = ["render_review_html"]
 
@@ -49,7 +49,7 @@ def _values(data: Any) -> dict[str, list[Any]]:
             path = schema_path(loc.segments, known)
             if path in known:
                 out.setdefault(path, []).append(loc.value)
-            elif (own := owner(path, known)) is not None and own not in out:
+            elif (own := owning_path(path, known)) is not None and own not in out:
                 out.setdefault(own, [])
     return out
 

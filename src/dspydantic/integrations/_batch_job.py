@@ -10,12 +10,12 @@ import copy
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._cost import cost_usd as _cost_usd
+from .._fanout import fan_out
 from .._result import ExtractionResult, Usage
 from ..errors import BatchJobError, BatchJobItemError, ConfigurationError, ExtractionError, LMError
 from ..lm import LMResponse
@@ -409,13 +409,12 @@ class BatchJob:
                     setattr(exc, "custom_id", lines[j][0])  # noqa: B010 - ExtractionError has no such field
                 return exc
 
-        with ThreadPoolExecutor(max_workers=min(workers, len(retry))) as pool:
-            for j, outcome in zip(retry, pool.map(one, retry), strict=True):
-                outcomes[j] = outcome
-                used = outcome.usage if isinstance(outcome, ExtractionResult) else getattr(outcome, "usage", None)
-                first = answers[j]
-                if isinstance(used, Usage) and isinstance(first, LMResponse):
-                    self.reask_usage.calls += max(0, used.calls - 1)
-                    self.reask_usage.cache_hits += used.cache_hits
-                    self.reask_usage.prompt_tokens += max(0, used.prompt_tokens - first.prompt_tokens)
-                    self.reask_usage.completion_tokens += max(0, used.completion_tokens - first.completion_tokens)
+        for j, outcome in zip(retry, fan_out(one, retry, workers), strict=True):
+            outcomes[j] = outcome
+            used = outcome.usage if isinstance(outcome, ExtractionResult) else getattr(outcome, "usage", None)
+            first = answers[j]
+            if isinstance(used, Usage) and isinstance(first, LMResponse):
+                self.reask_usage.calls += max(0, used.calls - 1)
+                self.reask_usage.cache_hits += used.cache_hits
+                self.reask_usage.prompt_tokens += max(0, used.prompt_tokens - first.prompt_tokens)
+                self.reask_usage.completion_tokens += max(0, used.completion_tokens - first.completion_tokens)

@@ -27,8 +27,6 @@ at least 1; logged) unless that variable is set already.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import threading
@@ -37,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._media import SNIFF_BYTES, decode_base64, sniff_image_mime
 from ..errors import ConfigurationError, DspydanticError, LMError, MissingExtraError
 
 try:
@@ -381,29 +380,23 @@ def _decode_item(item: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigurationError(f"unknown input argument(s) {sorted(unknown)}; expected {list(_TASK_INPUTS)}")
     out = dict(item)
     if "pdf_base64" in out:
-        try:
-            out["pdf_bytes"] = base64.b64decode(str(out.pop("pdf_base64")), validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigurationError("pdf_base64 is not valid base64") from None
+        out["pdf_bytes"] = decode_base64(str(out.pop("pdf_base64")), "pdf_base64")[0]
     if not any(out.get(k) is not None for k in ("text", "image_path", "image_base64", "pdf_path", "pdf_bytes")):
         raise ConfigurationError("nothing to extract from: pass text=, pdf_path=, pdf_base64=, image_path= or "
                                  "image_base64=")
     return out
 
 
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
-
-
 def _file_input(path: str) -> dict[str, Any]:
     """The input keywords for a file, told by its content: PDF, image, else UTF-8 text."""
     p = Path(path)
     try:
-        head = p.open("rb").read(16)
+        head = p.open("rb").read(SNIFF_BYTES)
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     if head.startswith(b"%PDF-"):
         return {"pdf_path": str(p)}
-    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+    if sniff_image_mime(head) is not None:
         return {"image_path": str(p)}
     try:
         return {"text": p.read_text(encoding="utf-8")}

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._inputs import INPUT_KEYS
+from .._media import SNIFF_BYTES, sniff_image_mime
 from ..errors import ConfigurationError
 from ._version import prompter_version
 
@@ -67,7 +68,7 @@ class Source:
 def _sniff(head: bytes) -> str | None:
     if head.startswith(b"%PDF"):
         return "pdf"
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+    if sniff_image_mime(head) is not None:
         return "image"
     return None
 
@@ -75,7 +76,7 @@ def _sniff(head: bytes) -> str | None:
 def _file_source(path: Path, shown: str) -> Source:
     try:
         with path.open("rb") as fh:
-            head = fh.read(16)
+            head = fh.read(SNIFF_BYTES)
             fh.seek(0)
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:

@@ -24,10 +24,10 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .._fanout import fan_out
 from .._result import ExtractionResult, Usage
 from ..errors import BatchError, ConfigurationError, DspydanticError
 from .thresholds import Threshold, check_threshold, effective_confidence, fields_below
@@ -112,9 +112,7 @@ class _PrompterLike:
             except Exception as exc:
                 return exc
 
-        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(items) or 1))) as pool:
-            results = list(pool.map(one, range(len(items))))
-        return _finish(results, on_error)
+        return _finish(fan_out(one, range(len(items)), max_workers), on_error)
 
     async def apredict_batch(
         self,

@@ -22,8 +22,6 @@ same input and prompter), routed to the store's review queue by its per-field co
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 import logging
@@ -39,6 +37,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from .._media import decode_base64
 from .._prompter import Prompter
 from .._result import ExtractionResult
 from ..errors import ConfigurationError, DspydanticError, ExtractionError, LMError, MissingExtraError
@@ -302,15 +301,6 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
-def _decode(value: str, what: str) -> bytes:
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigurationError(f"{what} is not valid base64") from None
-
-
 class _Answer:
     """One extraction the service made: the result, its document id and the source text it was read from."""
 
@@ -397,7 +387,7 @@ class _Served:
         if item.image_base64 is not None:
             kwargs["image_base64"] = item.image_base64
         if item.pdf_base64 is not None:
-            kwargs["pdf_bytes"] = _decode(item.pdf_base64, "pdf_base64")
+            kwargs["pdf_bytes"] = decode_base64(item.pdf_base64, "pdf_base64")[0]
         for option in ("pdf_mode", "pdf_dpi", "max_pdf_pages", "image_mime"):  # the library's input options
             if (value := getattr(item, option)) is not None:
                 kwargs[option] = value

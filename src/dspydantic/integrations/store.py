@@ -23,10 +23,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._fanout import fan_out
 from ..errors import ConfigurationError, LMError, MissingExtraError, PersistenceError
 
 try:
@@ -318,12 +318,7 @@ class ExtractionStore:
                 raise outcome  # the claim stays ours: a retry with the same token takes it back
             self.record(key, token, outcome)
 
-        if workers == 1 or len(claimed) == 1:
-            for key in claimed:
-                one(key)
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(claimed))) as pool:
-                list(pool.map(one, claimed))
+        fan_out(one, claimed, workers)
 
     def record(self, key: str, token: str, outcome: ExtractionResult[Any] | BaseException) -> bool:
         """Write the outcome of a claimed extraction; True when written (only the claim's holder writes,

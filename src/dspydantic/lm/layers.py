@@ -23,17 +23,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 
 from .._cache import CacheBackend, cache_failed, response_from_json, response_to_json
+from .._tokens import estimate_message_tokens
 from ..errors import LMError
 from ._base import LMBackend, LMRequest, LMResponse
 
@@ -43,7 +43,6 @@ __all__ = [
     "BudgetedBackend",
     "CachingBackend",
     "RetryingBackend",
-    "estimate_tokens",
     "find_layer",
     "unwrap",
 ]
@@ -304,23 +303,6 @@ class BudgetExhausted(BaseException):  # a control-flow signal, not an error
     """
 
 
-def estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """A rough prompt-token estimate (4 characters a token; images count 256) used before a call."""
-    chars = 0
-    images = 0
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, Mapping) and part.get("type") == "text":
-                    chars += len(str(part.get("text", "")))
-                else:
-                    images += 1
-    return math.ceil(chars / 4) + 256 * images
-
-
 @dataclass
 class Budget:
     """Thread-safe meter. ``requests`` counts every request made (cache hits included, so a rerun from the
@@ -424,7 +406,7 @@ class BudgetedBackend(_Layer):
                 raise BudgetExhausted("this phase of the run is over")
             self._inflight += 1
         try:
-            self.budget.reserve(estimate_tokens(request.messages))
+            self.budget.reserve(estimate_message_tokens(request.messages))
         except BaseException:
             self._leave()
             raise

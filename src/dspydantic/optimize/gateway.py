@@ -14,19 +14,16 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._render import PromptState
+from .._tokens import estimate_message_tokens, estimate_tokens
 from ..errors import ConfigurationError
 from ..lm._base import LMBackend, LMRequest, LMResponse
-from ..lm.layers import Budget, BudgetedBackend, BudgetExhausted, estimate_tokens
+from ..lm.layers import Budget, BudgetedBackend, BudgetExhausted
 from ..lm.settings import ModelSettings
 
 if TYPE_CHECKING:
     from .._prompter import Prompter
 
-__all__ = ["Budget", "BudgetExhausted", "Gateway", "budgeted_prompter", "estimate_tokens", "external_target"]
-
-
-def _text_tokens(text: str) -> int:
-    return estimate_tokens([{"content": text}])
+__all__ = ["Budget", "BudgetExhausted", "Gateway", "budgeted_prompter", "external_target"]
 
 
 class Gateway:
@@ -143,8 +140,8 @@ def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
                 usage = history[-1].get("usage") or {}
             return LMResponse(
                 text=text,
-                prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(request.messages)),
-                completion_tokens=int(usage.get("completion_tokens") or _text_tokens(text)),
+                prompt_tokens=int(usage.get("prompt_tokens") or estimate_message_tokens(request.messages)),
+                completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)),
             )
 
         return call_dspy
@@ -154,8 +151,8 @@ def external_target(lm: Any) -> Callable[[LMRequest], LMResponse]:
             text = str(lm("\n\n".join(str(m.get("content", "")) for m in request.messages)))
             return LMResponse(
                 text=text,
-                prompt_tokens=estimate_tokens(request.messages),
-                completion_tokens=_text_tokens(text),
+                prompt_tokens=estimate_message_tokens(request.messages),
+                completion_tokens=estimate_tokens(text),
             )
 
         return call_plain

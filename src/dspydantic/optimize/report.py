@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._example import Example
+from .._fanout import fan_out
 from .._result import ExtractionResult, Usage
 from ..errors import ConfigurationError, ExtractionError
 from .result import OptimizationResult
@@ -168,21 +168,7 @@ def score_examples(
         if on_item is not None:
             on_item(finished, len(items))
 
-    if num_threads <= 1 or len(items) <= 1:
-        for i in range(len(items)):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=min(num_threads, len(items))) as pool:
-            futures = [pool.submit(one, i) for i in range(len(items))]
-            first: BaseException | None = None
-            for f in futures:
-                try:
-                    f.result()
-                except BaseException as exc:  # re-raised below, after every worker ended
-                    if first is None:
-                        first = exc
-            if first is not None:
-                raise first
+    fan_out(one, range(len(items)), num_threads)
     return [o for o in outcomes if o is not None]
 
 

@@ -39,6 +39,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from .._schema import join_path
 from .assignment import assign
 from .evaluators import Evaluator
 from .field_evaluators import FieldEvaluators, WholeOutput, path_segments, resolve_evaluators, whole_output
@@ -164,14 +165,10 @@ def _map_paths(model: type[BaseModel]) -> frozenset[str]:
                     walk_type(arg, path + "[]", depth + 1)
         elif isinstance(tp, type) and issubclass(tp, BaseModel):
             for name, info in tp.model_fields.items():
-                walk_type(info.annotation, f"{path}.{name}" if path else name, depth + 1)
+                walk_type(info.annotation, join_path(path, name), depth + 1)
 
     walk_type(model, "", 0)
     return frozenset(out)
-
-
-def _join(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
 
 
 def _fmt(value: Any, limit: int = 160) -> str:
@@ -263,10 +260,10 @@ class _Scorer:
             e = exp if isinstance(exp, dict) else {}
             p = pred if isinstance(pred, dict) else {}
             for key in [*e, *(k for k in p if k not in e)]:
-                child = _join(path, key)
+                child = join_path(path, key)
                 if self._excluded(child) or not (self._included(child) or self._on_the_way(child)):
                     continue
-                self.compare(e.get(key), p.get(key), child, _join(shown, key), acc, absent)
+                self.compare(e.get(key), p.get(key), child, join_path(shown, key), acc, absent)
         elif isinstance(exp, list) or isinstance(pred, list):
             items_e = exp if isinstance(exp, list) else ([] if exp is None else [exp])
             items_p = pred if isinstance(pred, list) else ([] if pred is None else [pred])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._schema import _type_hint, walk_fields
+from .._schema import _type_hint, ancestor_paths, walk_fields
 
 __all__ = ["field_nodes", "schema_drift"]
 
@@ -116,15 +116,6 @@ def _constraints(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ancestors(path: str) -> list[str]:
-    """Field paths above ``path``: ``a.b[].c`` -> ``["a", "a.b"]``."""
-    out: list[str] = []
-    parts = path.split(".")
-    for i in range(1, len(parts)):
-        out.append(".".join(parts[:i]).removesuffix("[]").removesuffix("{}"))
-    return out
-
-
 def schema_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Differences between a saved and a current (inlined) schema: ``(compatible, incompatible)``.
 
@@ -138,7 +129,7 @@ def schema_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[s
     incompatible: list[str] = []
     broken: set[str] = set()  # paths reported removed/changed: their sub-fields are not reported again
     for path, (node, required) in old.items():
-        if any(a in broken for a in _ancestors(path)):
+        if any(a in broken for a in ancestor_paths(path)):
             continue
         if path not in new:
             incompatible.append(f"{path}: removed")
@@ -164,7 +155,7 @@ def schema_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[s
             compatible.append(f"{path}: constraints changed")
     added = {p for p in new if p not in old}
     for path in new:
-        if path not in added or any(a in added or a in broken for a in _ancestors(path)):
+        if path not in added or any(a in added or a in broken for a in ancestor_paths(path)):
             continue  # a sub-field of a new (or changed) field is reported with it
         if new[path][1]:
             incompatible.append(f"{path}: new required field")

@@ -3,32 +3,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import warnings
 from typing import Any
 
+from .._media import data_url, decode_base64, sniff_image_mime
 from .._render import Demo, PromptState
-from .._schema import _strip_titles, inline_schema
-from ..errors import PersistenceError
-from .drift import field_nodes
+from .._schema import _strip_titles, inline_schema, legacy_path, legacy_paths
+from ..errors import ConfigurationError, PersistenceError
 from .files import SavedDir, check_schema, expect, read_json
 from .saved import SavedPrompter, sanitize_api_base
-from .state import sniff_mime
 
 __all__ = ["LEGACY_METADATA", "LEGACY_SCHEMA", "LEGACY_STATE", "legacy_demo", "legacy_paths", "read_legacy"]
 
 LEGACY_METADATA = "dspydantic_metadata.json"
 LEGACY_STATE = "optimized_state.json"
 LEGACY_SCHEMA = "model_schema.json"
-
-
-def legacy_paths(schema: dict[str, Any]) -> dict[str, str]:
-    """0.1.x field path (``items.name``, no ``[]``/``{}``) -> our path (``items[].name``)."""
-    out: dict[str, str] = {}
-    for path in field_nodes(schema):
-        out.setdefault(path.replace("[]", "").replace("{}", ""), path)
-    return out
 
 
 def legacy_demo(raw: Any) -> Demo | None:
@@ -54,10 +43,10 @@ def legacy_demo(raw: Any) -> Demo | None:
             url = img
         else:
             try:
-                blob = base64.b64decode(img, validate=True)
-            except (binascii.Error, ValueError):
+                blob, _ = decode_base64(img, "a 0.1 demo image")
+            except ConfigurationError:
                 continue
-            url = f"data:{sniff_mime(blob) or 'image/png'};base64,{img}"
+            url = data_url(blob, sniff_image_mime(blob) or "image/png")
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return Demo(input=parts, output=out) if parts else None
 
@@ -89,7 +78,7 @@ def read_legacy(saved_dir: SavedDir) -> SavedPrompter:
         path = paths.get(str(old))
         if path is None or not isinstance(desc, str):
             continue
-        if desc == path.rsplit(".", 1)[-1].replace("[]", "").replace("{}", ""):
+        if desc == legacy_path(path.rsplit(".", 1)[-1]):
             continue  # 0.1.x wrote the field name where a field had no description
         descriptions[path] = desc
     demos = [d for d in (legacy_demo(x) for x in state.get("optimized_demos") or []) if d is not None]

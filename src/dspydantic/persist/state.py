@@ -10,12 +10,11 @@ anything else is an error, never a read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from .._media import data_url, parse_data_url, sniff_image_mime
 from .._render import Demo, PromptState
 from ..errors import PersistenceError
 
@@ -40,32 +39,6 @@ def jsonable(value: Any, what: str) -> Any:
             f"could not save the prompter: {what} is not JSON-serializable ({exc}); demo outputs must be "
             "plain data (use model.model_dump(mode='json'))"
         ) from exc
-
-
-def sniff_mime(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def parse_data_url(url: str) -> tuple[bytes, str] | None:
-    """(bytes, mime) of a base64 ``data:`` URL, or None for anything else."""
-    if not url.startswith("data:"):
-        return None
-    head, sep, payload = url.partition(",")
-    if not sep or not head.endswith(";base64"):
-        return None
-    mime = head[5:].split(";", 1)[0] or "application/octet-stream"
-    try:
-        return base64.b64decode(payload, validate=True), mime
-    except (binascii.Error, ValueError):
-        return None
 
 
 class ImageFiles:
@@ -100,7 +73,7 @@ def _demo_to_json(demo: Demo, images: ImageFiles | None, what: str) -> dict[str,
                 url = spec.get("url") if isinstance(spec, Mapping) else spec
                 decoded = parse_data_url(url) if isinstance(url, str) else None
                 if decoded is not None:
-                    data, mime = decoded
+                    data, mime = decoded[0], decoded[1] or "application/octet-stream"
                     extra = {k: v for k, v in spec.items() if k != "url"} if isinstance(spec, Mapping) else {}
                     ref: dict[str, Any] = {"type": "image_file", "path": images.add(data, mime), "mime": mime}
                     if extra:
@@ -142,7 +115,7 @@ def _image_part(part: Mapping[str, Any], files: Mapping[str, bytes] | None) -> d
             f"bad image type {mime!r}")
     extra = part.get("image_url", {})
     _expect(isinstance(extra, dict) and "url" not in extra, "bad image options")
-    url = f"data:{mime or sniff_mime(blob) or 'image/png'};base64,{base64.b64encode(blob).decode('ascii')}"
+    url = data_url(blob, mime or sniff_image_mime(blob) or "image/png")
     return {"type": "image_url", "image_url": {"url": url, **extra}}
 
 
