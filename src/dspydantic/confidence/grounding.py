@@ -23,6 +23,7 @@ the source does not contain is a likely hallucination.
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -136,6 +137,26 @@ def _occurrences(haystack: str, needle: str, min_inword: int) -> list[tuple[int,
     return inner[:MAX_SPANS]
 
 
+@lru_cache(maxsize=8)
+def _chars(text: str) -> Counter[str]:
+    """The characters of ``text`` as a multiset (read only; cached: every field of a document asks)."""
+    return Counter(text)
+
+
+def _may_reach(value: str, source: str, threshold: float) -> bool:
+    """False when no window of ``source`` can reach ``threshold`` against ``value`` (so the fuzzy search, and
+    importing rapidfuzz, are skipped). An Indel ratio is ``2·LCS / (len_a + len_b)`` and an LCS is at most
+    ``I``, the characters the two strings share as multisets; a window of ``source`` of length ``m >= I``
+    then scores at most ``2I / (n + I)`` for a value of length ``n``. (A value longer than the source is
+    aligned the other way round: not bounded here.)"""
+    n = len(value)
+    if len(source) < n:
+        return True
+    have = _chars(source)
+    shared = sum(min(k, have[ch]) for ch, k in Counter(value).items())
+    return 200.0 * shared / (n + shared) >= threshold
+
+
 def ground(
     value: str,
     source: str,
@@ -157,7 +178,7 @@ def ground(
     found = _occurrences(nsrc.text, nval, min_fuzzy_length)
     if found:
         return Grounding(tuple(nsrc.original_span(a, b) for a, b in found), "normalized", 1.0)
-    if not fuzzy or len(nval) < min_fuzzy_length:
+    if not fuzzy or len(nval) < min_fuzzy_length or not _may_reach(nval, nsrc.text, fuzzy_threshold):
         return NOT_FOUND
     from rapidfuzz import fuzz
 
