@@ -50,6 +50,13 @@ def read_saved(path: str | os.PathLike[str]) -> SavedPrompter:
     """Read and check a saved prompter directory (new or 0.1.x format) without building a Prompter."""
     given = Path(path).expanduser()
     directory = Path(os.path.realpath(given)) if given.is_symlink() else given.absolute()
+    # the shared side of the saver's lock, held from the first look at the path: a concurrent save never
+    # swaps the directory (nor removes the previous one a reader chose) while it is looked at and read
+    with atomic.reading(directory):
+        return _read_saved_locked(given, directory)
+
+
+def _read_saved_locked(given: Path, directory: Path) -> SavedPrompter:
     if not directory.exists():
         backup = atomic.find_backup(directory, is_prompter_dir)
         if backup is not None:
@@ -69,8 +76,7 @@ def read_saved(path: str | os.PathLike[str]) -> SavedPrompter:
         raise PersistenceError(
             f"{str(given)!r} is a file; Prompter.load() expects the directory written by Prompter.save()"
         )
-    # the shared side of the saver's lock: a concurrent save never swaps the directory while it is read
-    with atomic.reading(directory), SavedDir(directory) as saved_dir:
+    with SavedDir(directory) as saved_dir:
         try:
             if saved_dir.is_file(MANIFEST):
                 return read_current(saved_dir)
