@@ -49,7 +49,7 @@ def parse_targets(values: list[str]) -> dict[str, str]:
     from pathlib import Path
 
     from ..errors import ConfigurationError
-    from ..integrations.server import check_name
+    from ..integrations._server_prompters import check_name
 
     out: dict[str, str] = {}
     for value in values:
