@@ -13,6 +13,9 @@ are claimed before the LM is called (``INSERT ... ON CONFLICT DO NOTHING``: one 
 written only by its claimer (``UPDATE ... WHERE status='processing' AND claim_token=...``), so it is written
 once even when several processes race or a worker dies and its task is redelivered. A claim older than
 ``lease_seconds`` (its worker died) is taken over by the next caller.
+
+Size: just over 500 lines: the claim/lease protocol, the review queue and the export back into ``optimize()``
+share one table and its transactions (the table and the row codec are already ``_store_*``).
 """
 
 from __future__ import annotations

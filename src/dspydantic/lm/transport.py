@@ -39,6 +39,9 @@ The contract (spec-transport.md, issue 9):
 
 ``aiohttp`` is imported on the first call, never at ``import dspydantic``. The event loops the sessions run on,
 and how they end, are :mod:`dspydantic.lm._engine`'s.
+
+Size: over 500 lines because it is one protocol client: request assembly, redirects, proxies and TLS,
+the error mapping and the redaction of every message must stay in one place to behave the same on both faces.
 """
 
 from __future__ import annotations

@@ -44,8 +44,7 @@ class FieldOptimizationProgress(dict[str, Any]):
     the field when there is one), ``"complete"`` (done) — else our event name (``"start"``, ``"stage"``,
     ``"lm_call"``, ``"candidate"``, ``"score"``...). ``score_before`` is the baseline's validation score
     once known (0.0 before), ``score_after`` the latest score (the candidate's, or on ``complete`` the
-    score of what the Prompter serves). Built the 0.1 way (``FieldOptimizationProgress(phase=...,
-    score_before=..., ...)``) it works as before.
+    score of what the Prompter serves). Built the 0.1 way (``FieldOptimizationProgress(phase=...)``) too.
     """
 
     phase: str

@@ -13,7 +13,7 @@ proposal that drops or adds one is repaired once (asked again, naming the proble
 rejected. ``gepa`` is imported inside functions only. The candidates themselves (named texts and how they
 apply to a :class:`PromptState`) are :mod:`.components`.
 
-This module is over 500 lines because it is one concept, the ``GEPAAdapter`` and its run: evaluation,
+Size: over 500 lines because it is one concept, the ``GEPAAdapter`` and its run: evaluation,
 reflection prompts (fitted to the reflection LM's window) and the placeholder repair belong together.
 """
 
