@@ -891,6 +891,10 @@ def optimize_prompter(
     evaluator = evaluator if evaluator is not None else evaluate_fn
     items = _check_examples(examples)
     val_items = _check_examples(valset) if valset is not None else None
+    from .._example import check_labels
+
+    check_labels(prompter.model, items)  # every label fits the model, before any LM call
+    check_labels(prompter.model, val_items or (), what="valset example")
     if isinstance(train_split, bool) or not isinstance(train_split, (int, float)) or not 0 < train_split < 1:
         raise ConfigurationError(f"train_split must be a number between 0 and 1 (exclusive), got {train_split!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
