@@ -73,13 +73,16 @@ class FieldPlan:
 
 
 def field_plan(schema: dict[str, Any], require: bool | Iterable[str] | None = None) -> FieldPlan:
-    """The field plan of an (inlined) object schema. ``require``: True (every free string field), a set of
-    field paths, or None/False; fields flagged ``require_grounding`` in the schema are added."""
+    """The field plan of an (inlined) object schema. ``require``: True (every free string field),
+    ``"optional"`` (the free string fields that allow null), a set of field paths, or None/False; fields
+    flagged ``require_grounding`` in the schema are added."""
     nodes = {path: node for path, node, _ in walk_fields(schema)}
     groundable = frozenset(p for p, n in nodes.items() if _free_string(n))
     nullable = frozenset(p for p, n in nodes.items() if _nullable(n))
     if require is True:
         required = set(groundable)
+    elif require == "optional":  # "absent is an answer": a value the document lacks becomes null where allowed
+        required = set(groundable & nullable)
     elif not require:
         required = set()
     else:
