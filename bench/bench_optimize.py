@@ -160,6 +160,10 @@ def make_prompter(args: argparse.Namespace, model: type[BaseModel], system_promp
         kwargs["require_grounding"] = "optional"
     if args.instruction:
         kwargs["instruction_prompt"] = args.instruction
+    if args.numbers_as_json and args.model.startswith("local"):  # the grammar before issue 14
+        from dspydantic.lm.local import LocalBackend
+
+        return Prompter(model, lm=LocalBackend(numbers_as_text=False), **kwargs)
     if args.api_base:
         kwargs.update(api_base=args.api_base, api_key=args.api_key or "none")
     try:
@@ -196,6 +200,8 @@ def main() -> None:
     ap.add_argument("--instruction", default=None, help="lever: another instruction prompt")
     ap.add_argument("--plain-demos", type=int, default=0,
                     help="score the prompter with this many plain training examples as demos (no optimizer)")
+    ap.add_argument("--numbers-as-json", action="store_true",
+                    help="local model: JSON numbers in the grammar (before issue 14) instead of numbers as text")
     args = ap.parse_args()
 
     n_train = args.n_train or (10 if args.quick else 40)

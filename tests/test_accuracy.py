@@ -139,3 +139,34 @@ def test_an_answer_with_document_numbers_validates_to_the_number(srv: FakeLLMSer
 
     with pytest.raises(ExtractionError, match="total"):  # not a number: still refused
         p.run("Bad invoice")
+
+
+def test_the_local_grammar_writes_numbers_as_text_and_everything_else_as_before() -> None:
+    import json
+    import re
+
+    from dspydantic._schema import NUMBER_TEXT_PATTERN, model_schema, numbers_as_text
+
+    class M(BaseModel):
+        total: float
+        count: int | None = None
+        ratio: list[float] = Field(default_factory=list)
+        code: int = Field(json_schema_extra={"enum": [1, 2]})
+        name: str = "x"
+
+    schema = model_schema(M)
+    out = numbers_as_text(schema)
+    props = out["properties"]
+    text = {"type": "string", "pattern": NUMBER_TEXT_PATTERN}
+    assert props["total"] == text
+    assert text in props["count"]["anyOf"] and {"type": "null"} in props["count"]["anyOf"]
+    assert props["ratio"]["items"] == text
+    assert props["code"] == schema["properties"]["code"]  # an enum of numbers stays as it is
+    assert props["name"] == schema["properties"]["name"] and out["required"] == schema["required"]
+    assert numbers_as_text(schema) == out and model_schema(M) == schema  # pure: the input is not changed
+    for written in ("1.200,50", "2,380.00", "6.40", "-3", "1'234.50"):
+        assert re.fullmatch(NUMBER_TEXT_PATTERN.strip("^$"), written)
+    assert not re.fullmatch(NUMBER_TEXT_PATTERN.strip("^$"), "ten")
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    gbnf = llama_grammar.LlamaGrammar.from_json_schema(json.dumps(out), verbose=False)._grammar
+    assert "[0-9.,' ]" in gbnf  # llama.cpp's converter turns the pattern into a grammar rule
