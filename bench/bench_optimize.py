@@ -157,7 +157,9 @@ def invoices(seed: int) -> Dataset:
 def make_prompter(args: argparse.Namespace, model: type[BaseModel], system_prompt: str | None) -> Prompter:
     kwargs: dict[str, Any] = {"cache": args.cache, "system_prompt": system_prompt}
     if args.absent:
-        kwargs["require_grounding"] = "optional"
+        from dspydantic.confidence import absent_fields
+
+        kwargs["require_grounding"] = absent_fields(model)
     if args.instruction:
         kwargs["instruction_prompt"] = args.instruction
     if args.numbers_as_json and args.model.startswith("local"):  # the grammar before issue 14

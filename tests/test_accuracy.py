@@ -170,3 +170,32 @@ def test_the_local_grammar_writes_numbers_as_text_and_everything_else_as_before(
     llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
     gbnf = llama_grammar.LlamaGrammar.from_json_schema(json.dumps(out), verbose=False)._grammar
     assert "[0-9.,' ]" in gbnf  # llama.cpp's converter turns the pattern into a grammar rule
+
+
+# --------------------------------------------------------------------------------------------------
+# absent is an answer
+# --------------------------------------------------------------------------------------------------
+
+
+class Slots(BaseModel):
+    city: str | None = None
+    country: str | None = None
+    vendor: str = "?"
+
+
+def test_absent_fields_turns_values_the_document_lacks_into_null_and_survives_save(
+    srv: FakeLLMServer, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from dspydantic.confidence import absent_fields
+
+    assert absent_fields(Slots) == ["city", "country"]  # nullable free strings only, never the required vendor
+    srv.respond_by_substring({"Paris": {"city": "paris", "country": "Atlantis", "vendor": "Nowhere Inc"}})
+    p = Prompter(Slots, model_id="openai/fake", api_base=srv.base_url, api_key="k", cache=False,
+                 require_grounding=absent_fields(Slots))
+    got = p.run("Will it rain in Paris tomorrow?")
+    # "paris" is in the document (case aside): kept; "Atlantis" is not: null; vendor is not nullable: kept
+    assert (got.city, got.country, got.vendor) == ("paris", None, "Nowhere Inc")
+    assert srv.request_count == 1
+    p.save(tmp_path / "p")
+    again = Prompter.load(tmp_path / "p", model=Slots, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    assert again.run("Will it rain in Paris tomorrow?").country is None
