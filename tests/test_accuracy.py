@@ -199,3 +199,18 @@ def test_absent_fields_turns_values_the_document_lacks_into_null_and_survives_sa
     p.save(tmp_path / "p")
     again = Prompter.load(tmp_path / "p", model=Slots, model_id="openai/fake", api_base=srv.base_url, api_key="k")
     assert again.run("Will it rain in Paris tomorrow?").country is None
+
+
+def test_the_local_answer_is_turned_back_into_the_json_numbers_its_schema_asks_for() -> None:
+    import json
+
+    from dspydantic._schema import numbers_from_text
+
+    schema = Invoice.model_json_schema()  # with $defs: Line is a reference
+    raw = '{"vendor": "Acme", "total": "1.200,50", "lines": [{"sku": "B-1", "qty": "1.000"}]}'
+    assert json.loads(numbers_from_text(raw, schema)) == {
+        "vendor": "Acme", "total": 1200.5, "lines": [{"sku": "B-1", "qty": 1000}]
+    }
+    assert numbers_from_text('{"vendor": "Acme", "total": 2}', schema) == '{"vendor": "Acme", "total": 2}'
+    assert numbers_from_text('{"total": "a lot"}', schema) == '{"total": "a lot"}'  # left for validation
+    assert numbers_from_text("not json", schema) == "not json"

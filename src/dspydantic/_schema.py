@@ -227,3 +227,21 @@ def numbers_as_text(schema: dict[str, Any]) -> dict[str, Any]:
 
     result: dict[str, Any] = walk(schema)
     return result
+
+
+def numbers_from_text(text: str, schema: dict[str, Any]) -> str:
+    """The answer of a grammar built by :func:`numbers_as_text`, with each number written as text turned back
+    into a JSON number where ``schema`` (the request's, before :func:`numbers_as_text`) wants one, so the
+    backend's answer fits the schema it was asked for (``{"total": "1.200,50"}`` -> ``{"total": 1200.5}``).
+    Text that is not one JSON object, or has no such value, is returned unchanged; a string that writes no
+    number stays a string (validation then refuses it and the Prompter re-asks)."""
+    from ._numbers import coerce_number_strings
+
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(obj, dict):
+        return text
+    fixed, changed = coerce_number_strings(obj, inline_schema(schema))
+    return json.dumps(fixed, ensure_ascii=False) if changed else text

@@ -649,6 +649,10 @@ class LocalBackend:
                     tail = self._tail_token(shared, recorder, text)
                 logprobs = recorder.finish(completion_tokens, tail)
                 texts = recorder.texts(shared.llama, len(logprobs))
+        if self.numbers_as_text and request.json_schema is not None and choice.get("finish_reason") != "length":
+            from dspydantic._schema import numbers_from_text
+
+            text = numbers_from_text(text, request.json_schema)  # back to the JSON numbers the schema asks for
         return LMResponse(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
