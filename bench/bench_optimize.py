@@ -144,8 +144,28 @@ def facility_metric(expected: Any, predicted: Any) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
+def invoices(seed: int) -> Dataset:
+    """The demo's bundled invoices with the demo's own split (``dspydantic demo``: 18 train / 12 test)."""
+    from dspydantic.demo import Invoice, load_records, sizes, split_records
+
+    size = sizes(False)
+    train, test = split_records(load_records(), seed, size.n_train, size.n_test)
+    info = {"split": f"the demo's: seed {seed}, {size.n_train} train / {size.n_test} test"}
+    return Invoice, [r.example() for r in train], [r.example() for r in test], info
+
+
 def make_prompter(args: argparse.Namespace, model: type[BaseModel], system_prompt: str | None) -> Prompter:
     kwargs: dict[str, Any] = {"cache": args.cache, "system_prompt": system_prompt}
+    if args.absent:
+        from dspydantic.confidence import absent_fields
+
+        kwargs["require_grounding"] = absent_fields(model)
+    if args.instruction:
+        kwargs["instruction_prompt"] = args.instruction
+    if args.numbers_as_json and args.model.startswith("local"):  # the grammar before issue 14
+        from dspydantic.lm.local import LocalBackend
+
+        return Prompter(model, lm=LocalBackend(numbers_as_text=False), **kwargs)
     if args.api_base:
         kwargs.update(api_base=args.api_base, api_key=args.api_key or "none")
     try:
@@ -161,7 +181,7 @@ def make_prompter(args: argparse.Namespace, model: type[BaseModel], system_promp
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", choices=["weather", "restaurant", "facility"], default="weather")
+    ap.add_argument("--dataset", choices=["weather", "restaurant", "facility", "invoices"], default="weather")
     ap.add_argument("--optimizers", default="auto,miprov2,gepa", help="comma-separated optimizer names")
     ap.add_argument("--model", default="local", help="model_id (default: the embedded local model)")
     ap.add_argument("--api-base", default=None)
@@ -177,6 +197,13 @@ def main() -> None:
     ap.add_argument("--cache", action="store_true", help="use the Prompter cache (reruns are then free)")
     ap.add_argument("--fallback", choices=["original", "baseline"], default="original",
                     help="what the Prompter serves when the candidate does not beat the baseline")
+    ap.add_argument("--absent", action="store_true",
+                    help="lever: values not found in the document become null in optional string fields")
+    ap.add_argument("--instruction", default=None, help="lever: another instruction prompt")
+    ap.add_argument("--plain-demos", type=int, default=0,
+                    help="score the prompter with this many plain training examples as demos (no optimizer)")
+    ap.add_argument("--numbers-as-json", action="store_true",
+                    help="local model: JSON numbers in the grammar (before issue 14) instead of numbers as text")
     args = ap.parse_args()
 
     n_train = args.n_train or (10 if args.quick else 40)
@@ -187,7 +214,9 @@ def main() -> None:
 
     system_prompt = None
     evaluator: Any = None
-    if args.dataset == "facility":
+    if args.dataset == "invoices":
+        model, train, test, info = invoices(args.seed)
+    elif args.dataset == "facility":
         model, train, test, info = facility(n_train, n_test, args.seed)
         system_prompt = (FACILITY / "facility_prompt_sys.txt").read_text().strip()
         evaluator = whole_output(facility_metric)
@@ -201,7 +230,15 @@ def main() -> None:
           f"train_split {args.train_split}\n")
 
     t0 = time.perf_counter()
-    before = make_prompter(args, model, system_prompt).evaluate(test, evaluator=evaluator, num_threads=threads)
+    scored = make_prompter(args, model, system_prompt)
+    if args.plain_demos:
+        from dspydantic._render import Demo
+
+        demos = [Demo(input=str(e.text), output=e.expected_dict() or {}) for e in train[: args.plain_demos]]
+        scored.state = scored.state.replace(demos=demos)
+        print(f"scored with {len(demos)} plain training demos (the first of the training split)")
+    before = scored.evaluate(test, evaluator=evaluator, num_threads=threads)
+    print("per field: " + ", ".join(f"{k} {v:.3f}" for k, v in before.per_field.items()))
     print(f"test score before optimization: {before.score:.3f}  (P {before.precision:.3f} R {before.recall:.3f}"
           f" F1 {before.f1:.3f}; {before.usage.calls} calls, {time.perf_counter() - t0:.0f} s)\n")
 

@@ -141,7 +141,11 @@ def test_run_demo_end_to_end_on_the_fake_server(
     # and the reload check above: the optimizer never saw one
     size = sizes(True)
     test = split_records(load_records(), 0, size.n_train, size.n_test)[1]
-    evaluations = 3 if "plain demos" in rows["field"] else 2
+    # prompts already scored are not scored again: the plain demos when they are what is served, the
+    # un-optimized prompts when the candidate was not accepted and no baseline is served
+    evaluations = 1 + ("plain demos" in rows["field"] and "scored once, in step 4" not in out) + (
+        "the score of step 1 stands" not in out
+    )
     for i, r in enumerate(test):
         assert calls.count(r.text) == evaluations + (i < size.n_samples) + (i == 0), r.id
 
@@ -183,7 +187,8 @@ def test_the_demo_serves_the_fair_baseline_when_it_beats_the_default_prompts(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "140")
     with FakeLLMServer() as srv:
-        srv.set_responder(_label_responder([], demos_fix_customer=True))
+        calls: list[str] = []
+        srv.set_responder(_label_responder(calls, demos_fix_customer=True))
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
         # bootstrap's demos are as good as plain ones here: the candidate only ties the baseline
@@ -196,3 +201,28 @@ def test_the_demo_serves_the_fair_baseline_when_it_beats_the_default_prompts(
     assert "serving the fair baseline" in out.replace("\n", " ")
     saved = Prompter.load(str(tmp_path / "p"), model=Invoice, model_id="openai/fake")
     assert len(saved.demos) == 4
+    # the served prompts (plain demos) are scored once, not in step 3 and again in step 4
+    test = split_records(load_records(), 0, sizes(True).n_train, sizes(True).n_test)[1]
+    for i, r in enumerate(test):
+        assert calls.count(r.text) == 2 + (i < sizes(True).n_samples), r.id  # before, after, [sample]
+    assert "scored once, in step 4" in out
+
+
+def test_the_demo_prints_a_line_per_step_when_its_output_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "140")
+    with FakeLLMServer() as srv:
+        srv.set_responder(_label_responder([]))
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
+        code = run_demo(model_id="openai/fake", optimizer="bootstrap", out=str(tmp_path / "p"), seed=0, quick=True)
+        out = capsys.readouterr().out  # captured: not a terminal, as in a file or a CI log
+    assert code == 0, out
+    n_test = sizes(True).n_test
+    extracted = re.findall(r"^  extracted (\d+)/(\d+) \(\d+\.\d s\)$", out, re.M)
+    assert len(extracted) >= 2 * n_test and {int(t) for _, t in extracted} == {n_test}
+    assert {int(d) for d, _ in extracted} == set(range(1, n_test + 1))
+    stages = re.findall(r"^  stage: (.+)$", out, re.M)
+    assert "scoring baseline" in stages and "scoring candidate" in stages
+    assert "loading openai/fake ..." in out

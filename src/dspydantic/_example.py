@@ -8,9 +8,9 @@ from typing import Any, Unpack
 from pydantic import BaseModel
 
 from ._inputs import INPUT_KEYS, INPUT_OPTIONS, SOURCE_KEYS, InputOptions, check_input_options
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LabelError
 
-__all__ = ["INPUT_KEYS", "Example"]
+__all__ = ["INPUT_KEYS", "Example", "check_labels"]
 
 
 class Example:
@@ -137,3 +137,110 @@ class Example:
 def _base64_of(data_url: str) -> str:
     head, _, payload = data_url.partition(",")
     return payload if head.endswith(";base64") else base64.b64encode(payload.encode()).decode("ascii")
+
+
+# -- labels against the model ----------------------------------------------------------------------------
+
+
+def check_labels(model: type[BaseModel], examples: Any, *, what: str = "example") -> None:
+    """Raise :class:`~dspydantic.errors.LabelError` for the first example whose label does not fit ``model``:
+    a key the model does not have (``"vendr"``), or a value its field cannot hold (``"ten"`` for a float).
+    Run before any LM call by ``optimize()`` and ``evaluate()``, so a typo is not scored as a phantom 0.
+
+    A required field missing from a label is an error too (it would be scored against ``None``); numbers may
+    be written as documents write them (``"1.200,50"``, see :mod:`dspydantic._numbers`) and unlabelled examples
+    (``expected_output=None``, scored by a judge) are skipped."""
+    from pydantic import ValidationError
+
+    from ._numbers import coerce_number_strings
+    from ._schema import model_schema
+
+    schema = model_schema(model)
+    free_text = set(model.model_fields) == {"output"}
+    for index, ex in enumerate(examples):
+        exp = getattr(ex, "expected_output", None)
+        if exp is None or (isinstance(exp, str) and free_text):
+            continue
+        where = f"{what} {index}"
+        if isinstance(exp, str):
+            raise LabelError(
+                f"{where}: expected_output is a string, but {model.__name__} is not a free-text model; "
+                "give a dict of its fields (or an instance of it)",
+                index=index, field=None, reason="a string label for a structured model",
+            )
+        if isinstance(exp, BaseModel) and isinstance(exp, model):
+            continue
+        label = ex.expected_dict()
+        if not isinstance(label, dict):
+            raise LabelError(f"{where}: expected_output must be a dict, a {model.__name__} or None",
+                             index=index, field=None, reason="not a dict")
+        unknown = _unknown_keys(label, schema, model, "")
+        if unknown:
+            path, known = unknown
+            raise LabelError(
+                f"{where}: expected_output has the field {path!r}, which {model.__name__} does not have "
+                f"(its fields there: {', '.join(sorted(known)) or 'none'})",
+                index=index, field=path, reason="unknown field",
+            )
+        fixed, _ = coerce_number_strings(label, schema)
+        try:
+            model.model_validate(fixed)
+        except ValidationError as exc:
+            bad = exc.errors(include_url=False)
+            if bad:
+                e = bad[0]
+                path = ".".join(str(x) for x in e.get("loc", ()))
+                if e.get("type") == "missing":
+                    raise LabelError(
+                        f"{where}: expected_output has no {path!r}, a required field of {model.__name__} (it would "
+                        "be scored against None; label it, or make the field optional)",
+                        index=index, field=path, reason="required field missing",
+                    ) from None
+                got = repr(e.get("input"))[:60]
+                raise LabelError(
+                    f"{where}: expected_output[{path!r}] = {got} does not fit {model.__name__}: {e.get('msg')}",
+                    index=index, field=path, reason=str(e.get("msg")),
+                ) from None
+
+
+def _unknown_keys(value: Any, node: Any, model: type[BaseModel] | None, prefix: str) -> tuple[str, set[str]] | None:
+    """The first key of ``value`` the schema ``node`` has no property for, with the known ones there."""
+    if not isinstance(node, dict):
+        return None
+    variants = [node, *(v for k in ("anyOf", "oneOf", "allOf") for v in node.get(k) or [] if isinstance(v, dict))]
+    if isinstance(value, dict):
+        props: dict[str, Any] = {}
+        open_dict: dict[str, Any] | None = None
+        closed = False
+        for v in variants:
+            if isinstance(v.get("properties"), dict):
+                props.update(v["properties"])
+                closed = closed or v.get("additionalProperties") is not True
+            elif isinstance(v.get("additionalProperties"), dict):
+                open_dict = v["additionalProperties"]
+        if model is not None and model.model_config.get("extra") == "allow":
+            closed = False
+        names = dict(props)
+        if model is not None:  # the Python names of aliased fields are accepted too
+            for name, f in model.model_fields.items():
+                if f.alias and f.alias in props:
+                    names.setdefault(name, props[f.alias])
+        for key, sub in value.items():
+            if key in names:
+                found = _unknown_keys(sub, names[key], None, f"{prefix}{key}.")
+            elif open_dict is not None:
+                found = _unknown_keys(sub, open_dict, None, f"{prefix}{key}.")
+            elif closed and props:
+                return f"{prefix}{key}", set(props)
+            else:
+                found = None
+            if found:
+                return found
+    elif isinstance(value, list):
+        items = [v["items"] for v in variants if isinstance(v.get("items"), dict)]
+        if items:
+            for i, sub in enumerate(value):
+                found = _unknown_keys(sub, items[0], None, f"{prefix.rstrip('.')}[{i}].")
+                if found:
+                    return found
+    return None

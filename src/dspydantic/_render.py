@@ -152,7 +152,7 @@ class Renderer:
             return self.model.model_validate_json(text)
         except ValidationError as exc:
             if not all(e.get("type") == "json_invalid" for e in exc.errors()):
-                raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
+                return self._validate_numbers(text, exc)
         obj = extract_json(text)
         if obj is None:
             if self.free_text:
@@ -161,7 +161,21 @@ class Renderer:
         try:
             return self.model.model_validate(obj)
         except ValidationError as exc:
-            raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
+            return self._validate_numbers(obj, exc)
+
+    def _validate_numbers(self, answer: str | dict[str, Any], exc: ValidationError) -> BaseModel:
+        """After a validation error: the answer with numbers written as document text (``"1.200,50"``)
+        read as numbers (:mod:`dspydantic._numbers`), else the error for the re-ask."""
+        from ._numbers import coerce_number_strings
+
+        obj = extract_json(answer) if isinstance(answer, str) else answer
+        fixed, changed = coerce_number_strings(obj, self.base_schema) if isinstance(obj, dict) else (obj, 0)
+        if changed:
+            try:
+                return self.model.model_validate(fixed)
+            except ValidationError as again:
+                exc = again
+        raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)

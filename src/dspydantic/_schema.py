@@ -249,3 +249,66 @@ def fingerprint(schema: dict[str, Any]) -> str:
         return node
 
     return hashlib.sha256(json.dumps(strip(schema), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- numbers in a constrained-decoding grammar ----------------------------------------------------------
+
+#: what a number field's value may be written as under a grammar: digits with the separators documents use
+NUMBER_TEXT_PATTERN = r"^-?[0-9][0-9.,' ]{0,23}$"
+
+
+def numbers_as_text(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a JSON schema for *grammar-constrained decoding* where every ``number``/``integer`` node is a
+    string of digits and separators (:data:`NUMBER_TEXT_PATTERN`) instead.
+
+    A JSON-number grammar cannot hold ``1.200,50``: a small model copying it from the document skips the
+    comma and writes ``1.20050`` (1.2005), or stops at ``2`` of ``2,380.00``. As text it copies the number
+    as written, and the answer's parser reads it (:func:`dspydantic._numbers.parse_number`). Only the
+    grammar changes: the prompt and the validation still use the model's schema. (A separate function for
+    the grammar code of the local backend, which calls it.)"""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("enum", "const", "default", "examples"):
+                out[key] = value
+            elif key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+                out[key] = {name: walk(sub) for name, sub in value.items()}
+            else:
+                out[key] = walk(value)
+        typ = out.get("type")
+        numeric = {"number", "integer"}
+        if typ in numeric and not {"enum", "const"} & out.keys():
+            kept = {k: v for k, v in out.items() if k in ("description", "title")}
+            return {**kept, "type": "string", "pattern": NUMBER_TEXT_PATTERN}
+        if isinstance(typ, list) and numeric & set(typ):
+            rest = {k: v for k, v in out.items() if k != "type"}
+            others = [t for t in typ if t not in numeric]
+            branches = [{"type": "string", "pattern": NUMBER_TEXT_PATTERN}, *({**rest, "type": t} for t in others)]
+            return {"anyOf": branches}
+        return out
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+def numbers_from_text(text: str, schema: dict[str, Any]) -> str:
+    """The answer of a grammar built by :func:`numbers_as_text`, with each number written as text turned back
+    into a JSON number where ``schema`` (the request's, before :func:`numbers_as_text`) wants one, so the
+    backend's answer fits the schema it was asked for (``{"total": "1.200,50"}`` -> ``{"total": 1200.5}``).
+    Text that is not one JSON object, or has no such value, is returned unchanged; a string that writes no
+    number stays a string (validation then refuses it and the Prompter re-asks)."""
+    from ._numbers import coerce_number_strings
+
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(obj, dict):
+        return text
+    fixed, changed = coerce_number_strings(obj, inline_schema(schema))
+    return json.dumps(fixed, ensure_ascii=False) if changed else text

@@ -15,6 +15,18 @@ class ConfigurationError(DspydanticError, ValueError):
     """Bad arguments or environment, detected before any network call."""
 
 
+class LabelError(ConfigurationError):
+    """An example's ``expected_output`` does not fit the model (unknown field, value of the wrong type); raised
+    before any LM call. ``index`` is the example's position in the list given, ``field`` the dotted path of
+    the field (``None`` for the label as a whole) and ``reason`` what is wrong."""
+
+    def __init__(self, message: str, *, index: int, field: str | None, reason: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+        self.reason = reason
+
+
 class MissingExtraError(DspydanticError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 

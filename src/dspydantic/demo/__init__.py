@@ -153,6 +153,8 @@ class _Measured:
     report: Any
     seconds: float
     demos: int = 0
+    #: the prompts scored (a reloaded prompter serving the same ones is not scored again)
+    state: Any = None
 
 
 def load_hint(out: str, model_id: str) -> str:
@@ -212,6 +214,8 @@ def _run(console: Console, *, model_id: str, optimizer: str, out: str, seed: int
         f"budget: at most {size.max_lm_calls} LM requests for the optimization"
     )
 
+    if not console.is_terminal:  # a file or a CI log: no spinner, a line per step instead
+        console.print(f"loading {model_id} ...")
     with console.status(f"loading {model_id} ..."):
         prompter = Prompter(model=Invoice, model_id=model_id)
         if local:
@@ -230,22 +234,35 @@ def _run(console: Console, *, model_id: str, optimizer: str, out: str, seed: int
         _print_optimization(console, result, time.perf_counter() - t0)
         prompter.save(out)
 
-        # the optimizer's fair baseline (same demo budget, plain training examples as demos), on the test split
+        # the optimizer's fair baseline (same demo budget, plain training examples as demos), on the test split;
+        # when that is what the prompter serves, it is scored once, as the reloaded prompter in step 4
         plain: _Measured | None = None
+        served = _served(result)
         if result.baseline_state.demos:  # the un-optimized prompter had none: these are the plain demos
-            prompter.state = result.baseline_state
             k = len(result.baseline_state.demos)
-            plain = _evaluate(
-                console, prompter, test_examples, f"3/4 reference: default prompts + {k} plain training demos",
-                threads,
-            )
+            title = f"3/4 reference: default prompts + {k} plain training demos"
+            if served == "baseline":
+                console.print(Rule(title))
+                console.print("the saved prompter serves exactly these prompts: scored once, in step 4")
+            else:
+                prompter.state = result.baseline_state
+                plain = _evaluate(console, prompter, test_examples, title, threads)
     finally:
         prompter.close()
 
     reloaded = Prompter.load(out, model=Invoice, model_id=model_id)
     try:
-        after = _evaluate(console, reloaded, test_examples, "4/4 saved, reloaded prompter on the test split", threads)
-        _print_table(console, before, plain, after, n_test=len(test), served=_served(result))
+        title = "4/4 saved, reloaded prompter on the test split"
+        if served == "original" and reloaded.state == before.state:
+            console.print(Rule(title))
+            console.print("the saved prompter serves the un-optimized prompts (checked after reloading): the "
+                          "score of step 1 stands")
+            after = before
+        else:
+            after = _evaluate(console, reloaded, test_examples, title, threads)
+        if served == "baseline" and result.baseline_state.demos:
+            plain = _Measured(after.report, after.seconds, demos=len(result.baseline_state.demos))
+        _print_table(console, before, plain, after, n_test=len(test), served=served)
         _print_samples(console, reloaded, test[: size.n_samples])
     finally:
         reloaded.close()
@@ -275,11 +292,16 @@ def _evaluate(console: Console, prompter: Prompter, examples: list[Example], tit
 
     console.print(Rule(title))
     t0 = time.perf_counter()
+    lines = not console.is_terminal  # a file or a CI log: one line per document instead of a bar
     with _progress(console) as progress:
         task = progress.add_task("extracting", total=len(examples))
 
         def on_progress(event: dict[str, Any]) -> None:
-            progress.update(task, completed=int(event.get("done", 0)))
+            done = int(event.get("done", 0))
+            progress.update(task, completed=done)
+            if lines:
+                console.print(f"  extracted {done}/{event.get('total', len(examples))} "
+                              f"({time.perf_counter() - t0:.1f} s)")
 
         report = prompter.evaluate(examples, num_threads=threads, on_progress=on_progress)
     seconds = time.perf_counter() - t0
@@ -287,7 +309,7 @@ def _evaluate(console: Console, prompter: Prompter, examples: list[Example], tit
         f"score {report.score:.3f}  ({report.accuracy:.0%} of the {report.n} invoices fully right; "
         f"{report.usage.calls} LM calls, {seconds:.1f} s)"
     )
-    return _Measured(report, seconds, demos=len(prompter.demos))
+    return _Measured(report, seconds, demos=len(prompter.demos), state=prompter.state)
 
 
 def _optimize(
@@ -302,8 +324,12 @@ def _optimize(
     """``Prompter.optimize`` with the demo's budget. Its own progress bar shows on a terminal (stderr); the
     scores it reports are printed as lines."""
 
+    lines = not console.is_terminal  # a file or a CI log: a line per stage
+
     def on_progress(event: dict[str, Any]) -> None:
         kind = event.get("event")
+        if lines and kind == "stage":
+            console.print(f"  stage: {event.get('stage')}")
         if kind == "start":
             console.print(
                 f"  {event.get('optimizer')}: {event.get('n_train')} training / {event.get('n_val')} validation "

@@ -302,6 +302,9 @@ def evaluate_prompter(
     items = _check_examples(examples)
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigurationError(f"num_threads must be a positive int, got {num_threads!r}")
+    from .._example import check_labels
+
+    check_labels(prompter.model, items)  # every label fits the model, before any LM call
     from .gateway import Budget, Gateway
 
     scorer = ExampleScorer(

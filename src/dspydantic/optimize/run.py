@@ -95,6 +95,10 @@ def optimize_prompter(
         raise ConfigurationError(f"pass options= or keyword arguments, not both (got {sorted(kwargs)})")
     opts = options if options is not None else OptimizeOptions.from_kwargs(kwargs)
     items = _check_examples(examples)
+    from .._example import check_labels
+
+    check_labels(prompter.model, items)  # every label fits the model, before any LM call
+    check_labels(prompter.model, opts.valset or (), what="valset example")
     # one example and no valset: nothing can be validated; the arguments are still checked (see _unvalidated)
     single = opts.valset is None and len(items) < 2
     split = Split(items, []) if single else split_examples(

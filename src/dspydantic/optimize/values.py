@@ -70,8 +70,10 @@ def as_number(value: Any) -> float | int | None:
             s = s.replace(",", "")
         try:
             number = float(s)
-        except ValueError:
-            return None
+        except ValueError:  # written as documents write numbers: "1.200,50", "6,40 EUR"
+            from .._numbers import parse_number
+
+            return parse_number(s)
         return number if math.isfinite(number) else None
     return None
 

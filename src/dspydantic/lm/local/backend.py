@@ -112,6 +112,8 @@ class LocalBackend:
     max_saved_states: int = 4
     #: greedy constrained decoding checks the grammar on the top token only (same output, faster)
     lazy_grammar: bool = True
+    #: number fields are written as text in the grammar (see :func:`dspydantic._schema.numbers_as_text`)
+    numbers_as_text: bool = True
     #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
     cheap_logprobs: ClassVar[bool] = True
     cache_id: str = field(init=False)
@@ -138,6 +140,10 @@ class LocalBackend:
         schema = None
         if request.json_schema is not None:
             schema = bound_string_lengths(request.json_schema, self.string_max_length)
+            if self.numbers_as_text:  # "1.200,50" as written, read by the answer's parser
+                from dspydantic._schema import numbers_as_text
+
+                schema = numbers_as_text(schema)
         settings = request.settings
         self.check_settings(settings)
         options: dict[str, Any] = dict(settings.extra_body or {})
@@ -207,6 +213,10 @@ class LocalBackend:
                     tail = self._tail_token(shared, recorder, text)
                 logprobs = recorder.finish(completion_tokens, tail)
                 texts = recorder.texts(shared.llama, len(logprobs))
+        if self.numbers_as_text and request.json_schema is not None and choice.get("finish_reason") != "length":
+            from dspydantic._schema import numbers_from_text
+
+            text = numbers_from_text(text, request.json_schema)  # back to the JSON numbers the schema asks for
         return LMResponse(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
