@@ -712,7 +712,7 @@ def test_the_optimization_result_is_saved_and_loaded_with_the_prompter(srv: Fake
     p = Prompter(Contract, model_id="openai/fake", api_base=srv.base_url, api_key="k")
     result = p.optimize([Example(text=t, expected_output=e) for t, e in docs], optimizer="gepa", max_metric_calls=30)
     p.save(str(tmp_path / "saved"))
-    q = Prompter.load(str(tmp_path / "saved"), model=Contract, api_key="k")
+    q = Prompter.load(str(tmp_path / "saved"), model=Contract, api_base=srv.base_url, api_key="k")
     loaded = q.optimization_result
     assert isinstance(loaded, OptimizationResult)
     assert loaded.to_json() == result.to_json()
