@@ -5,6 +5,7 @@ Run under the machine-wide lock: ``flock /tmp/dspydantic-llama.lock pytest -m lo
 from __future__ import annotations
 
 import importlib.util
+from datetime import date
 
 import pytest
 from pydantic import BaseModel, Field
@@ -42,3 +43,24 @@ def test_the_quickstart_sentences_give_the_numbers_the_document_writes(
     invoice = prompter.run(text)
     assert invoice.total == total
     assert invoice.currency == currency
+
+
+class Bill(BaseModel):
+    vendor: str = Field(description="Company that issued the invoice")
+    invoice_date: date | None = Field(default=None, description="Date the invoice was issued")
+    due_date: date | None = Field(default=None, description="Date by which payment is due")
+
+
+@pytest.mark.parametrize(
+    ("text", "issued", "due"),
+    [
+        ("Rechnung der Müller GmbH vom 9. Februar 2024, zahlbar bis zum 23.02.2024.", date(2024, 2, 9),
+         date(2024, 2, 23)),
+        ("Invoice from Acme Corp, dated March 5, 2024. Please pay by April 4, 2024.", date(2024, 3, 5),
+         date(2024, 4, 4)),
+        ("Globex Ltd invoice, issued 14/10/2024, due 13/11/2024.", date(2024, 10, 14), date(2024, 11, 13)),
+    ],
+)
+def test_dates_written_as_documents_write_them_come_back_as_dates(text: str, issued: date, due: date) -> None:
+    bill = Prompter(model=Bill, model_id="local").run(text)
+    assert (bill.invoice_date, bill.due_date) == (issued, due)

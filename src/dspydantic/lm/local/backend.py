@@ -114,6 +114,8 @@ class LocalBackend:
     lazy_grammar: bool = True
     #: number fields are written as text in the grammar (see :func:`dspydantic._schema.numbers_as_text`)
     numbers_as_text: bool = True
+    #: date fields are written as the document writes them and read back as ISO (:mod:`dspydantic._dates`)
+    dates_as_text: bool = True
     #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
     cheap_logprobs: ClassVar[bool] = True
     cache_id: str = field(init=False)
@@ -144,6 +146,10 @@ class LocalBackend:
                 from dspydantic._schema import numbers_as_text
 
                 schema = numbers_as_text(schema)
+            if self.dates_as_text:  # "March 5, 2024" as written, turned into ISO below
+                from dspydantic._dates import dates_as_text
+
+                schema = dates_as_text(schema)
         settings = request.settings
         self.check_settings(settings)
         options: dict[str, Any] = dict(settings.extra_body or {})
@@ -217,6 +223,10 @@ class LocalBackend:
             from dspydantic._schema import numbers_from_text
 
             text = numbers_from_text(text, request.json_schema)  # back to the JSON numbers the schema asks for
+        if self.dates_as_text and request.json_schema is not None and choice.get("finish_reason") != "length":
+            from dspydantic._dates import dates_from_text
+
+            text = dates_from_text(text, request.json_schema)  # back to the ISO dates the schema asks for
         return LMResponse(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
