@@ -99,6 +99,13 @@ def test_readyz_names_an_unreachable_lm() -> None:
         assert client.get("/healthz").status_code == 200
     assert r.status_code == 503
     assert r.json()["ready"] is False and f"127.0.0.1:{port} unreachable" in r.json()["prompters"]["invoice"]
+    with FakeLLMServer() as srv:  # reachable: asked over HTTP through the backend's own transport
+        p = Prompter(model=Invoice, model_id="openai/test", api_base=srv.base_url, api_key="k")
+        with TestClient(create_app({"invoice": p})) as client:
+            r = client.get("/readyz")
+        probes = [q for q in srv.requests if q.path.endswith("/models")]
+    assert r.status_code == 200 and r.json() == {"ready": True, "prompters": {"invoice": "ok"}}
+    assert len(probes) == 1 and probes[0].method == "GET" and probes[0].headers.get("authorization") == "Bearer k"
 
 
 def test_a_router_and_a_fallback_chain_are_served_like_prompters() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -10,7 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._prompter import Prompter
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, LMError
+from ..lm.transport import Transport
 from ._version import members as _members
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -56,30 +56,26 @@ def _backends(obj: Any) -> Iterator[Any]:
         yield obj.backend
 
 
-def _endpoint(backend: Any) -> tuple[str, int] | None:
-    inner = getattr(backend, "inner", None)  # a wrapper (e.g. TracingBackend)
+def _transport(backend: Any) -> Transport | None:
+    """The HTTP transport under ``backend`` (through wrappers such as the tracing one), if it calls over HTTP."""
+    inner = getattr(backend, "inner", None)
     if inner is not None and inner is not backend:
-        return _endpoint(inner)
-    base = getattr(backend, "base_url", None)
-    if not isinstance(base, str):
-        return None
-    parts = urlsplit(base)
-    if not parts.hostname:
-        return None
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        return _transport(inner)
+    transport = getattr(backend, "transport", None)
+    return transport if isinstance(transport, Transport) else None
 
 
-async def _reachable(host: str, port: int, timeout: float) -> str | None:
-    """None when a TCP connection to the LM's endpoint opens (no request is sent), else why not."""
+async def _unreachable(transport: Transport, timeout: float) -> str | None:
+    """None when the LM's endpoint answers a ``GET /models`` through the backend's own transport (any HTTP
+    status will do: something is serving there; the same proxies, TLS and typed errors as every call), else
+    why not (the transport's redacted message)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError) as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
+        await transport.arequest("GET", "/models", timeout=timeout)
+    except LMError as exc:
+        return str(exc)
     return None
 
 
+def _label(transport: Transport) -> str:
+    parts = urlsplit(transport.base_url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"

@@ -49,7 +49,7 @@ except ImportError:  # this module is the [server] feature: say which extra is m
 from ._identity import PreparedInput
 from ._server_asgi import _BodyLimit, _RequestMetrics
 from ._server_bodies import _MIN_CONFIDENCE_DOC, ErrorOut, ExtractInput, ExtractRequest, MinConfidence, UsageOut
-from ._server_prompters import _backends, _endpoint, _reachable, load_prompters
+from ._server_prompters import _backends, _label, _transport, _unreachable, load_prompters
 from ._server_served import _Answer, _Recent, _Served, _stored_source
 from ._version import members as _members
 from ._version import prompter_version
@@ -353,11 +353,11 @@ def create_app(
             for n, s in served.items():
                 problems = []
                 for backend in _backends(s.target):
-                    endpoint = _endpoint(backend)
-                    if endpoint is not None:
-                        why = await _reachable(*endpoint, readiness_timeout)
+                    transport = _transport(backend)
+                    if transport is not None:
+                        why = await _unreachable(transport, readiness_timeout)
                         if why is not None:
-                            problems.append(f"{endpoint[0]}:{endpoint[1]} unreachable ({why})")
+                            problems.append(f"{_label(transport)} unreachable ({why})")
                 checks[n] = "ok" if not problems else "; ".join(problems)
             ok = all(v == "ok" for v in checks.values())
             ready.update(checked=now, body=({"ready": ok, "prompters": checks}, 200 if ok else 503))
