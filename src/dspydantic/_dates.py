@@ -133,6 +133,7 @@ def dates_from_text(text: str, schema: dict[str, Any]) -> str:
     ``schema`` (the request's, before :func:`dates_as_text`) wants a ``format: date`` string; a text that
     writes no date becomes ``null`` where the schema allows it. Text that is not one JSON object is returned
     unchanged."""
+    from ._numbers import _variants
     from ._schema import inline_schema
 
     try:
@@ -143,16 +144,8 @@ def dates_from_text(text: str, schema: dict[str, Any]) -> str:
         return text
     found: list[tuple[list[Any] | dict[str, Any], Any, bool]] = []  # (container, key, nullable)
 
-    def variants(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        out = [node]
-        for key in ("anyOf", "oneOf", "allOf"):
-            for sub in node.get(key) or ():
-                if isinstance(sub, Mapping):
-                    out.extend(variants(sub))
-        return out
-
     def walk(value: Any, node: Mapping[str, Any], container: Any, key: Any) -> None:
-        vs = variants(node)
+        vs = _variants(node)
         if isinstance(value, str):
             if any(v.get("format") == "date" for v in vs) and not any(
                 v.get("type") == "string" and v.get("format") != "date" for v in vs
