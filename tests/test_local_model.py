@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -28,6 +29,7 @@ from dspydantic.errors import ConfigurationError, LMError, MissingExtraError
 from dspydantic.lm._assemble import QWEN, SplitModel, ensure_split_model
 from dspydantic.lm._base import LMBackend, LMRequest
 from dspydantic.lm.local import LocalBackend, bound_string_lengths, local_model_path, resolve_local
+from dspydantic.lm.local.grammar import every_key_written
 from dspydantic.lm.settings import ModelSettings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -64,6 +66,50 @@ def test_bound_string_lengths_adds_max_length_to_free_strings_only() -> None:
     assert out["$defs"]["Item"]["properties"]["label"]["maxLength"] == 300
     assert "maxLength" not in schema["properties"]["name"]  # the input is not modified
     assert bound_string_lengths(schema, None) == schema
+
+
+def test_every_key_that_may_be_null_is_required_in_the_grammar_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "vendor": {"type": "string"},
+            "number": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            "pages": {"type": "integer", "default": 1},  # not nullable: stays optional (no invented value)
+            "note": {"type": ["string", "null"]},
+            "item": {"$ref": "#/$defs/Item"},
+        },
+        "required": ["vendor", "item"],
+        "$defs": {"Item": {"type": "object", "properties": {
+            "label": {"type": "string"}, "sku": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        }, "required": ["label"]}},
+    }
+    out = every_key_written(schema)
+    assert out["required"] == ["vendor", "number", "note", "item"]  # the model's field order
+    assert out["$defs"]["Item"]["required"] == ["label", "sku"]
+    assert schema["required"] == ["vendor", "item"]  # the input is not modified
+    assert every_key_written({"type": "string"}) == {"type": "string"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs dspydantic[local]")
+def test_the_grammar_makes_the_model_write_an_optional_key_before_the_next_one() -> None:
+    # what the converter does with and without the change: an optional key may be skipped (and goes last),
+    # a required nullable key has to be written, in order, as a value or null
+    from dspydantic.lm.local import _llama
+
+    schema = {
+        "type": "object",
+        "properties": {"vendor": {"type": "string"}, "number": {"type": ["string", "null"]},
+                       "total": {"type": "string"}},
+        "required": ["vendor", "total"],
+    }
+    before = _llama.gbnf_from_json_schema(json.dumps(schema))
+    after = _llama.gbnf_from_json_schema(json.dumps(every_key_written(schema)))
+    root_before = next(line for line in before.splitlines() if line.startswith("root ::="))
+    root_after = next(line for line in after.splitlines() if line.startswith("root ::="))
+    assert root_before.index("total") < root_before.index("number")  # optional keys come after the required
+    assert ")?" in root_before
+    assert root_after.index("vendor") < root_after.index("number") < root_after.index("total")
+    assert ")?" not in root_after
 
 
 def test_missing_model_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,7 +353,12 @@ def qwen() -> Iterator[LocalBackend]:
 @pytest.mark.local
 def test_backend_identity(qwen: LocalBackend) -> None:
     assert isinstance(qwen, LMBackend)
-    assert qwen.cache_id == f"local:qwen2.5-0.5b-q4_k_m:{QWEN.sha256[:12]}"
+    grammar = f"keys+numbers+dates:{qwen.string_max_length}"
+    assert qwen.cache_id == f"local:qwen2.5-0.5b-q4_k_m:{QWEN.sha256[:12]}:{grammar}"
+    # a cached answer decoded under another grammar is never replayed
+    assert LocalBackend(every_key=False).cache_id != qwen.cache_id
+    plain = LocalBackend(every_key=False, numbers_as_text=False, dates_as_text=False, string_max_length=80)
+    assert plain.cache_id.endswith(f"{QWEN.sha256[:12]}:json:80")
     assert qwen.context_window == 4096
     assert resolve_local("local/qwen2.5-0.5b").cache_id == qwen.cache_id
 

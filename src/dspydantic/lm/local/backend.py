@@ -19,7 +19,7 @@ from dspydantic.errors import ConfigurationError, LMError
 from dspydantic.lm._assemble import DEFAULT_MODEL, extra_for, fingerprint, resolve_model_file
 from dspydantic.lm._base import LMRequest, LMResponse
 from dspydantic.lm.local import _llama
-from dspydantic.lm.local.grammar import LazyGrammar, bound_string_lengths
+from dspydantic.lm.local.grammar import LazyGrammar, bound_string_lengths, every_key_written
 from dspydantic.lm.local.logprobs import LogprobRecorder
 from dspydantic.lm.local.model import (
     SharedModel,
@@ -116,6 +116,8 @@ class LocalBackend:
     numbers_as_text: bool = True
     #: date fields are written as the document writes them and read back as ISO (:mod:`dspydantic._dates`)
     dates_as_text: bool = True
+    #: every key that may be null is written (a value or null) instead of left out (:func:`every_key_written`)
+    every_key: bool = True
     #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
     cheap_logprobs: ClassVar[bool] = True
     cache_id: str = field(init=False)
@@ -130,7 +132,11 @@ class LocalBackend:
             raise ConfigurationError(f"n_ctx must be at least 256, got {self.n_ctx}")
         path, label, sha = resolve_model_file(self.model)
         self.model_path = path
-        self.cache_id = f"local:{label}:{(sha or fingerprint(path))[:12]}"
+        # what shapes the grammar changes the answers: a cache never replays one decoded under other choices
+        shaped = [name for name, on in (("keys", self.every_key), ("numbers", self.numbers_as_text),
+                                        ("dates", self.dates_as_text)) if on]
+        grammar = "+".join(shaped) or "json"
+        self.cache_id = f"local:{label}:{(sha or fingerprint(path))[:12]}:{grammar}:{self.string_max_length}"
         self.context_window = self.n_ctx
 
     # -- protocol -----------------------------------------------------------------------------------
@@ -142,6 +148,8 @@ class LocalBackend:
         schema = None
         if request.json_schema is not None:
             schema = bound_string_lengths(request.json_schema, self.string_max_length)
+            if self.every_key:  # the model answers each optional key instead of skipping it
+                schema = every_key_written(schema)
             if self.numbers_as_text:  # "1.200,50" as written, read by the answer's parser
                 from dspydantic._schema import numbers_as_text
 

@@ -14,7 +14,7 @@ from typing import Any
 from dspydantic.errors import ConfigurationError
 from dspydantic.lm.local import _llama
 
-__all__ = ["GrammarCache", "LazyGrammar", "bound_string_lengths"]
+__all__ = ["GrammarCache", "LazyGrammar", "bound_string_lengths", "every_key_written"]
 
 #: string ``format``s llama.cpp's grammar converter turns into a fixed-shape rule
 _BOUNDED_FORMATS = frozenset(
@@ -70,6 +70,53 @@ def _bound_leaf(node: dict[str, Any], max_length: int) -> dict[str, Any]:
     ):
         node["maxLength"] = max(int(max_length), int(node.get("minLength", 0)))
     return node
+
+
+def every_key_written(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` where every property that may be null is also required, so the grammar makes the
+    model write each such key (and then a value or ``null``) in the model's field order.
+
+    llama.cpp's converter lets an optional property be left out and puts the optional ones after the
+    required ones. A small model takes that shortcut: Qwen2.5-0.5B wrote ``{"vendor", "currency", "total",
+    "customer"}`` for invoices that state their number and dates, skipping the optional keys in between
+    instead of answering them. A key that must be written is a question the model must answer; ``null``
+    stays a valid answer, so nothing the model's schema allows is forbidden. Properties that cannot be null
+    (a default of another kind) stay optional: requiring them would make the model invent a value.
+    """
+
+    def nullable(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return False
+        if "default" in node and node["default"] is None:
+            return True
+        typ = node.get("type")
+        if typ == "null" or (isinstance(typ, list) and "null" in typ):
+            return True
+        return any(nullable(branch) for key in ("anyOf", "oneOf") for branch in node.get(key) or ())
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("enum", "const", "default", "examples"):
+                out[key] = value
+            elif key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+                out[key] = {name: walk(sub) for name, sub in value.items()}
+            else:
+                out[key] = walk(value)
+        props = out.get("properties")
+        if isinstance(props, dict) and props:
+            required = list(out.get("required") or [])
+            extra = [name for name, sub in props.items() if name not in required and nullable(sub)]
+            if extra:
+                out["required"] = [name for name in props if name in required or name in extra]
+        return out
+
+    result: dict[str, Any] = walk(schema)
+    return result
 
 
 def _strict_json_chars(gbnf: str) -> str:
