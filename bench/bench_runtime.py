@@ -4,10 +4,7 @@ cold start; ours beside the peers in the same run.
     make bench          # = .venv/bin/python bench/bench_runtime.py --n 1000
     .venv/bin/python bench/bench_runtime.py [--n 2000] [--skip-peers] [--only cpu ...]
 
-The fake server runs in a separate process so that only the client's CPU is measured: ``aiohttp.web``
-(``bench/_fast_server.py``, ~0.1-0.2 ms of CPU per request) unless ``--server threaded`` asks for
-``dspydantic.testing.FakeLLMServer`` (a threaded ``http.server``, ~0.9 ms per request: at 256-way on two
-cores it, not the client, set the batch figures before). Every client of a run talks to the same kind. Every figure is a
+The fake server runs in a separate process so that only the client's CPU is measured. Every figure is a
 ratio measured in this one run (ours vs the ideal, ours vs a peer). Peers: the OpenAI SDK (``OpenAI`` and
 ``AsyncOpenAI`` + ``asyncio.gather``; ``timeout=120`` like ours, not its 5 s connect timeout, which a busy
 2-core machine exceeds at 256-way) and ``dspy.Predict`` from this environment; dspydantic 0.1.6 and
@@ -60,14 +57,9 @@ class Invoice(BaseModel):
 
 
 class Server:
-    #: "fast" (bench/_fast_server.py, aiohttp.web) or "threaded" (FakeLLMServer); set by --server
-    kind = "fast"
-
     def __init__(self, latency: float, answer: dict[str, Any] | str | None = None) -> None:
-        script = ([str(Path(__file__).resolve().parent / "_fast_server.py")] if self.kind == "fast"
-                  else ["-c", SERVER])
         self.proc = subprocess.Popen(
-            [sys.executable, *script, str(latency), json.dumps(answer or ANSWER)],
+            [sys.executable, "-c", SERVER, str(latency), json.dumps(answer or ANSWER)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             stderr=subprocess.DEVNULL,  # http.server prints a traceback per connection a peer's client resets
         )
@@ -454,17 +446,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--skip-peers", action="store_true",
                     help="only our own figures (no OpenAI SDK, dspy, dspydantic 0.1.6, instructor)")
-    ap.add_argument("--server", choices=["fast", "threaded"], default="fast",
-                    help="the fake server: aiohttp.web (default) or the threaded FakeLLMServer of earlier runs")
     ap.add_argument("--only", choices=["cold", "cpu", "cache", "batch", "wide", "rss"], action="append",
                     help="run only these parts (repeatable); 'wide' is 2,000 docs at 256-way")
     args = ap.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     started = time.perf_counter()
     load = os.getloadavg()[0]
-    Server.kind = args.server
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {load:.2f}, "
-          f"{args.server} fake server", flush=True)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {load:.2f}", flush=True)
     parts = set(args.only or ["cold", "cpu", "cache", "batch", "wide", "rss"])
     if "cold" in parts:
         bench_cold_start()
