@@ -67,6 +67,14 @@ class Server:
         self.port = int(self.proc.stdout.readline())
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
+    def cpu_seconds(self) -> float:
+        """The server process's CPU time so far (user + system; NaN where /proc is not there)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -245,14 +253,16 @@ def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync
             sync_s = time.perf_counter() - t
             line += f"sync {sync_s:.2f} s (fraction of ideal {ideal / sync_s:.2f})  "
 
-        async def run() -> float:
+        async def run() -> tuple[float, float, float]:
             await p.apredict_batch(docs[:workers], max_workers=workers)
-            t0 = time.perf_counter()
+            t0, cpu0, srv0 = time.perf_counter(), time.process_time(), srv.cpu_seconds()
             await p.apredict_batch(docs, max_workers=workers)
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, time.process_time() - cpu0, srv.cpu_seconds() - srv0
 
-        async_s = asyncio.run(run())
-        print(line + f"async {async_s:.2f} s (fraction {ideal / async_s:.2f})", flush=True)
+        async_s, client_cpu, server_cpu = asyncio.run(run())
+        # where the CPU went, per request: the client (this process) and the fake server (its own process)
+        print(line + f"async {async_s:.2f} s (fraction {ideal / async_s:.2f}; CPU per request: client "
+              f"{client_cpu / n_docs * 1e3:.3f} ms, server {server_cpu / n_docs * 1e3:.3f} ms)", flush=True)
         if not peers:
             return
         label = f"batch {n_docs} x {workers}-way"

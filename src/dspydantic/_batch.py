@@ -45,7 +45,7 @@ def run_batch(
 
     def one(i: int) -> None:
         try:
-            res = p._run_plan(items[i])
+            res = p._run_plan(items[i], data_only=not with_confidence)
             results[i] = res if with_confidence else res.data
         except Exception as exc:
             results[i] = tag(exc, i)
@@ -70,7 +70,7 @@ async def arun_batch(
         nonlocal done
         for i in queue:
             try:
-                res = await p._arun_plan(items[i])
+                res = await p._arun_plan(items[i], data_only=not with_confidence)
                 results[i] = res if with_confidence else res.data
             except Exception as exc:
                 results[i] = tag(exc, i)

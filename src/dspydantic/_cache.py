@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import CacheWarning, ConfigurationError
 from .lm._base import LMResponse
+
+if TYPE_CHECKING:
+    import sqlite3  # imported where a cache file is opened: a run without a cache never loads it
 
 log = logging.getLogger("dspydantic")
 
@@ -115,6 +117,8 @@ class SQLiteCache:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            import sqlite3
+
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -182,6 +186,8 @@ def resolve_cache(spec: Any) -> CacheBackend | None:
         with _shared_lock:
             cache = _shared.get(key)
             if cache is None:
+                import sqlite3
+
                 try:
                     cache = SQLiteCache(key)
                 except (sqlite3.Error, OSError) as exc:

@@ -26,7 +26,9 @@ _prices: dict[str, Prices | None] = {}
 
 def _load_table() -> dict[str, Prices]:
     """Model name -> its prices, for the models the table prices. Only those four numbers per model are
-    kept: the parsed file (~5 MB of Python objects) is dropped at once, so a long batch does not carry it."""
+    built: each object of the file becomes its prices (or the priced entries inside it) as soon as it is
+    parsed, so the file's ~5 MB of Python objects never exist at once (they would stay in the process's
+    high-water mark, and in its fragmented heap, for the rest of a batch)."""
     global _table
     with _lock:
         if _table is None:
@@ -35,17 +37,22 @@ def _load_table() -> dict[str, Prices]:
                 spec = importlib.util.find_spec("litellm")
                 if spec is not None and spec.origin:
                     path = Path(spec.origin).parent / PRICE_FILE
-                    data = json.loads(path.read_text(encoding="utf-8"))
+                    data = json.loads(path.read_bytes(), object_pairs_hook=_priced)
                     if isinstance(data, dict):
-                        for name, entry in data.items():
-                            row = _row(entry)
-                            if row is not None:
-                                table[name] = row
-                    del data
+                        table = data
             except (OSError, ValueError, ImportError) as exc:  # a price is an estimate, never a failure
                 log.debug("no LM price table: %r", exc)
             _table = table
         return _table
+
+
+def _priced(pairs: list[tuple[str, Any]]) -> Prices | dict[str, Prices]:
+    """One JSON object of the price file as it is parsed: a model's entry becomes its prices; any other
+    object (the file itself, or a nested one) keeps only the entries that became prices."""
+    row = _row(dict(pairs))
+    if row is not None:
+        return row
+    return {k: v for k, v in pairs if isinstance(v, tuple)}
 
 
 def _num(value: Any) -> float | None:

@@ -210,6 +210,8 @@ def build_input(text: str | Mapping[str, Any] | None = None, **options: Unpack[I
     ordered: text, PDF, images. The keywords are :class:`InputOptions` (checked by
     :func:`check_input_options`).
     """
+    if not options and type(text) is str and text.strip():  # the common case (every text batch item): as below
+        return InputDoc(parts=(text_part(text),), text=text, kind="text", variables=None)
     check_input_options(options)
     image_path = options.get("image_path")
     image_base64 = options.get("image_base64")

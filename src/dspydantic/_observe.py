@@ -105,6 +105,12 @@ class extraction:
                 log.debug("extraction hook %r failed to start: %r", hook, exc)
         return self
 
+    @property
+    def observed(self) -> bool:
+        """Whether anything will see this extraction's result (a hook, or the ``dspydantic.extraction``
+        log at INFO): decided when it starts."""
+        return bool(self._tokens) or log.isEnabledFor(logging.INFO)
+
     def finish(self, result: ExtractionResult[Any]) -> ExtractionResult[Any]:
         self._end(result, None)
         return result

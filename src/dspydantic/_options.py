@@ -6,7 +6,6 @@ never a ``TypeError``/``ValueError``/``UnboundLocalError`` from deep inside a ca
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -58,6 +57,8 @@ def check_keywords(given: Iterable[str], own: Iterable[str], what: str, *, share
     unknown = sorted(set(given) - set(own) - set(shared))
     if not unknown:
         return
+    import difflib  # only for the message of a mistake
+
     hints = []
     for name in unknown:
         close = difflib.get_close_matches(name, [*own, *shared], n=1, cutoff=0.75)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -54,13 +55,15 @@ async def adrive(plan: Plan, backend: LMBackend) -> ExtractionResult[Any]:
             return stop.value
 
 
-def plan(p: Prompter[Any], item: Any, renderer: Renderer | None = None) -> Plan:
-    """The plan of one extraction of ``item`` (any input a verb or a batch takes) by ``p``."""
+def plan(p: Prompter[Any], item: Any, renderer: Renderer | None = None, *, confidence: bool = True) -> Plan:
+    """The plan of one extraction of ``item`` (any input a verb or a batch takes) by ``p``.
+
+    ``confidence=False``: the caller keeps only the result's ``data`` (see :func:`plan_messages`)."""
     doc = input_doc(item)
     renderer = renderer if renderer is not None else p.renderer
     chunks = split_chunks(p, doc, renderer)
     if chunks is None:
-        return (yield from plan_doc(p, doc, renderer))
+        return (yield from plan_doc(p, doc, renderer, confidence=confidence))
     # a long document: extract per chunk, merge (scalars by agreement, lists by union)
     from ._merge import merge_extractions
 
@@ -162,17 +165,26 @@ def larger_limit(p: Prompter[Any], request: LMRequest, response: LMResponse) -> 
     return limit, (bigger if bigger > limit else None)
 
 
-def plan_doc(p: Prompter[Any], doc: InputDoc, renderer: Renderer) -> Plan:
+def plan_doc(p: Prompter[Any], doc: InputDoc, renderer: Renderer, *, confidence: bool = True) -> Plan:
     """The plan of one document that fits the context window."""
     messages = renderer.messages(doc.as_content(), doc.variables)
-    return (yield from plan_messages(p, messages, renderer, source=doc.text or None))
+    return (yield from plan_messages(p, messages, renderer, source=doc.text or None, confidence=confidence))
 
 
-def plan_messages(p: Prompter[Any], messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None) -> Plan:
+def plan_messages(
+    p: Prompter[Any], messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None,
+    confidence: bool = True,
+) -> Plan:
     """The attempts of one extraction from its rendered messages: ask, parse, check, re-ask. ``source``
     is the document's text the values are grounded in. (Provider batch jobs send the first request
-    themselves and resume here with its answer.)"""
+    themselves and resume here with its answer.)
+
+    ``confidence=False`` (a verb that returns only the data, nobody observing): when nothing the check
+    does can change the data or the calls (no field requires grounding, no confidence samples), the
+    answer is not assessed, and the result's confidence is NaN with ``confidence_source="none"``."""
     check = p.answer_check
+    # grounding changes the data only through require_grounding; samples are LM calls (kept as configured)
+    assessed = confidence or bool(check.plan.require_grounding) or p.confidence_samples > 0
     usage = Usage()
     errors: list[Any] = []
     raw = ""
@@ -203,6 +215,10 @@ def plan_messages(p: Prompter[Any], messages: list[dict[str, Any]], renderer: Re
             )
         try:
             data = renderer.parse(raw)
+            if not assessed:
+                response.confirm()
+                return ExtractionResult(data=data, confidence=math.nan, raw_output=raw, usage=usage,
+                                        attempts=attempt, cached=cached_all, confidence_source="none")
             # grounding in the source and require_grounding (an ungrounded required value is re-asked)
             data, assessment = check.check(
                 renderer, raw, data, source, token_logprobs=response.token_logprobs,

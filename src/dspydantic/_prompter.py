@@ -259,8 +259,8 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
         return self._state.demos
 
     # -- the plan of one extraction (:mod:`dspydantic._plan`; shared by the sync and the async driver) --
-    def _plan(self, item: Any, renderer: Renderer | None = None) -> Plan:
-        return _plan.plan(self, item, renderer)
+    def _plan(self, item: Any, renderer: Renderer | None = None, *, confidence: bool = True) -> Plan:
+        return _plan.plan(self, item, renderer, confidence=confidence)
 
     def _plan_messages(self, messages: list[dict[str, Any]], renderer: Renderer, *, source: str | None) -> Plan:
         return _plan.plan_messages(self, messages, renderer, source=source)
@@ -281,19 +281,25 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
     # once per item, whichever verb or batch path runs it. The optimizer's DSPy adapter passes ``lm`` (the LM
     # DSPy hands it) to try candidate prompts; those trial runs are not extractions of the user's and are not
     # observed (the optimizer reports its own progress and usage).
+    # ``data_only``: the caller keeps only ``result.data`` (``run``, ``apredict``, the batch verbs without
+    # ``with_confidence``); unless an observer is there to see the result, its confidence is not computed.
     def _run_plan(
-        self, item: Any, *, lm: LMBackend | None = None, renderer: Renderer | None = None
+        self, item: Any, *, lm: LMBackend | None = None, renderer: Renderer | None = None, data_only: bool = False
     ) -> ExtractionResult[T]:
         if lm is not None:
             return _plan.drive(self._plan(item, renderer), lm)
         with extraction(self) as obs:
-            return obs.finish(_plan.drive(self._plan(item, renderer), self._lm))
+            plan = self._plan(item, renderer, confidence=not data_only or obs.observed)
+            return obs.finish(_plan.drive(plan, self._lm))
 
-    async def _arun_plan(self, item: Any, *, lm: LMBackend | None = None) -> ExtractionResult[T]:
+    async def _arun_plan(
+        self, item: Any, *, lm: LMBackend | None = None, data_only: bool = False
+    ) -> ExtractionResult[T]:
         if lm is not None:
             return await _plan.adrive(self._plan(item), lm)
         with extraction(self) as obs:
-            return obs.finish(await _plan.adrive(self._plan(item), self._lm))
+            plan = self._plan(item, confidence=not data_only or obs.observed)
+            return obs.finish(await _plan.adrive(plan, self._lm))
 
     # -- public verbs ------------------------------------------------------------------------------
     # ``input`` (positional only) is one input, read exactly as a batch item is (see ``input_keywords``:
@@ -305,11 +311,11 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
 
     def predict(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> T:
         """Extract one input into an instance of the model (text, template dict, image or PDF)."""
-        return self._run_plan(_item(input, inputs)).data
+        return self._run_plan(_item(input, inputs), data_only=True).data
 
     def run(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> T:
         """Alias of :meth:`predict`."""
-        return self._run_plan(_item(input, inputs)).data
+        return self._run_plan(_item(input, inputs), data_only=True).data
 
     __call__ = run
 
@@ -320,7 +326,7 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
 
     async def apredict(self, input: Input = None, /, **inputs: Unpack[InputKeywords]) -> T:
         """Native async :meth:`predict` (async HTTP; the local model runs in a worker thread)."""
-        return (await self._arun_plan(_item(input, inputs))).data
+        return (await self._arun_plan(_item(input, inputs), data_only=True)).data
 
     arun = apredict
 

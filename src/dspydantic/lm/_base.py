@@ -47,7 +47,9 @@ class LMRequest:
         """
         if not self._wire:
             try:
-                self._wire.append(orjson.dumps(self.messages))
+                # copied to its size: orjson's bytes keep their whole (>= 8 KB) write buffer, and a batch
+                # holds one per request in flight
+                self._wire.append(bytes(memoryview(orjson.dumps(self.messages))))
             except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
                 raise ConfigurationError(_encode_problem(exc)) from None
         return self._wire[0]
