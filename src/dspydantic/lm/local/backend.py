@@ -79,6 +79,23 @@ def _messages_to_text(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 THREADS_ENV = "DSPYDANTIC_LOCAL_THREADS"
 
 
+def _demo_dates_as_written(messages: list[dict[str, Any]], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each answer that follows a document (a few-shot demo's) with its dates written as that document writes
+    them, as the grammar of :func:`dspydantic._dates.dates_as_text` has the model write them."""
+    from dspydantic._dates import dates_as_written
+
+    out = list(messages)
+    for i in range(1, len(out)):
+        answer, document = out[i], out[i - 1]
+        if answer.get("role") == "assistant" and document.get("role") == "user":
+            text, source = answer.get("content"), document.get("content")
+            if isinstance(text, str) and isinstance(source, str):
+                written = dates_as_written(text, source, schema)
+                if written is not text:
+                    out[i] = {**answer, "content": written}
+    return out
+
+
 def _default_threads() -> int:
     """``DSPYDANTIC_LOCAL_THREADS`` when set, else every core this process may run on."""
     raw = os.environ.get(THREADS_ENV, "").strip()
@@ -158,6 +175,7 @@ class LocalBackend:
                 from dspydantic._dates import dates_as_text
 
                 schema = dates_as_text(schema)
+                messages = _demo_dates_as_written(messages, request.json_schema)
         settings = request.settings
         self.check_settings(settings)
         options: dict[str, Any] = dict(settings.extra_body or {})
