@@ -4,12 +4,14 @@ cold start; ours beside the peers in the same run.
     make bench          # = .venv/bin/python bench/bench_runtime.py --n 1000
     .venv/bin/python bench/bench_runtime.py [--n 2000] [--skip-peers] [--only cpu ...]
 
-The fake server runs in a separate process so that only the client's CPU is measured. Every figure is a
-ratio measured in this one run (ours vs the ideal, ours vs a peer). Peers: the OpenAI SDK (``OpenAI`` and
-``AsyncOpenAI`` + ``asyncio.gather``; ``timeout=120`` like ours, not its 5 s connect timeout, which a busy
-2-core machine exceeds at 256-way) and ``dspy.Predict`` from this environment; dspydantic 0.1.6 and
-instructor each from a virtualenv of its own under ``bench/.cache`` (see ``bench/_peers.py``), created on the
-first run and skipped with the reason printed when it cannot be installed.
+The fake server runs in a separate process so that only the client's CPU is measured. The batches and the
+peak RSS run each client in a fresh process of its own (``bench/_batch_client.py``, the peers' scripts, the
+``PEAK`` scripts) against the server this process started, so no client's figure carries what another one
+imported or allocated. Every figure is a ratio measured in this one run (ours vs the ideal, ours vs a peer).
+Peers: the OpenAI SDK (``OpenAI`` and ``AsyncOpenAI`` + ``asyncio.gather``; ``timeout=120`` like ours, not
+its 5 s connect timeout, which a busy 2-core machine exceeds at 256-way) and ``dspy.Predict`` from this
+environment; dspydantic 0.1.6 and instructor each from a virtualenv of its own under ``bench/.cache`` (see
+``bench/_peers.py``), created on the first run and skipped with the reason printed when it cannot be installed.
 """
 
 from __future__ import annotations
