@@ -4,12 +4,14 @@ cold start; ours beside the peers in the same run.
     make bench          # = .venv/bin/python bench/bench_runtime.py --n 1000
     .venv/bin/python bench/bench_runtime.py [--n 2000] [--skip-peers] [--only cpu ...]
 
-The fake server runs in a separate process so that only the client's CPU is measured. Every figure is a
-ratio measured in this one run (ours vs the ideal, ours vs a peer). Peers: the OpenAI SDK (``OpenAI`` and
-``AsyncOpenAI`` + ``asyncio.gather``; ``timeout=120`` like ours, not its 5 s connect timeout, which a busy
-2-core machine exceeds at 256-way) and ``dspy.Predict`` from this environment; dspydantic 0.1.6 and
-instructor each from a virtualenv of its own under ``bench/.cache`` (see ``bench/_peers.py``), created on the
-first run and skipped with the reason printed when it cannot be installed.
+The fake server runs in a separate process so that only the client's CPU is measured. The batches and the
+peak RSS run each client in a fresh process of its own (``bench/_batch_client.py``, the peers' scripts, the
+``PEAK`` scripts) against the server this process started, so no client's figure carries what another one
+imported or allocated. Every figure is a ratio measured in this one run (ours vs the ideal, ours vs a peer).
+Peers: the OpenAI SDK (``OpenAI`` and ``AsyncOpenAI`` + ``asyncio.gather``; ``timeout=120`` like ours, not
+its 5 s connect timeout, which a busy 2-core machine exceeds at 256-way) and ``dspy.Predict`` from this
+environment; dspydantic 0.1.6 and instructor each from a virtualenv of its own under ``bench/.cache`` (see
+``bench/_peers.py``), created on the first run and skipped with the reason printed when it cannot be installed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import importlib.util
 import json
 import math
 import os
@@ -66,14 +69,6 @@ class Server:
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def cpu_seconds(self) -> float:
-        """The server process's CPU time so far (user + system; NaN where /proc is not there)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return math.nan
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -205,81 +200,62 @@ def bench_cpu(n: int, peers: bool = True) -> None:
         srv.close()
 
 
-def asyncopenai_batch(base_url: str, body: dict[str, Any], n_docs: int, workers: int) -> tuple[float, int, str]:
-    """``AsyncOpenAI`` + ``asyncio.gather`` (a semaphore of ``workers``), each answer validated: seconds,
-    failed requests, the first failure."""
-    import openai
+BATCH_CLIENT = Path(__file__).resolve().parent / "_batch_client.py"
 
-    async def go() -> tuple[float, int, str]:
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=120.0)
-        sem = asyncio.Semaphore(workers)
 
-        async def one(i: int) -> Invoice:
-            messages = [body["messages"][0], {"role": "user", "content": f"doc {i}"}]
-            async with sem:
-                out = await client.chat.completions.create(**{**body, "messages": messages})
-            return Invoice.model_validate_json(out.choices[0].message.content or "")
-
-        await asyncio.gather(*(one(i) for i in range(workers)), return_exceptions=True)  # warm connections
-        t = time.perf_counter()
-        results = await asyncio.gather(*(one(i) for i in range(n_docs)), return_exceptions=True)
-        took = time.perf_counter() - t
-        failed = [r for r in results if not isinstance(r, Invoice)]
-        await client.close()
-        return took, len(failed), (f"{type(failed[0]).__name__}: {str(failed[0])[:100]}" if failed else "")
-
-    return asyncio.run(go())
+def run_batch_client(client: str, srv: Server, n_docs: int, workers: int, *extra: str) -> dict[str, Any]:
+    """One client's timed batch in a fresh process of its own (``bench/_batch_client.py``), against ``srv``:
+    nothing this process imported or allocated before (the CPU part's openai, dspy, LiteLLM) is in its heap."""
+    out = subprocess.run(
+        [sys.executable, str(BATCH_CLIENT), client, srv.base_url, str(srv.proc.pid), str(n_docs), str(workers),
+         *extra],
+        capture_output=True, text=True, timeout=600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{client} batch failed: {' | '.join(out.stderr.strip().splitlines()[-3:])}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def bench_batch(n_docs: int = 200, workers: int = 32, latency: float = 0.1, sync: bool = True,
                 peers: bool = True) -> None:
-    from dspydantic import Prompter
-
+    """Each client (ours sync, ours async, every peer) runs its batch in a fresh process of its own against
+    the same fake server process (0.1.6 gets one answering in DSPy's ChatAdapter format)."""
     srv = Server(latency)
     try:
-        # max_connections (default 100) bounds the connections in flight: as many as workers here
-        try:
-            p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k",
-                         max_connections=max(100, workers))
-        except TypeError:  # an older dspydantic (PYTHONPATH pointing at it, for comparison): no such option
-            p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k")
         ideal = math.ceil(n_docs / workers) * latency
-        docs = [f"doc {i}" for i in range(n_docs)]
         line = f"batch {n_docs} docs x {latency * 1e3:.0f} ms, {workers}-way: ideal {ideal:.2f} s  "
         if sync:
-            p.predict_batch(docs[:workers], max_workers=workers)  # warm connections
-            t = time.perf_counter()
-            p.predict_batch(docs, max_workers=workers)
-            sync_s = time.perf_counter() - t
+            sync_s = run_batch_client("ours-sync", srv, n_docs, workers)["seconds"]
             line += f"sync {sync_s:.2f} s (fraction of ideal {ideal / sync_s:.2f})  "
-
-        async def run() -> tuple[float, float, float]:
-            await p.apredict_batch(docs[:workers], max_workers=workers)
-            t0, cpu0, srv0 = time.perf_counter(), time.process_time(), srv.cpu_seconds()
-            await p.apredict_batch(docs, max_workers=workers)
-            return time.perf_counter() - t0, time.process_time() - cpu0, srv.cpu_seconds() - srv0
-
-        async_s, client_cpu, server_cpu = asyncio.run(run())
-        # where the CPU went, per request: the client (this process) and the fake server (its own process)
+        got = run_batch_client("ours-async", srv, n_docs, workers)
+        async_s = got["seconds"]
+        # where the CPU went, per request: the client (its process) and the fake server (its own process)
         print(line + f"async {async_s:.2f} s (fraction {ideal / async_s:.2f}; CPU per request: client "
-              f"{client_cpu / n_docs * 1e3:.3f} ms, server {server_cpu / n_docs * 1e3:.3f} ms)", flush=True)
+              f"{got['client_cpu'] / n_docs * 1e3:.3f} ms, server {got['server_cpu'] / n_docs * 1e3:.3f} ms)",
+              flush=True)
         if not peers:
             return
         label = f"batch {n_docs} x {workers}-way"
-        try:
+        if importlib.util.find_spec("openai") is None:  # not imported here: the batch's own process does
+            print(f"{label}  AsyncOpenAI: openai not installed, skipped")
+        else:
+            from dspydantic import Prompter
             from dspydantic.lm import LMRequest
 
+            p = Prompter(Invoice, "openai/fake", api_base=srv.base_url, api_key="k")
             r = p.renderer
-            body = p.backend.body(  # type: ignore[attr-defined]
+            body = p.backend.body(  # type: ignore[attr-defined]  # our request body, sent by the SDK too
                 LMRequest(messages=r.messages("doc"), json_schema=r.schema, schema_name=r.schema_name)
             )
-            sdk_s, failed, first = asyncopenai_batch(srv.base_url, body, n_docs, workers)
-            target = "  (target >= 5x)" if workers >= 256 else ""
-            failures = f"; {failed} of {n_docs} failed, first: {first}" if failed else ""
-            print(f"{label}  AsyncOpenAI + asyncio.gather {sdk_s:.2f} s (fraction {ideal / sdk_s:.2f}{failures})  "
-                  f"ours is {sdk_s / async_s:.1f}x faster{target}", flush=True)
-        except ImportError:
-            print(f"{label}  AsyncOpenAI: openai not installed, skipped")
+            try:
+                got = run_batch_client("asyncopenai", srv, n_docs, workers, json.dumps(body))
+                sdk_s, failed = got["seconds"], got["failed"]
+                target = "  (target >= 5x)" if workers >= 256 else ""
+                failures = f"; {failed} of {n_docs} failed, first: {got['first_error']}" if failed else ""
+                print(f"{label}  AsyncOpenAI + asyncio.gather {sdk_s:.2f} s (fraction {ideal / sdk_s:.2f}"
+                      f"{failures})  ours is {sdk_s / async_s:.1f}x faster{target}", flush=True)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                print(f"{label}  AsyncOpenAI: failed ({exc})", flush=True)
         for peer in _peers.PEERS:
             python, why = _peers.peer_python(peer)
             if python is None:
