@@ -854,3 +854,37 @@ def test_compare_original_false_compares_with_the_fair_baseline_only(srv: FakeLL
                         compare_original=False)
     assert result.original_score is None and result.accepted is True
     assert len(p.state.demos) == 2 and result.requests == 2 * 8
+
+
+# --------------------------------------------------------------------------------------------------
+# hard_demos: the training examples the prompts get wrong become the demos
+# --------------------------------------------------------------------------------------------------
+
+
+def test_hard_demos_are_the_training_examples_the_prompts_get_wrong(srv: FakeLLMServer) -> None:
+    # record 05 (training) and records 09/10 (validation) come back without their age unless a demo shows a
+    # record with its age written out: only record 05's labelled answer in the prompt teaches that
+    def taught(body: dict[str, Any]) -> bool:
+        demos = [message_text(m.get("content")) for m in body.get("messages", [])[1:-1]]
+        return any("Record 05:" in d for d in demos)
+
+    srv.set_responder(person_responder(lambda i, body: i in (5, 9, 10) and not taught(body)))
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    phases = PhaseLog(srv)
+    result = p.optimize(PERSON_EXAMPLES[:8], valset=PERSON_EXAMPLES[8:12], optimizer="hard_demos",
+                        max_labeled_demos=1, on_progress=phases)
+
+    by_phase = phases.phases()
+    assert result.optimizer == "hard_demos" and result.demo_budget == 1
+    # the stage ran the original prompts (no demos) once over the training split, and nothing else
+    stage = by_phase["hard_demos"]
+    assert sorted(r.last_user_text[:9] for r in stage) == sorted(e.text[:9] for e in PERSON_EXAMPLES[:8])
+    assert all(n_demos(r) == 0 for r in stage)
+    # the one demo is the example it got wrong, with its label; the baseline's is the first training example
+    assert [str(d.input)[:10] for d in result.candidate_state.demos] == ["Record 05:"]
+    assert result.candidate_state.demos[0].output == {"name": "Person05", "age": 25}
+    assert "Record 05:" not in str(result.baseline_state.demos[0].input)  # (seed 0's shuffle)
+    # it teaches what the baseline's demo does not: accepted on validation, 1.0 against 0.75
+    assert (result.baseline_score, result.candidate_score) == (0.75, 1.0)
+    assert result.accepted is True and p.state == result.candidate_state
+    assert "the prompts got 1 of 8 training example(s) wrong" in result.message

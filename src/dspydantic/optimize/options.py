@@ -44,7 +44,8 @@ class OptimizeOptions:
       ``expected_output=None`` are scored by an LLM judge.
     * ``optimizer``: ``"auto"`` (picked from the training-split size; the choice and why are in
       ``result.optimizer`` / ``result.optimizer_reason``), ``"gepa"`` (field descriptions and system /
-      instruction prompts), ``"bootstrap"``, ``"random_search"``, ``"miprov2"`` (needs optuna), ``"copro"``,
+      instruction prompts), ``"bootstrap"``, ``"hard_demos"`` (the labelled training examples the current
+      prompts get most wrong, as plain demos), ``"random_search"``, ``"miprov2"`` (needs optuna), ``"copro"``,
       ``"simba"`` (needs numpy), a list of those run in order (``"gepa+bootstrap"`` works too), or a DSPy
       teleprompter instance (our metric replaces its metric).
     * ``train_split``: fraction of the examples for training, the rest is the validation split;

@@ -89,7 +89,25 @@ class Run:
         self.progress.emit({"event": "stage", "stage": stage.name if stage.name != "custom" else self.plan.name})
         if stage.name == "gepa":
             return self._gepa(stage, state)
+        if stage.name == "hard_demos":
+            return self._hard_demos(stage, state)
         return self._dspy(stage, state)
+
+    def _hard_demos(self, stage: Stage, state: PromptState) -> PromptState:
+        """The current prompts run on the training split; the examples they score lowest (ties: in split
+        order) become plain labelled demos, up to the stage's demo budget. Where a small model already gets an
+        example right, its demo teaches little; where it errs, the labelled answer shows what it missed."""
+        from .split import plain_demos
+
+        clone = budgeted_prompter(self.prompter, state, self.gateway)
+        outcomes = score_examples(clone, self.split.train, self.scorer, num_threads=self.opts.num_threads)
+        hardest = sorted(outcomes, key=lambda o: (o.score.score, o.index))
+        wrong = sum(1 for o in outcomes if o.score.score < 1.0)
+        self.notes.append(
+            f"hard_demos: the prompts got {wrong} of {len(outcomes)} training example(s) wrong; "
+            f"demos from the {min(stage.demo_budget, len(outcomes))} lowest-scored"
+        )
+        return plain_demos(self.prompter, state, [o.example for o in hardest], stage.demo_budget)  # as the baseline
 
     def best_so_far(self, stage: Stage, state: PromptState) -> tuple[PromptState, str]:
         """After a spent budget: the best the interrupted stage had fully scored (or its input), and what

@@ -65,6 +65,8 @@ def _eval_kwargs(env: Env, given: Mapping[str, Any]) -> dict[str, Any]:
 #: canonical optimizer name -> how it runs
 STAGES: dict[str, StageSpec] = {
     "gepa": StageSpec(None, 1),
+    # ours, no DSPy: the labelled training examples the current prompts get most wrong become the demos
+    "hard_demos": StageSpec(None, 1, options=lambda o: {"max_labeled_demos": o.max_labeled_demos}),
     "bootstrap": StageSpec("BootstrapFewShot", 1, options=_demos, init=lambda env: {"max_rounds": 1}),
     "random_search": StageSpec(
         "BootstrapFewShotWithRandomSearch", 2, options=_demos,
@@ -98,6 +100,8 @@ ALIASES = {
     "bootstrap_random_search": "random_search",
     "mipro": "miprov2",
     "mipro_v2": "miprov2",
+    "hard": "hard_demos",
+    "harddemos": "hard_demos",
 }
 _DEMO_ATTRS = ("max_bootstrapped_demos", "max_labeled_demos", "max_demos")
 
@@ -229,6 +233,7 @@ def configure_stages(plan: Plan, n_train: int, opts: OptimizeOptions) -> None:
                 f"{what} needs the '{module}' package: pip install 'dspydantic[optimizers]' (or {module})"
             )
         if spec.dspy_class is None:
+            stage.demo_budget = max((int(v) for v in spec.options(opts).values()), default=0)
             continue
         cls = dspy_class(stage.name)
         init_p, compile_p = params(cls.__init__), params(cls.compile)
