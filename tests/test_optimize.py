@@ -463,7 +463,7 @@ def test_auto_says_what_it_picked(srv: FakeLLMServer) -> None:
     small = p.optimize(PERSON_EXAMPLES[:4], max_metric_calls=6)
     assert small.optimizer == "gepa" and small.optimizer_reason.startswith("auto:")
     larger = p.optimize(PERSON_EXAMPLES[:10])
-    assert larger.optimizer == "bootstrap" and "auto" in larger.optimizer_reason
+    assert larger.optimizer == "hard_demos" and "auto" in larger.optimizer_reason
 
 
 # --------------------------------------------------------------------------------------------------

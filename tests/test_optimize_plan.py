@@ -135,7 +135,7 @@ def test_an_unknown_keyword_names_the_accepted_ones() -> None:
 def test_too_few_training_examples_for_a_stage() -> None:
     with pytest.raises(ConfigurationError, match="at least 4 training"):
         configure_stages(plan_stages("miprov2", 3), 3, OptimizeOptions())
-    assert plan_stages("auto", 2).name == "gepa" and plan_stages("auto", 10).name == "bootstrap"
+    assert plan_stages("auto", 2).name == "gepa" and plan_stages("auto", 10).name == "hard_demos"
 
 
 # -- the evaluation report ---------------------------------------------------------------------------

@@ -170,7 +170,9 @@ def _auto(n_train: int) -> tuple[str, str]:
     if n_train < 4:
         return "gepa", f"{n_train} training example(s): too few for demos; GEPA rewrites descriptions and prompts"
     if n_train < 50:
-        return "bootstrap", f"{n_train} training examples (< 50): BootstrapFewShot demos"
+        return "hard_demos", (
+            f"{n_train} training examples (< 50): demos from the labelled examples the prompts get most wrong"
+        )
     have_optuna = has_module("optuna")
     if n_train < 200 or not have_optuna:
         why = "(< 200)" if n_train < 200 else "(optuna is not installed for MIPROv2)"
