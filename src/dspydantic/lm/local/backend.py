@@ -204,8 +204,11 @@ class LocalBackend:
                 grammar = None
             processors = None
             if recorder is not None or gate is not None:
-                # the recorder first: it must see the raw logits
-                processors = _llama.logits_processors([p for p in (recorder, gate) if p is not None])
+                # the gate first: where the grammar overrules the model's top token, the recorder sees the
+                # masked row and records the chosen token's probability among the tokens the grammar allows
+                # (a forced `"}` after the last key is not the model doubting that key's value); where the
+                # top token is allowed the row is the raw one, as without a grammar
+                processors = _llama.logits_processors([p for p in (gate, recorder) if p is not None])
             extra_stop = options.pop("stop", None)
             if extra_stop:
                 stop = stop + ([extra_stop] if isinstance(extra_stop, str) else list(extra_stop))

@@ -19,7 +19,9 @@ class LogprobRecorder:
     llama.cpp calls it with the raw logits of step k (before penalties, grammar and sampling) and the
     ids evaluated so far; the token chosen at step k is only known at step k+1, where it is the last
     input id. So each call scores the previous step's row at ``input_ids[-1]`` and keeps its own row.
-    The probabilities are those of the model's unconstrained distribution.
+    The probabilities are those of the model's distribution as the processors before it left it: the local
+    backend puts its lazy grammar gate first, which masks a row only where the grammar rejects the model's
+    top token (there the probability is among the allowed tokens; elsewhere the row is the raw one).
     """
 
     def __init__(self) -> None:
