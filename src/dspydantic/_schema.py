@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +267,27 @@ def numbers_as_text(schema: dict[str, Any]) -> dict[str, Any]:
     grammar changes: the prompt and the validation still use the model's schema. (A separate function for
     the grammar code of the local backend, which calls it.)"""
 
+    def number_node(out: dict[str, Any]) -> dict[str, Any]:
+        typ = out.get("type")
+        numeric = {"number", "integer"}
+        if typ in numeric and not {"enum", "const"} & out.keys():
+            kept = {k: v for k, v in out.items() if k in ("description", "title")}
+            return {**kept, "type": "string", "pattern": NUMBER_TEXT_PATTERN}
+        if isinstance(typ, list) and numeric & set(typ):
+            rest = {k: v for k, v in out.items() if k != "type"}
+            others = [t for t in typ if t not in numeric]
+            branches = [{"type": "string", "pattern": NUMBER_TEXT_PATTERN}, *({**rest, "type": t} for t in others)]
+            return {"anyOf": branches}
+        return out
+
+    return map_schema(schema, number_node)
+
+
+def map_schema(schema: dict[str, Any], change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """A copy of a JSON schema with ``change`` applied to every schema node, children first. Literal values
+    (``enum``, ``const``, ``default``, ``examples``) are not walked, and the names under ``properties`` /
+    ``$defs`` are names, not keywords. The one walker of the grammar transforms."""
+
     def walk(node: Any) -> Any:
         if isinstance(node, list):
             return [walk(x) for x in node]
@@ -280,17 +301,7 @@ def numbers_as_text(schema: dict[str, Any]) -> dict[str, Any]:
                 out[key] = {name: walk(sub) for name, sub in value.items()}
             else:
                 out[key] = walk(value)
-        typ = out.get("type")
-        numeric = {"number", "integer"}
-        if typ in numeric and not {"enum", "const"} & out.keys():
-            kept = {k: v for k, v in out.items() if k in ("description", "title")}
-            return {**kept, "type": "string", "pattern": NUMBER_TEXT_PATTERN}
-        if isinstance(typ, list) and numeric & set(typ):
-            rest = {k: v for k, v in out.items() if k != "type"}
-            others = [t for t in typ if t not in numeric]
-            branches = [{"type": "string", "pattern": NUMBER_TEXT_PATTERN}, *({**rest, "type": t} for t in others)]
-            return {"anyOf": branches}
-        return out
+        return change(out)
 
     result: dict[str, Any] = walk(schema)
     return result

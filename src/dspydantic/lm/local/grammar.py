@@ -11,6 +11,7 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from dspydantic._schema import map_schema
 from dspydantic.errors import ConfigurationError
 from dspydantic.lm.local import _llama
 
@@ -94,19 +95,7 @@ def every_key_written(schema: dict[str, Any]) -> dict[str, Any]:
             return True
         return any(nullable(branch) for key in ("anyOf", "oneOf") for branch in node.get(key) or ())
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if key in ("enum", "const", "default", "examples"):
-                out[key] = value
-            elif key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
-                out[key] = {name: walk(sub) for name, sub in value.items()}
-            else:
-                out[key] = walk(value)
+    def require_nullable(out: dict[str, Any]) -> dict[str, Any]:
         props = out.get("properties")
         if isinstance(props, dict) and props:
             required = list(out.get("required") or [])
@@ -115,8 +104,7 @@ def every_key_written(schema: dict[str, Any]) -> dict[str, Any]:
                 out["required"] = [name for name in props if name in required or name in extra]
         return out
 
-    result: dict[str, Any] = walk(schema)
-    return result
+    return map_schema(schema, require_nullable)
 
 
 def _strict_json_chars(gbnf: str) -> str:
