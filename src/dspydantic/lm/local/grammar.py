@@ -11,7 +11,6 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from dspydantic._schema import map_schema
 from dspydantic.errors import ConfigurationError
 from dspydantic.lm.local import _llama
 
@@ -84,6 +83,8 @@ def every_key_written(schema: dict[str, Any]) -> dict[str, Any]:
     stays a valid answer, so nothing the model's schema allows is forbidden. Properties that cannot be null
     (a default of another kind) stay optional: requiring them would make the model invent a value.
     """
+
+    from dspydantic._schema import map_schema  # the one schema walker (imported when used, as backend does)
 
     def nullable(node: Any) -> bool:
         if not isinstance(node, dict):
