@@ -538,3 +538,39 @@ def test_local_model_spans_logprobs_and_field_confidences() -> None:
     ))
     assert out.token_texts is not None and out.token_logprobs is not None
     assert "".join(out.token_texts) == out.text and len(out.token_texts) == len(out.token_logprobs)
+
+
+class _AbsentByDefault:
+    """A backend that asks for "absent is an answer" by default, as the embedded model does (delegates the rest)."""
+
+    absent_is_an_answer = True
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_a_backends_default_grounding_nulls_what_the_document_does_not_say(srv: FakeLLMServer, tmp_path: Path) -> None:
+    made_up = {**ANSWER, "note": "paid by card", "address": {"city": "Paris", "street": "Straße 5"}}
+    srv.set_responder(lambda body: made_up)
+    p = make(srv)
+    assert p.require_grounding is None and p.grounding is False  # an API model: no default grounding
+    assert p.run(DOC).note == "paid by card"
+    p.backend = _AbsentByDefault(p.backend)
+    assert p.grounding == ["address.city", "address.street", "note"]  # the optional free strings
+    out = p.run(DOC)
+    assert out.note is None and out.address is not None and out.address.city is None
+    assert out.address.street == "Straße 5" and out.vendor == "Müller & Söhne"  # found in DOC: kept
+    explicit = make(srv, require_grounding=False)
+    explicit.backend = _AbsentByDefault(explicit.backend)
+    assert explicit.grounding is False and explicit.run(DOC).note == "paid by card"  # an explicit choice wins
+    # saved: the default is not written (the loading backend's default applies); an explicit False is
+    p.save(tmp_path / "default")
+    explicit.save(tmp_path / "explicit")
+    kw = {"model": Invoice, "model_id": "openai/fake", "api_base": srv.base_url, "api_key": "k"}
+    assert Prompter.load(tmp_path / "default", **kw).require_grounding is None
+    assert Prompter.load(tmp_path / "explicit", **kw).require_grounding is False
+    make(srv, require_grounding=True).save(tmp_path / "all")  # True was refused by the settings' length bound
+    assert Prompter.load(tmp_path / "all", **kw).require_grounding is True

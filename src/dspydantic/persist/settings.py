@@ -7,7 +7,7 @@ constructor. Unknown keys are ignored (never passed on).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,7 +42,7 @@ class SavedSettings(BaseModel):
     retry_max_time: float | None = Field(None, gt=0.0, le=7 * _DAY)
     timeout: float | None = Field(None, gt=0.0, le=_DAY)
     logprobs: bool | None = None
-    require_grounding: bool | list[str] | None = Field(None, max_length=10_000)
+    require_grounding: bool | Annotated[list[str], Field(max_length=10_000)] | None = None
     confidence_samples: int | None = Field(None, ge=0, le=MAX_CONFIDENCE_SAMPLES)
     sample_temperature: float | None = Field(None, gt=0.0, le=2.0)
 
@@ -91,9 +91,9 @@ def prompter_settings(prompter: Prompter) -> dict[str, Any]:
     default_logprobs = bool(getattr(prompter.backend, "cheap_logprobs", False))
     if getattr(prompter, "logprobs", default_logprobs) != default_logprobs:  # an explicit choice
         out["logprobs"] = bool(prompter.logprobs)
-    require = getattr(prompter, "require_grounding", False)
-    if require:
-        out["require_grounding"] = True if require is True else sorted(str(p) for p in require)
+    require = getattr(prompter, "require_grounding", None)
+    if require is not None:  # an explicit choice (None: the backend's default, which the loading backend applies)
+        out["require_grounding"] = require if isinstance(require, bool) else sorted(str(p) for p in require)
     if getattr(prompter, "confidence_samples", 0):
         out["confidence_samples"] = int(prompter.confidence_samples)
     if getattr(prompter, "sample_temperature", DEFAULT_SAMPLE_TEMPERATURE) != DEFAULT_SAMPLE_TEMPERATURE:

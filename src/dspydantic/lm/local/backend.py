@@ -137,6 +137,9 @@ class LocalBackend:
     every_key: bool = True
     #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
     cheap_logprobs: ClassVar[bool] = True
+    #: Prompters on this backend null an optional free string value the document does not contain, unless
+    #: they set ``require_grounding`` (see ``Prompter.grounding``)
+    absent_is_an_answer: ClassVar[bool] = True
     cache_id: str = field(init=False)
     context_window: int | None = field(init=False)
     model_path: Path = field(init=False)
