@@ -888,3 +888,42 @@ def test_hard_demos_are_the_training_examples_the_prompts_get_wrong(srv: FakeLLM
     assert (result.baseline_score, result.candidate_score) == (0.75, 1.0)
     assert result.accepted is True and p.state == result.candidate_state
     assert "the prompts got 1 of 8 training example(s) wrong" in result.message
+
+
+def test_the_decision_reports_how_sure_it_is_and_can_ask_for_standard_errors(srv: FakeLLMServer) -> None:
+    def taught(body: dict[str, Any]) -> bool:
+        demos = [message_text(m.get("content")) for m in body.get("messages", [])[1:-1]]
+        return any("Record 05:" in d for d in demos)
+
+    srv.set_responder(person_responder(lambda i, body: i in (5, 9, 10) and not taught(body)))
+
+    def run(**kw: Any) -> Any:
+        p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+        return p.optimize(PERSON_EXAMPLES[:8], valset=PERSON_EXAMPLES[8:12], optimizer="hard_demos",
+                          max_labeled_demos=1, **kw)
+
+    result = run()
+    # validation records 09 and 10 move from 0.5 (age missing) to 1.0; 08 and 11 stay at 1.0
+    d = result.difference
+    assert (d.n, d.wins, d.losses) == (4, 2, 0)
+    assert d.mean == pytest.approx(result.candidate_score - result.baseline_score) == pytest.approx(0.25)
+    assert d.stderr == pytest.approx(math.sqrt(0.25 / 3) / 2)  # sample sd of (0, 0, .5, .5) over sqrt(4)
+    assert result.accepted is True
+    assert ("candidate - baseline +0.250 ± 0.144 (standard error) over 4 validation example(s): higher on 2, "
+            "lower on 0, equal on 2") in result.message
+    # 0.25 is 1.73 standard errors: asking for 2 keeps the original prompts, and says why
+    strict = run(min_standard_errors=2)
+    assert strict.accepted is False and strict.candidate_score == 1.0
+    assert "above the baseline 0.750 by less than 2 standard error(s) of the difference (0.289)" in strict.message
+    assert run(min_standard_errors=1.5).accepted is True
+    with pytest.raises(ConfigurationError, match="min_standard_errors"):
+        run(min_standard_errors=-1)
+
+
+def test_paired_difference_edge_cases() -> None:
+    from dspydantic.optimize.decision import paired
+
+    assert paired({0: 1.0}, {1: 1.0}) is None  # nothing scored by both
+    one = paired({0: 0.5, 1: 1.0}, {0: 1.0})
+    assert one is not None and (one.n, one.mean, one.stderr, one.wins) == (1, 0.5, None, 1)
+    assert "± " not in one.describe()

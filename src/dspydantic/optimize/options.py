@@ -67,7 +67,9 @@ class OptimizeOptions:
       ``gepa_val_size`` (it compares candidates on this many training examples; 32).
     * Demos: ``max_bootstrapped_demos`` / ``max_labeled_demos`` (4 each), SIMBA's ``max_demos`` (4),
       ``metric_threshold`` (the score a bootstrapped demo needs; 1.0).
-    * The decision: ``min_improvement`` (0), ``fallback`` (what the Prompter serves when the candidate does
+    * The decision: ``min_improvement`` (0), ``min_standard_errors`` (0: the candidate must also beat the
+      baseline by this many standard errors of their example-by-example difference; the result reports that
+      difference either way, ``result.difference``), ``fallback`` (what the Prompter serves when the candidate does
       not win: ``"original"`` -- its prompts as they were -- or ``"baseline"`` -- the baseline as scored, with
       the plain training demos it was given, if it scored above the original prompts), ``compare_original``
       (True: when the baseline has demos the original prompts lack, score the original prompts too, n_val
@@ -114,6 +116,7 @@ class OptimizeOptions:
     metric_threshold: float | None = None
     # -- the decision and what follows it ------------------------------------------------------------
     min_improvement: float = 0.0
+    min_standard_errors: float = 0.0
     fallback: str = "original"
     compare_original: bool = True
     calibrate: bool = True
@@ -158,8 +161,12 @@ class OptimizeOptions:
             _positive_int(name, getattr(self, name), zero=True)
         _number("reflection_temperature", self.reflection_temperature)
         _number("min_improvement", self.min_improvement)
+        _number("min_standard_errors", self.min_standard_errors)
+        if self.min_standard_errors < 0:
+            raise ConfigurationError(f"min_standard_errors must be >= 0, got {self.min_standard_errors!r}")
         _number("metric_threshold", self.metric_threshold, optional=True)
         put("min_improvement", float(self.min_improvement))
+        put("min_standard_errors", float(self.min_standard_errors))
         if self.auto is not None and self.auto not in GEPA_PRESETS:
             raise ConfigurationError(f"auto must be one of {sorted(GEPA_PRESETS)}, got {self.auto!r}")
         if self.fallback not in ("original", "baseline"):

@@ -74,6 +74,10 @@ class OptimizationResult:
     #: (a :class:`dspydantic.confidence.CalibrationReport`), and a line saying what was done
     calibration: Any = field(default=None, repr=False)
     calibration_note: str | None = None
+    #: the candidate against the baseline, validation example by example (a :class:`~dspydantic.optimize.
+    #: decision.Paired`: mean difference, its standard error, higher/lower counts); ``None`` when the candidate
+    #: was not scored or is the baseline or the original prompts themselves
+    difference: Any = field(default=None, repr=False)
 
     # -- the adopted prompts (dspydantic 0.1 names) --------------------------------------------------
     @property

@@ -42,7 +42,7 @@ from .._render import PromptState
 from .._schema import iter_field_paths
 from ..errors import ConfigurationError
 from ._quiet import quiet
-from .decision import Verdict, decide
+from .decision import Paired, Verdict, decide, paired
 from .gateway import Budget, BudgetExhausted
 from .options import OptimizeOptions
 from .progress import Progress
@@ -158,23 +158,29 @@ def optimize_prompter(
             budget.lift()
             s.candidate = _score_candidate(run, s)
         # -- 5. the decision (.decision) -------------------------------------------------------------------
+        fresh = s.candidate is not s.baseline and s.candidate is not s.as_it_was
+        difference = _difference(s.baseline, s.candidate) if fresh else None
         verdict = decide(
             _score(s.baseline),
             _score(s.candidate),
             original=_score(s.as_it_was),
-            fresh=s.candidate is not s.baseline and s.candidate is not s.as_it_was,
+            fresh=fresh,
             min_improvement=opts.min_improvement,
             fallback=opts.fallback,
             added=len(s.baseline_state.demos) - len(original.demos),
+            difference=difference,
+            min_standard_errors=opts.min_standard_errors,
         )
         adopted = original
         if verdict.accepted and s.candidate_state is not None:
             adopted = s.candidate_state
         elif verdict.serve_baseline:
             adopted = s.baseline_state
-        message = verdict.message + (". " + "; ".join(run.notes) if run.notes else "")
+        notes = ([difference.describe()] if difference is not None else []) + run.notes
+        message = verdict.message + (". " + "; ".join(notes) if notes else "")
         result = _result(prompter, opts, plan, split, len(items), s, verdict, adopted, message, budget, started,
                          descriptions_before)
+        result.difference = difference
         if opts.calibrate:
             _calibrate(prompter, result, adopted, [
                 (s.candidate_state, s.candidate), (s.baseline_state, s.baseline), (original, s.as_it_was),
@@ -189,6 +195,14 @@ def optimize_prompter(
 
 def _score(report: EvaluationReport | None) -> float | None:
     return report.score if report is not None else None
+
+
+def _difference(baseline: EvaluationReport | None, candidate: EvaluationReport | None) -> Paired | None:
+    """The candidate against the baseline, validation example by validation example."""
+    if baseline is None or candidate is None:
+        return None
+    return paired({o.index: o.score.score for o in baseline.outcomes},
+                  {o.index: o.score.score for o in candidate.outcomes})
 
 
 def _reserve(prompter: Prompter, split: Split, opts: OptimizeOptions, compare_original: bool) -> int:
