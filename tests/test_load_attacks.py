@@ -506,8 +506,13 @@ def test_150_loads_while_another_process_saves_the_same_directory(tmp_path: Path
             except Exception as exc:
                 return f"{type(exc).__name__}: {exc}"
 
+        # at least 150 loads, and more until both saved states were seen (the loads really overlapped the
+        # saves: on a busy machine the first 150 can all fall between two saves)
+        outcomes: list[str] = []
+        deadline = time.monotonic() + 60
         with ThreadPoolExecutor(4) as pool:
-            outcomes = list(pool.map(load, range(150)))
+            while len(outcomes) < 150 or ({"A", "B"} - set(outcomes) and time.monotonic() < deadline):
+                outcomes += pool.map(load, range(50))
     finally:
         stop.touch()
         out, err = saver.communicate(timeout=60)
@@ -515,7 +520,7 @@ def test_150_loads_while_another_process_saves_the_same_directory(tmp_path: Path
     assert failures == [], failures[:3]
     assert saver.returncode == 0, err
     assert int(out.split()[-1]) >= 2  # the saver really saved meanwhile
-    assert {"A", "B"} <= set(outcomes) or int(out.split()[-1]) < 4
+    assert {"A", "B"} <= set(outcomes)
 
 
 def test_saving_through_a_symlink_updates_its_target_and_keeps_the_link(srv: FakeLLMServer, tmp_path: Path) -> None:
