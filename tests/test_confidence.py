@@ -556,16 +556,16 @@ def test_a_backends_default_grounding_nulls_what_the_document_does_not_say(srv: 
     made_up = {**ANSWER, "note": "paid by card", "address": {"city": "Paris", "street": "Straße 5"}}
     srv.set_responder(lambda body: made_up)
     p = make(srv)
-    assert p.require_grounding is None and p.grounding is False  # an API model: no default grounding
+    assert p.require_grounding is None and p.grounded_fields is False  # an API model: no default grounding
     assert p.run(DOC).note == "paid by card"
     p.backend = _AbsentByDefault(p.backend)
-    assert p.grounding == ["address.city", "address.street", "note"]  # the optional free strings
+    assert p.grounded_fields == ["address.city", "address.street", "note"]  # the optional free strings
     out = p.run(DOC)
     assert out.note is None and out.address is not None and out.address.city is None
     assert out.address.street == "Straße 5" and out.vendor == "Müller & Söhne"  # found in DOC: kept
     explicit = make(srv, require_grounding=False)
     explicit.backend = _AbsentByDefault(explicit.backend)
-    assert explicit.grounding is False and explicit.run(DOC).note == "paid by card"  # an explicit choice wins
+    assert explicit.grounded_fields is False and explicit.run(DOC).note == "paid by card"  # an explicit choice wins
     # saved: the default is not written (the loading backend's default applies); an explicit False is
     p.save(tmp_path / "default")
     explicit.save(tmp_path / "explicit")

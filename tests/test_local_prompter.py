@@ -127,7 +127,7 @@ def test_absent_is_an_answer_by_default_on_the_local_model() -> None:
     made_up = Prompter(model=Weather, model_id="local", require_grounding=False).run(text)
     assert made_up.country is not None and made_up.country not in text  # invented without the check
     default = Prompter(model=Weather, model_id="local")
-    assert default.grounding == ["city", "condition_temperature", "country", "state", "timeRange"]
+    assert default.grounded_fields == ["city", "condition_temperature", "country", "state", "timeRange"]
     out = default.run(text)
     assert out.city == "Tenino"
     assert out.country is None and out.state is None and out.timeRange is None

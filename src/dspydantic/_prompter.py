@@ -120,7 +120,7 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
         self.model_id = model_id
         self._base_schema = model_schema(self.model)
         #: True (every free string field), a set of field paths, False, or None: the backend's default (the
-        #: embedded model: "absent is an answer", see :attr:`grounding`); see :mod:`dspydantic.confidence`
+        #: embedded model: "absent is an answer", see :attr:`grounded_fields`); see :mod:`dspydantic.confidence`
         self.require_grounding = require_grounding
         self._answer_check: AnswerCheck | None = None
         if require_grounding is not None:
@@ -240,11 +240,13 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
         """Grounding and per-field confidence of answers for this prompter's schema."""
         check = self._answer_check
         if check is None:
-            check = self._answer_check = AnswerCheck(self._base_schema, self.grounding, grounding=not self.free_text)
+            check = self._answer_check = AnswerCheck(
+                self._base_schema, self.grounded_fields, grounding=not self.free_text
+            )
         return check
 
     @property
-    def grounding(self) -> bool | Iterable[str]:
+    def grounded_fields(self) -> bool | Iterable[str]:
         """The fields whose values must be found in the document: ``require_grounding`` when given, else the
         backend's default. Backends with ``absent_is_an_answer`` (the embedded model) null an optional free
         string value the document does not contain (:func:`dspydantic.confidence.absent_fields`): a small

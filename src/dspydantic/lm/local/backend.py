@@ -138,7 +138,7 @@ class LocalBackend:
     #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
     cheap_logprobs: ClassVar[bool] = True
     #: Prompters on this backend null an optional free string value the document does not contain, unless
-    #: they set ``require_grounding`` (see ``Prompter.grounding``)
+    #: they set ``require_grounding`` (see ``Prompter.grounded_fields``)
     absent_is_an_answer: ClassVar[bool] = True
     cache_id: str = field(init=False)
     context_window: int | None = field(init=False)
