@@ -927,3 +927,10 @@ def test_paired_difference_edge_cases() -> None:
     one = paired({0: 0.5, 1: 1.0}, {0: 1.0})
     assert one is not None and (one.n, one.mean, one.stderr, one.wins) == (1, 0.5, None, 1)
     assert "± " not in one.describe()
+    # one validation example has no standard error: the gate asks nothing more than min_improvement then
+    from dspydantic.optimize.decision import decide
+
+    assert decide(0.5, 1.0, difference=one, min_standard_errors=3).accepted is True
+    two = paired({0: 0.5, 1: 0.5}, {0: 1.0, 1: 0.5})
+    assert two is not None and two.stderr == pytest.approx(0.25)
+    assert decide(0.5, 0.75, difference=two, min_standard_errors=1).accepted is False
