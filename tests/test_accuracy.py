@@ -189,6 +189,9 @@ def test_absent_fields_turns_values_the_document_lacks_into_null_and_survives_sa
     from dspydantic.confidence import absent_fields
 
     assert absent_fields(Slots) == ["city", "country"]  # nullable free strings only, never the required vendor
+    from dspydantic._schema import model_schema
+
+    assert absent_fields(model_schema(Slots)) == ["city", "country"]  # the schema a Prompter checks against
     srv.respond_by_substring({"Paris": {"city": "paris", "country": "Atlantis", "vendor": "Nowhere Inc"}})
     p = Prompter(Slots, model_id="openai/fake", api_base=srv.base_url, api_key="k", cache=False,
                  require_grounding=absent_fields(Slots))

@@ -258,7 +258,7 @@ class Prompter(LegacyPrompterAPI, Generic[T]):
             return False
         from .confidence import absent_fields
 
-        return absent_fields(self.model)
+        return absent_fields(self._base_schema)  # the schema answers are checked against (a loaded one too)
 
     @property
     def system_prompt(self) -> str | None:

@@ -106,11 +106,12 @@ def field_plan(schema: dict[str, Any], require: bool | Iterable[str] | None = No
 def absent_fields(model: Any) -> list[str]:
     """The paths of ``model``'s free string fields that allow null: pass them as ``require_grounding`` and a
     value the document does not contain (exact, normalized or fuzzy, see :mod:`.grounding`) becomes null
-    there ("absent is an answer"; on the embedded model it lifts SNIPS weather zero-shot from 0.107 to 0.589,
-    docs/benchmarks.md). A list of paths, so a saved prompter keeps it."""
+    there ("absent is an answer"; on the embedded model it lifts SNIPS weather zero-shot from 0.104 to 0.585,
+    docs/benchmarks.md). ``model``: a Pydantic model class, or its inlined JSON schema (what a Prompter
+    checks answers against). A list of paths, so a saved prompter keeps it."""
     from .._schema import model_schema
 
-    plan = field_plan(model_schema(model))
+    plan = field_plan(model if isinstance(model, dict) else model_schema(model))
     return sorted(plan.groundable & plan.nullable)
 
 
