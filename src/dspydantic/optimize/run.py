@@ -179,8 +179,7 @@ def optimize_prompter(
         notes = ([difference.describe()] if difference is not None else []) + run.notes
         message = verdict.message + (". " + "; ".join(notes) if notes else "")
         result = _result(prompter, opts, plan, split, len(items), s, verdict, adopted, message, budget, started,
-                         descriptions_before)
-        result.difference = difference
+                         descriptions_before, difference)
         if opts.calibrate:
             _calibrate(prompter, result, adopted, [
                 (s.candidate_state, s.candidate), (s.baseline_state, s.baseline), (original, s.as_it_was),
@@ -252,6 +251,7 @@ def _result(
     budget: Budget,
     started: float,
     descriptions_before: Mapping[str, str],
+    difference: Paired | None,
 ) -> OptimizationResult:
     snap = budget.snapshot()
     baseline, candidate, as_it_was = s.baseline, s.candidate, s.as_it_was
@@ -288,6 +288,7 @@ def _result(
         baseline_report=baseline,
         candidate_report=candidate,
         original_report=as_it_was,
+        difference=difference,
     )
 
 
