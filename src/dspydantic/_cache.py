@@ -53,6 +53,7 @@ def response_to_json(resp: LMResponse) -> dict[str, Any]:
         "finish_reason": resp.finish_reason,
         "token_logprobs": resp.token_logprobs,
         "token_texts": resp.token_texts,
+        **({"choice_logprobs": resp.choice_logprobs} if resp.choice_logprobs else {}),
     }
 
 
@@ -68,6 +69,7 @@ def response_from_json(data: Any) -> LMResponse | None:
             finish_reason=data.get("finish_reason"),
             token_logprobs=data.get("token_logprobs"),
             token_texts=_token_texts(data.get("token_texts"), data.get("token_logprobs")),
+            choice_logprobs=_choice_logprobs(data.get("choice_logprobs")),
             cached=True,
         )
     except (TypeError, ValueError):
@@ -82,6 +84,14 @@ def _token_texts(texts: Any, logprobs: Any) -> list[str] | None:
         and all(isinstance(t, str) for t in texts)
     )
     return texts if ok else None
+
+
+def _choice_logprobs(raw: Any) -> dict[str, dict[str, float]] | None:
+    """Cached choice log-probabilities when they have their shape (path -> value -> number), else ``None``."""
+    if not isinstance(raw, dict):
+        return None
+    ok = all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in raw.values())
+    return {str(k): {str(a): float(b) for a, b in v.items()} for k, v in raw.items()} if ok else None
 
 
 def cache_failed(where: str, exc: BaseException) -> None:

@@ -48,6 +48,7 @@ def prompter_fingerprint(prompter: Prompter) -> str:
         "instruction": state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT,
         "field_descriptions": dict(prompter.field_descriptions),
         "demos": [d.to_json() for d in state.demos],
+        **({"choice_bias": {k: dict(v) for k, v in state.choice_bias.items()}} if state.choice_bias else {}),
         "settings": prompter.settings.fingerprint,
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)

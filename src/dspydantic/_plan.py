@@ -143,9 +143,14 @@ def build_request(
 ) -> LMRequest:
     """The extraction request for rendered ``messages`` (the optimizer's student sends exactly this too,
     so candidates are scored, and cached, as inference would send them)."""
+    schema = renderer.schema
+    if renderer.state.choice_bias and not getattr(p.backend, "choice_bias", False):
+        from ._choices import strip_choice_bias  # only a backend that decodes with logits can apply them
+
+        schema = strip_choice_bias(schema)
     return LMRequest(
         messages=messages,
-        json_schema=renderer.schema,
+        json_schema=schema,
         schema_name=renderer.schema_name,
         settings=settings if settings is not None else p.settings,
         logprobs=p.logprobs,

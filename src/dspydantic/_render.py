@@ -62,6 +62,9 @@ class PromptState:
     instruction_prompt: str | None = None
     field_descriptions: Mapping[str, str] = field(default_factory=dict)
     demos: tuple[Demo, ...] = ()
+    #: choice field path -> JSON value -> additive logit bias at the value's first token (fitted by
+    #: ``optimize()`` on backends that decode with logits, see :mod:`dspydantic._choices`)
+    choice_bias: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> PromptState:
         if "demos" in changes:
@@ -104,6 +107,10 @@ class Renderer:
         self.descriptions = {**default_descriptions(self.base_schema), **dict(state.field_descriptions)}
         #: the schema sent as structured-output constraint (carries the current field descriptions)
         self.schema = apply_descriptions(self.base_schema, self.descriptions)
+        if state.choice_bias:
+            from ._choices import apply_choice_bias
+
+            self.schema = apply_choice_bias(self.schema, state.choice_bias)
         self.schema_name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
         self._system = state.system_prompt or DEFAULT_SYSTEM_PROMPT
         self._instruction = state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT

@@ -77,6 +77,9 @@ class LMResponse:
     #: the text of each generated token (same length as ``token_logprobs``; their concatenation spells
     #: ``text`` where the backend knows the exact pieces): aligns the probabilities to the answer's fields
     token_texts: list[str] | None = None
+    #: where the model decided each choice field (enum, boolean): field path -> JSON value -> its natural-log
+    #: probability there, when the backend decodes with logits (the local one; see :mod:`dspydantic._choices`)
+    choice_logprobs: dict[str, dict[str, float]] | None = None
     #: response headers of the HTTP call (lower-cased names), when there was one
     headers: dict[str, str] = field(default_factory=dict)
     #: served by the cache layer (no LM call was made)

@@ -93,6 +93,8 @@ def state_to_json(
         "instruction_prompt": state.instruction_prompt,
         "field_descriptions": {str(k): str(v) for k, v in dict(state.field_descriptions).items()},
         "demos": [_demo_to_json(d, images, f"{what} demo {i + 1}") for i, d in enumerate(state.demos)],
+        **({"choice_bias": {str(k): {str(v): float(b) for v, b in dict(values).items()}
+                            for k, values in dict(state.choice_bias).items()}} if state.choice_bias else {}),
     }
 
 
@@ -154,4 +156,25 @@ def state_from_json(data: Any, files: Mapping[str, bytes] | None = None) -> Prom
         instruction_prompt=text("instruction_prompt"),
         field_descriptions={str(k): v for k, v in descriptions.items()},
         demos=tuple(_demo_from_json(raw, files) for raw in demos_raw),
+        choice_bias=_choice_bias_from_json(data.get("choice_bias")),
     )
+
+
+def _choice_bias_from_json(raw: Any) -> dict[str, dict[str, float]]:
+    """A saved ``choice_bias``: field path -> JSON value -> a finite bias of at most
+    :data:`dspydantic._choices.MAX_BIAS` in size (a hostile file cannot make a choice certain)."""
+    from .._choices import MAX_BIAS
+
+    if raw is None:
+        return {}
+    _expect(isinstance(raw, dict) and len(raw) <= 1000, "choice_bias is not an object of at most 1000 fields")
+    out: dict[str, dict[str, float]] = {}
+    for path, values in raw.items():
+        _expect(isinstance(values, dict) and len(values) <= 1000, f"choice_bias[{path!r}] is not an object")
+        biases: dict[str, float] = {}
+        for value, bias in values.items():
+            ok = isinstance(bias, (int, float)) and not isinstance(bias, bool) and abs(float(bias)) <= MAX_BIAS
+            _expect(ok, f"choice_bias[{path!r}][{value!r}] is not a number within ±{MAX_BIAS}")
+            biases[str(value)] = float(bias)
+        out[str(path)] = biases
+    return out

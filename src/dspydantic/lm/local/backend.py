@@ -19,6 +19,7 @@ from dspydantic.errors import ConfigurationError, LMError
 from dspydantic.lm._assemble import DEFAULT_MODEL, extra_for, fingerprint, resolve_model_file
 from dspydantic.lm._base import LMRequest, LMResponse
 from dspydantic.lm.local import _llama
+from dspydantic.lm.local.choices import ChoiceGuide
 from dspydantic.lm.local.grammar import LazyGrammar, bound_string_lengths, every_key_written
 from dspydantic.lm.local.logprobs import LogprobRecorder
 from dspydantic.lm.local.model import (
@@ -137,6 +138,9 @@ class LocalBackend:
     every_key: bool = True
     #: token log-probabilities cost nothing extra here: Prompters ask for them by default (confidence)
     cheap_logprobs: ClassVar[bool] = True
+    #: the fitted choice biases of a prompt state (``PromptState.choice_bias``) are applied where the model
+    #: decides a choice field (see :mod:`dspydantic._choices`); other backends never get them
+    choice_bias: ClassVar[bool] = True
     #: Prompters on this backend null an optional free string value the document does not contain, unless
     #: they set ``require_grounding`` (see ``Prompter.grounded_fields``)
     absent_is_an_answer: ClassVar[bool] = True
@@ -166,8 +170,16 @@ class LocalBackend:
         check_not_forked()
         shared = self._model()
         schema = None
-        if request.json_schema is not None:
-            schema = bound_string_lengths(request.json_schema, self.string_max_length)
+        answer_schema = request.json_schema
+        choices: dict[str, list[Any]] = {}
+        biases: dict[str, dict[str, float]] = {}
+        if answer_schema is not None:
+            from dspydantic._choices import choice_biases, choice_fields, strip_choice_bias
+
+            biases = choice_biases(answer_schema)
+            answer_schema = strip_choice_bias(answer_schema)  # the grammar and the parsers see the plain schema
+            choices = choice_fields(answer_schema)
+            schema = bound_string_lengths(answer_schema, self.string_max_length)
             if self.every_key:  # the model answers each optional key instead of skipping it
                 schema = every_key_written(schema)
             if self.numbers_as_text:  # "1.200,50" as written, read by the answer's parser
@@ -178,7 +190,7 @@ class LocalBackend:
                 from dspydantic._dates import dates_as_text
 
                 schema = dates_as_text(schema)
-                messages = _demo_dates_as_written(messages, request.json_schema)
+                messages = _demo_dates_as_written(messages, answer_schema)
         settings = request.settings
         self.check_settings(settings)
         options: dict[str, Any] = dict(settings.extra_body or {})
@@ -205,13 +217,20 @@ class LocalBackend:
             if grammar is not None and temperature == 0.0 and repeat_penalty == 1.0 and self.lazy_grammar:
                 gate = LazyGrammar(shared.llama, grammar)
                 grammar = None
+            guide = None
+            if choices:  # the choice fields' decisions: recorded, and the fitted biases added there
+                from dspydantic._schema import walk_fields
+
+                known = frozenset(path for path, _, _ in walk_fields(answer_schema or {}))
+                guide = ChoiceGuide(shared.llama, len(tokens), choices, biases, known)
             processors = None
-            if recorder is not None or gate is not None:
+            if recorder is not None or gate is not None or guide is not None:
                 # the gate first: where the grammar overrules the model's top token, the recorder sees the
                 # masked row and records the chosen token's probability among the tokens the grammar allows
                 # (a forced `"}` after the last key is not the model doubting that key's value); where the
                 # top token is allowed the row is the raw one, as without a grammar
-                processors = _llama.logits_processors([p for p in (gate, recorder) if p is not None])
+                # (the choice biases before both: the gate checks, and the recorder sees, the biased row)
+                processors = _llama.logits_processors([p for p in (guide, gate, recorder) if p is not None])
             extra_stop = options.pop("stop", None)
             if extra_stop:
                 stop = stop + ([extra_stop] if isinstance(extra_stop, str) else list(extra_stop))
@@ -251,14 +270,14 @@ class LocalBackend:
                     tail = self._tail_token(shared, recorder, text)
                 logprobs = recorder.finish(completion_tokens, tail)
                 texts = recorder.texts(shared.llama, len(logprobs))
-        if self.numbers_as_text and request.json_schema is not None and choice.get("finish_reason") != "length":
+        if self.numbers_as_text and answer_schema is not None and choice.get("finish_reason") != "length":
             from dspydantic._schema import numbers_from_text
 
-            text = numbers_from_text(text, request.json_schema)  # back to the JSON numbers the schema asks for
-        if self.dates_as_text and request.json_schema is not None and choice.get("finish_reason") != "length":
+            text = numbers_from_text(text, answer_schema)  # back to the JSON numbers the schema asks for
+        if self.dates_as_text and answer_schema is not None and choice.get("finish_reason") != "length":
             from dspydantic._dates import dates_from_text
 
-            text = dates_from_text(text, request.json_schema)  # back to the ISO dates the schema asks for
+            text = dates_from_text(text, answer_schema)  # back to the ISO dates the schema asks for
         return LMResponse(
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
@@ -266,6 +285,7 @@ class LocalBackend:
             finish_reason=choice.get("finish_reason"),
             token_logprobs=logprobs,
             token_texts=texts,
+            choice_logprobs=(guide.logprobs or None) if guide is not None else None,
         )
 
     @staticmethod
