@@ -131,3 +131,37 @@ def test_absent_is_an_answer_by_default_on_the_local_model() -> None:
     out = default.run(text)
     assert out.city == "Tenino"
     assert out.country is None and out.state is None and out.timeRange is None
+
+
+def test_choice_biases_on_the_local_model(tmp_path: Path) -> None:
+    """The local backend records each choice field's decision and applies the biases a state carries there;
+    they survive save/load (dspydantic._choices; optimize() fits them, tests/test_choice_bias.py)."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from dspydantic._plan import build_request
+
+    class Request(BaseModel):
+        urgency: Literal["low", "medium", "high"]
+        billing: bool = False
+
+    text = "Hello, could you send me a copy of last month's cleaning schedule when you have a moment? Thanks."
+    plain = Prompter(model=Request, model_id="local")
+    response = plain._lm.complete(build_request(plain, plain.renderer, plain.renderer.messages(text)))
+    decided = response.choice_logprobs or {}
+    assert set(decided) == {"urgency", "billing"}
+    assert set(decided["urgency"]) == {'"low"', '"medium"', '"high"'} and set(decided["billing"]) == {"true", "false"}
+    assert all(-30 < lp <= 0 for values in decided.values() for lp in values.values())
+    first = plain.run(text)
+    # a bias large enough for the value the model liked least, and for the boolean it did not choose
+    least = min(decided["urgency"], key=lambda k: decided["urgency"][k])
+    other = "false" if first.billing else "true"
+    biased = Prompter(model=Request, model_id="local")
+    biased.state = biased.state.replace(choice_bias={"urgency": {least: 10.0}, "billing": {other: 10.0}})
+    out = biased.run(text)
+    assert f'"{out.urgency}"' == least and out.billing is (other == "true")
+    biased.save(tmp_path / "p")
+    loaded = Prompter.load(tmp_path / "p", model=Request, model_id="local")
+    assert loaded.state.choice_bias == biased.state.choice_bias
+    assert loaded.run(text) == out

@@ -890,6 +890,20 @@ def test_hard_demos_are_the_training_examples_the_prompts_get_wrong(srv: FakeLLM
     assert "the prompts got 1 of 8 training example(s) wrong" in result.message
 
 
+def test_hard_demos_adds_no_demos_where_plain_demos_made_the_original_prompts_worse(srv: FakeLLMServer) -> None:
+    srv.set_responder(person_responder(_more_demos_hurt))  # any demo loses some ages; none are lost without
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    phases = PhaseLog(srv)
+    result = p.optimize(PERSON_EXAMPLES[:8], valset=PERSON_EXAMPLES[8:12], optimizer="hard_demos",
+                        on_progress=phases)
+    assert result.original_score == 1.0 and result.baseline_score is not None and result.baseline_score < 1.0
+    assert result.candidate_state.demos == ()
+    assert "hard_demos: no demos, the baseline's plain demos scored below the original prompts" in result.message
+    assert phases.phases().get("hard_demos", []) == []  # no pass over the training split either
+    # the candidate is the original prompts: nothing to adopt, the original prompts are kept
+    assert result.accepted is False and p.state.demos == ()
+
+
 def test_the_decision_reports_how_sure_it_is_and_can_ask_for_standard_errors(srv: FakeLLMServer) -> None:
     def taught(body: dict[str, Any]) -> bool:
         demos = [message_text(m.get("content")) for m in body.get("messages", [])[1:-1]]

@@ -75,6 +75,9 @@ class OptimizeOptions:
       (True: when the baseline has demos the original prompts lack, score the original prompts too, n_val
       more requests, and adopt a candidate only if it beats both; demos can hurt a small model),
       ``calibrate`` (True: fit the field-confidence calibrator on the validation outcomes).
+    * ``choice_bias`` (True): on a backend that decodes with logits (the local model), the candidate also gets
+      per-value biases for its enum and boolean fields, fitted on the training answers
+      (:mod:`dspydantic.optimize.calibrate`; one more pass over the training split); other backends skip it.
 
     Keywords that are none of these fields are the chosen DSPy teleprompter's constructor or ``compile()``
     arguments (``teleprompter_kwargs``; they are matched to it when the stages are planned)."""
@@ -120,6 +123,7 @@ class OptimizeOptions:
     fallback: str = "original"
     compare_original: bool = True
     calibrate: bool = True
+    choice_bias: bool = True
     #: every other keyword: the DSPy teleprompter's constructor or ``compile()`` arguments
     teleprompter_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -185,7 +189,7 @@ class OptimizeOptions:
                 )
             put("optimize_prompts", names)
         for name in ("sequential", "parallel_fields", "optimize_descriptions", "compare_original", "calibrate",
-                     "verbose"):
+                     "choice_bias", "verbose"):
             put(name, bool(getattr(self, name)))
         for name in ("include_fields", "exclude_fields"):
             value = getattr(self, name)

@@ -138,6 +138,8 @@ def optimize_prompter(
             s.baseline = run.score(s.baseline_state, "baseline")
             if compare_original:
                 s.as_it_was = run.score(original, "original")
+                # plain demos made the original prompts worse: hard_demos builds its candidate without demos
+                run.demos_hurt = s.as_it_was.score > s.baseline.score
         except BudgetExhausted:
             pass
         if s.baseline is not None:

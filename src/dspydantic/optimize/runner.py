@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._choices import choice_fields
 from .._render import PromptState, template_placeholders
 from ._quiet import MARK as QUIET_MARK
 from .bridge import CandidateLedger, CandidateRejected
+from .calibrate import choice_errors, fit_choice_bias
 from .documents import DocRegistry
 from .gateway import Budget, BudgetExhausted, Gateway, budgeted_prompter, external_target
 from .options import GEPA_PRESETS, OptimizeOptions
@@ -50,6 +52,10 @@ class Run:
         self.score_gateway = Gateway(prompter, budget, on_call=progress.lm_call)
         self.scorer = self._scorer(self.gateway)  # optimization phase (its judge calls go through ``gateway``)
         self.score_scorer = self._scorer(self.score_gateway)  # baseline / candidate scoring
+        #: wrong enum / boolean choices of the prompts on the training split, when a stage ran them there
+        self.choice_errors: int | None = None
+        #: the plain-demo baseline scored below the original prompts on validation (set by the run)
+        self.demos_hurt = False
         if needs_judge:
             self.scorer.judge()
             self.score_scorer.judge()
@@ -83,7 +89,51 @@ class Run:
                 best, what = self.best_so_far(stage, state)
                 self.notes.append(f"the budget ran out during {stage.name}; kept {what}")
                 return best
+        if self.opts.choice_bias and getattr(self.prompter.backend, "choice_bias", False):
+            try:
+                state = self.fit_choice_bias(state)
+            except BudgetExhausted:
+                self.notes.append("the budget ran out while fitting choice biases; kept the stages' result")
         return state
+
+    def fit_choice_bias(self, state: PromptState) -> PromptState:
+        """The state with biases for its choice fields fitted on the training answers (:mod:`.calibrate`):
+        its prompts run once over the training examples that are not its demos, recording each choice
+        field's decision. Unchanged when the schema has no choice field or no bias helps on training."""
+        from .._plan import build_request
+        from ..errors import LMError
+
+        if self.choice_errors == 0:
+            self.notes.append("choice biases: not fitted, the prompts chose every enum and boolean field right on "
+                              "the training split")
+            return state
+        unbiased = state.replace(choice_bias={})
+        clone = budgeted_prompter(self.prompter, unbiased, self.gateway)
+        renderer = clone.renderer
+        paths = [p for p in choice_fields(renderer.base_schema) if "[]" not in p and "{}" not in p]
+        if not paths:
+            return state
+        self.progress.emit({"event": "stage", "stage": "choice biases"})
+        shown = {repr(d.input) for d in unbiased.demos}
+        answers = []
+        for ex in self.split.train:
+            expected = ex.expected_dict()
+            doc = self.prompter._input(ex)
+            if expected is None or repr(doc.as_content()) in shown:
+                continue
+            request = build_request(clone, renderer, renderer.messages(doc.as_content(), doc.variables))
+            try:
+                response = clone._lm.complete(request)
+            except LMError:
+                continue  # e.g. a document over the context window: it just does not count
+            if response.choice_logprobs:
+                answers.append((response.choice_logprobs, expected))
+        fitted, lines = fit_choice_bias(answers, paths)
+        if not fitted:
+            self.notes.append(f"choice biases: none helped on {len(answers)} training answer(s)")
+            return state
+        self.notes.append("choice biases fitted: " + "; ".join(lines))
+        return state.replace(choice_bias=fitted)
 
     def run_stage(self, stage: Stage, state: PromptState) -> PromptState:
         self.progress.emit({"event": "stage", "stage": stage.name if stage.name != "custom" else self.plan.name})
@@ -96,13 +146,22 @@ class Run:
     def _hard_demos(self, stage: Stage, state: PromptState) -> PromptState:
         """The current prompts run on the training split; the examples they score lowest (ties: in split
         order) become plain labelled demos, up to the stage's demo budget. Where a small model already gets an
-        example right, its demo teaches little; where it errs, the labelled answer shows what it missed."""
+        example right, its demo teaches little; where it errs, the labelled answer shows what it missed.
+        When the baseline's plain demos scored below the original prompts on validation, demos hurt this
+        model on this task: the stage adds none (the choice biases may still be fitted on the prompts as
+        they are)."""
         from .split import plain_demos
 
+        if self.demos_hurt:
+            self.notes.append("hard_demos: no demos, the baseline's plain demos scored below the original prompts "
+                              "on validation")
+            return state
         clone = budgeted_prompter(self.prompter, state, self.gateway)
         outcomes = score_examples(clone, self.split.train, self.scorer, num_threads=self.opts.num_threads)
         hardest = sorted(outcomes, key=lambda o: (o.score.score, o.index))
         wrong = sum(1 for o in outcomes if o.score.score < 1.0)
+        paths = [p for p in choice_fields(self.prompter.renderer.base_schema) if "[]" not in p and "{}" not in p]
+        self.choice_errors = choice_errors([(o.predicted, o.example.expected_dict()) for o in outcomes], paths)
         self.notes.append(
             f"hard_demos: the prompts got {wrong} of {len(outcomes)} training example(s) wrong; "
             f"demos from the {min(stage.demo_budget, len(outcomes))} lowest-scored"
