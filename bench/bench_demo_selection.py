@@ -10,7 +10,8 @@ Run (one llama.cpp process at a time)::
 ``train_GetWeather.json`` is shuffled as in ``bench_optimize.py`` (seed 0): items 0-39 are the pool the demos
 come from (the 40 examples the other benchmarks give ``optimize()``), items 100-159 the dev slice scored here.
 Each argument is ``<selection>:<k>``: ``first`` (the first k of the pool), ``cover`` (greedy: each demo fills
-the most slots no earlier demo filled, ties to the earlier one; what ``hard_demos`` now does before hardness),
+the most slots no earlier demo filled, ties to the earlier one; tried in ``hard_demos`` and not kept, see
+docs/benchmarks.md),
 and a ``desc`` prefix that also writes each slot's description as up to three of its values in the pool
 (``e.g. "here", "current place"``). The default prompter otherwise (``model_id="local"``, absent lever on).
 """
