@@ -22,14 +22,15 @@ class ChoiceGuide:
 
     def __init__(self, llama: Any, n_prompt: int, choices: dict[str, list[Any]],
                  biases: dict[str, dict[str, float]], known: frozenset[str]) -> None:
+        from dspydantic._choices import value_key
         from dspydantic._schema import schema_path
 
         self._llama = llama
         self._n_prompt = n_prompt
-        from dspydantic._choices import value_key
-
         self._choices = {path: [(value_key(v), json.dumps(v, ensure_ascii=False)) for v in values]
                          for path, values in choices.items()}
+        #: no choice value is written in more characters than this (a cheap test before reading the JSON)
+        self._longest = max((len(r) for options in self._choices.values() for _, r in options), default=0)
         self._biases = biases
         self._known = known
         self._schema_path = schema_path
@@ -54,6 +55,11 @@ class ChoiceGuide:
             self._text += self._llama.detokenize([int(t) for t in generated])
             self._seen += len(generated)
         text = self._text.decode("utf-8", errors="ignore")
+        # a value starts after ":", "[" or ","; further from the last of them than any choice is long, the
+        # answer is writing something else (a long string): no need to read the whole prefix
+        start = max(text.rfind(":"), text.rfind("["), text.rfind(","))
+        if start < 0 or len(text) - start - 1 > self._longest + 4:
+            return scores
         where = open_value(text)
         if where is None:
             return scores
