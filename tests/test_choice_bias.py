@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel
 
-from dspydantic import Example, PersistenceError, Prompter
+from dspydantic import ConfigurationError, Example, PersistenceError, Prompter
 from dspydantic._choices import (
     BIAS_KEY,
     apply_choice_bias,
@@ -222,6 +222,14 @@ def test_an_api_backend_never_receives_the_biases_and_optimize_does_not_fit_them
     result = q.optimize(TICKETS[:8], valset=TICKETS[8:12], optimizer="hard_demos", max_labeled_demos=0)
     assert "choice biases" not in result.message and q.state.choice_bias == {}
     assert srv.request_count - before == result.requests  # no fitting pass on an API backend
+
+
+@pytest.mark.parametrize("bias", [math.nan, 10.5, -math.inf, "1", True])
+def test_a_choice_bias_out_of_bounds_is_refused_when_set(bias: Any) -> None:
+    p = Prompter(Subject, lm=LogitsModel())
+    with pytest.raises(ConfigurationError, match=r"choice_bias\['urgency'\]\['\"low\"'\] must be a number within"):
+        p.state = p.state.replace(choice_bias={"urgency": {'"low"': bias}})
+    p.state = p.state.replace(choice_bias={"urgency": {'"low"': -10.0}})  # the bound itself is fine
 
 
 @pytest.mark.parametrize("raw", [

@@ -66,6 +66,19 @@ class PromptState:
     #: ``optimize()`` on backends that decode with logits, see :mod:`dspydantic._choices`)
     choice_bias: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.choice_bias:  # what load() accepts, checked where a state is made (a save would not load)
+            from ._choices import MAX_BIAS
+            from .errors import ConfigurationError
+
+            for path, values in self.choice_bias.items():
+                for value, bias in dict(values).items():
+                    b = bias if isinstance(bias, (int, float)) and not isinstance(bias, bool) else None
+                    if b is None or not abs(float(b)) <= MAX_BIAS:
+                        raise ConfigurationError(
+                            f"choice_bias[{path!r}][{value!r}] must be a number within ±{MAX_BIAS}, got {bias!r}"
+                        )
+
     def replace(self, **changes: Any) -> PromptState:
         if "demos" in changes:
             changes["demos"] = tuple(changes["demos"])
