@@ -20,9 +20,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._choices import MAX_BIAS, value_key
+from .._choices import MAX_BIAS, choice_fields, value_key
 
-__all__ = ["MIN_ANSWERS", "choice_errors", "fit_choice_bias"]
+__all__ = ["MIN_ANSWERS", "choice_errors", "fit_choice_bias", "fittable_paths"]
 
 #: a field's biases are fitted from at least this many training answers that decided it
 MIN_ANSWERS = 6
@@ -30,6 +30,16 @@ _SOFTNESS = 0.3  # the choices' share is taken from a sharpened softmax: close t
 _STEPS = 300
 _RATE = 0.2
 _MISSING = object()
+
+
+def _fittable(path: str) -> bool:
+    """Fields in lists or dicts are left alone: the recorded decision is the first item's."""
+    return "[]" not in path and "{}" not in path
+
+
+def fittable_paths(schema: dict[str, Any]) -> list[str]:
+    """The choice fields of an (inlined) schema that biases are fitted for."""
+    return [path for path in choice_fields(schema) if _fittable(path)]
 
 
 def _at(expected: Mapping[str, Any], path: str) -> Any:
@@ -80,13 +90,11 @@ def fit_choice_bias(
     answers: Sequence[tuple[Mapping[str, Mapping[str, float]], Mapping[str, Any]]], paths: Sequence[str]
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """``(field path -> JSON value -> bias, one line per field fitted)`` from ``answers``: each an answer's
-    choice log-probabilities (``LMResponse.choice_logprobs``) with its example's expected output. Fields in
-    lists or dicts are left alone (the recorded decision is the first item's)."""
+    choice log-probabilities (``LMResponse.choice_logprobs``) with its example's expected output; only the
+    :func:`fittable_paths` among ``paths`` are fitted."""
     fitted: dict[str, dict[str, float]] = {}
     lines: list[str] = []
-    for path in paths:
-        if "[]" in path or "{}" in path:
-            continue
+    for path in filter(_fittable, paths):
         decided: list[tuple[Mapping[str, float], str]] = []
         for logprobs, expected in answers:
             row = logprobs.get(path)

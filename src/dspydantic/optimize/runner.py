@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._choices import choice_fields
 from .._render import PromptState, template_placeholders
 from ._quiet import MARK as QUIET_MARK
 from .bridge import CandidateLedger, CandidateRejected
-from .calibrate import choice_errors, fit_choice_bias
+from .calibrate import choice_errors, fit_choice_bias, fittable_paths
 from .documents import DocRegistry
 from .gateway import Budget, BudgetExhausted, Gateway, budgeted_prompter, external_target
 from .options import GEPA_PRESETS, OptimizeOptions
@@ -110,7 +109,7 @@ class Run:
         unbiased = state.replace(choice_bias={})
         clone = budgeted_prompter(self.prompter, unbiased, self.gateway)
         renderer = clone.renderer
-        paths = [p for p in choice_fields(renderer.base_schema) if "[]" not in p and "{}" not in p]
+        paths = fittable_paths(renderer.base_schema)
         if not paths:
             return state
         self.progress.emit({"event": "stage", "stage": "choice biases"})
@@ -160,7 +159,7 @@ class Run:
         outcomes = score_examples(clone, self.split.train, self.scorer, num_threads=self.opts.num_threads)
         hardest = sorted(outcomes, key=lambda o: (o.score.score, o.index))
         wrong = sum(1 for o in outcomes if o.score.score < 1.0)
-        paths = [p for p in choice_fields(self.prompter.renderer.base_schema) if "[]" not in p and "{}" not in p]
+        paths = fittable_paths(self.prompter.renderer.base_schema)
         self.choice_errors = choice_errors([(o.predicted, o.example.expected_dict()) for o in outcomes], paths)
         self.notes.append(
             f"hard_demos: the prompts got {wrong} of {len(outcomes)} training example(s) wrong; "
