@@ -12,12 +12,15 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from ._schema import apply_descriptions, default_descriptions, is_free_text, iter_field_paths, model_schema
 from ._template import render_template, template_placeholders
+
+if TYPE_CHECKING:
+    from ._nearest import NearestDemos
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful information extraction system. You read a document and return the requested "
@@ -65,8 +68,19 @@ class PromptState:
     #: choice field path -> JSON value -> additive logit bias at the value's first token (fitted by
     #: ``optimize()`` on backends that decode with logits, see :mod:`dspydantic._choices`)
     choice_bias: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: demos chosen per input: after ``demos``, the ``nearest_demos`` demos of ``demo_pool`` whose words
+    #: are most like the document's (see :mod:`dspydantic._nearest`); 0 shows ``demos`` only
+    demo_pool: tuple[Demo, ...] = ()
+    nearest_demos: int = 0
 
     def __post_init__(self) -> None:
+        from ._nearest import MAX_NEAREST
+
+        k = self.nearest_demos
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_NEAREST:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(f"nearest_demos must be a whole number from 0 to {MAX_NEAREST}, got {k!r}")
         if self.choice_bias:  # what load() accepts, checked where a state is made (a save would not load)
             from ._choices import MAX_BIAS
             from .errors import ConfigurationError
@@ -80,8 +94,9 @@ class PromptState:
                         )
 
     def replace(self, **changes: Any) -> PromptState:
-        if "demos" in changes:
-            changes["demos"] = tuple(changes["demos"])
+        for key in ("demos", "demo_pool"):
+            if key in changes:
+                changes[key] = tuple(changes[key])
         return dataclasses.replace(self, **changes)
 
 
@@ -129,6 +144,16 @@ class Renderer:
         self._instruction = state.instruction_prompt or DEFAULT_INSTRUCTION_PROMPT
         self.placeholders = template_placeholders(self._system) | template_placeholders(self._instruction)
         self._prefix: list[dict[str, Any]] | None = None if self.placeholders else self._build_prefix(None)
+        self._nearest: NearestDemos | None = None  # built on first use
+
+    @property
+    def nearest(self) -> NearestDemos | None:
+        """The index of the state's demo pool when it chooses demos per input, else None."""
+        if self._nearest is None and self.state.nearest_demos and self.state.demo_pool:
+            from ._nearest import NearestDemos
+
+            self._nearest = NearestDemos(self.state.demo_pool)
+        return self._nearest
 
     # -- rendering -----------------------------------------------------------------------------------
     def _build_prefix(self, variables: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -138,11 +163,7 @@ class Renderer:
             f"{system}\n\n{instruction}\n\nFields:\n{_field_list(self.schema)}\n\n"
             "Answer with only the JSON object, no prose."
         )
-        messages: list[dict[str, Any]] = [{"role": "system", "content": content}]
-        for demo in self.state.demos:
-            messages.append({"role": "user", "content": demo.input})
-            messages.append({"role": "assistant", "content": json.dumps(demo.output, ensure_ascii=False)})
-        return messages
+        return [{"role": "system", "content": content}, *_demo_messages(self.state.demos)]
 
     def messages(
         self, content: str | Sequence[dict[str, Any]], variables: Mapping[str, Any] | None = None
@@ -150,6 +171,9 @@ class Renderer:
         """The chat messages for one document (``content``: text or OpenAI content parts)."""
         prefix = self._prefix if self._prefix is not None else self._build_prefix(variables)
         user = content if isinstance(content, str) else list(content)
+        nearest = self.nearest
+        if nearest is not None:  # after the fixed demos (a prefix the local backend's KV cache keeps)
+            prefix = [*prefix, *_demo_messages(nearest.pick(user, self.state.nearest_demos))]
         return [*prefix, {"role": "user", "content": user}]
 
     @staticmethod
@@ -196,6 +220,14 @@ class Renderer:
             except ValidationError as again:
                 exc = again
         raise OutputParseError(_describe(exc), exc.errors(include_url=False)) from None
+
+
+def _demo_messages(demos: Sequence[Demo]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for demo in demos:
+        messages.append({"role": "user", "content": demo.input})
+        messages.append({"role": "assistant", "content": json.dumps(demo.output, ensure_ascii=False)})
+    return messages
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)

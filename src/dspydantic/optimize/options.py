@@ -45,8 +45,10 @@ class OptimizeOptions:
     * ``optimizer``: ``"auto"`` (picked from the training-split size; the choice and why are in
       ``result.optimizer`` / ``result.optimizer_reason``), ``"gepa"`` (field descriptions and system /
       instruction prompts), ``"bootstrap"``, ``"hard_demos"`` (the labelled training examples the current
-      prompts get most wrong, as plain demos), ``"random_search"``, ``"miprov2"`` (needs optuna), ``"copro"``,
-      ``"simba"`` (needs numpy), a list of those run in order (``"gepa+bootstrap"`` works too), or a DSPy
+      prompts get most wrong, as plain demos), ``"nearest_demos"`` (alias ``"knn"``: the labelled training
+      examples as a pool, each input shown the demo budget of them whose words are nearest its own, as DSPy's
+      ``KNNFewShot`` does; no LM call, validation decides), ``"random_search"``, ``"miprov2"`` (needs optuna),
+      ``"copro"``, ``"simba"`` (needs numpy), a list of those run in order (``"gepa+bootstrap"`` works too), or a DSPy
       teleprompter instance (our metric replaces its metric).
     * ``train_split``: fraction of the examples for training, the rest is the validation split;
       ``valset``: an explicit validation set (then every example is for training); ``max_val_examples``:

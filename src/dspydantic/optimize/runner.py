@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._render import PromptState, template_placeholders
+from .._render import PromptState, Renderer, template_placeholders
 from ._quiet import MARK as QUIET_MARK
 from .bridge import CandidateLedger, CandidateRejected
 from .calibrate import choice_errors, fit_choice_bias, fittable_paths
@@ -120,7 +120,8 @@ class Run:
             doc = self.prompter._input(ex)
             if expected is None or repr(doc.as_content()) in shown:
                 continue
-            request = build_request(clone, renderer, renderer.messages(doc.as_content(), doc.variables))
+            request = build_request(clone, renderer, _without_self(renderer, doc.as_content()).messages(
+                doc.as_content(), doc.variables))
             try:
                 response = clone._lm.complete(request)
             except LMError:
@@ -140,7 +141,21 @@ class Run:
             return self._gepa(stage, state)
         if stage.name == "hard_demos":
             return self._hard_demos(stage, state)
+        if stage.name == "nearest_demos":
+            return self._nearest_demos(stage, state)
         return self._dspy(stage, state)
+
+    def _nearest_demos(self, stage: Stage, state: PromptState) -> PromptState:
+        """Demos chosen per input (:mod:`dspydantic._nearest`): the labelled training examples become the
+        pool and each document is shown the stage's demo budget of them nearest to it (after any fixed demos
+        the state has, which count against the budget). No LM call: validation decides."""
+        from .split import plain_demos
+
+        k = max(0, stage.demo_budget - len(state.demos))
+        pool = plain_demos(self.prompter, state.replace(demos=()), self.split.train, len(self.split.train)).demos
+        self.notes.append(f"nearest_demos: {len(pool)} training example(s) as the pool, the {k} nearest to each "
+                          "input shown")
+        return state.replace(demo_pool=pool, nearest_demos=k)
 
     def _hard_demos(self, stage: Stage, state: PromptState) -> PromptState:
         """The current prompts run on the training split; the examples they score lowest (ties: in split
@@ -351,3 +366,15 @@ class Run:
             self.notes.append(f"{exc}; kept the original instruction")
             predictor = compiled.extract
             return ctx.state_for(ctx.original_instruction, list(predictor.demos or []))
+
+
+def _without_self(renderer: Renderer, content: Any) -> Renderer:
+    """``renderer``, or when its state chooses demos per input from a pool holding ``content`` itself, one
+    whose pool leaves it out (a training answer fitted on must not be shown its own label)."""
+    state = renderer.state
+    if not (state.nearest_demos and state.demo_pool):
+        return renderer
+    rest = tuple(d for d in state.demo_pool if repr(d.input) != repr(content))
+    if len(rest) == len(state.demo_pool):
+        return renderer
+    return Renderer(renderer.model, state.replace(demo_pool=rest), base_schema=renderer.base_schema)

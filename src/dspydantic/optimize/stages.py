@@ -67,6 +67,8 @@ STAGES: dict[str, StageSpec] = {
     "gepa": StageSpec(None, 1),
     # ours, no DSPy: the labelled training examples the current prompts get most wrong become the demos
     "hard_demos": StageSpec(None, 1, options=lambda o: {"max_labeled_demos": o.max_labeled_demos}),
+    # ours, no DSPy: the whole labelled training split as a pool, the demos nearest to each input shown
+    "nearest_demos": StageSpec(None, 1, options=lambda o: {"max_labeled_demos": o.max_labeled_demos}),
     "bootstrap": StageSpec("BootstrapFewShot", 1, options=_demos, init=lambda env: {"max_rounds": 1}),
     "random_search": StageSpec(
         "BootstrapFewShotWithRandomSearch", 2, options=_demos,
@@ -102,6 +104,10 @@ ALIASES = {
     "mipro_v2": "miprov2",
     "hard": "hard_demos",
     "harddemos": "hard_demos",
+    "nearest": "nearest_demos",
+    "knn": "nearest_demos",
+    "knnfewshot": "nearest_demos",
+    "knn_few_shot": "nearest_demos",
 }
 _DEMO_ATTRS = ("max_bootstrapped_demos", "max_labeled_demos", "max_demos")
 

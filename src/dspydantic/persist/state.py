@@ -21,6 +21,8 @@ from ..errors import PersistenceError
 __all__ = ["DEMO_DIR", "ImageFiles", "StateFormatError", "state_from_json", "state_to_json"]
 
 DEMO_DIR = "demos"
+#: the most demos a saved pool may hold
+MAX_POOL = 10_000
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
 
 
@@ -95,6 +97,9 @@ def state_to_json(
         "demos": [_demo_to_json(d, images, f"{what} demo {i + 1}") for i, d in enumerate(state.demos)],
         **({"choice_bias": {str(k): {str(v): float(b) for v, b in dict(values).items()}
                             for k, values in dict(state.choice_bias).items()}} if state.choice_bias else {}),
+        **({"nearest_demos": state.nearest_demos,
+            "demo_pool": [_demo_to_json(d, images, f"{what} pool demo {i + 1}") for i, d in enumerate(state.demo_pool)]}
+           if state.nearest_demos or state.demo_pool else {}),
     }
 
 
@@ -157,7 +162,21 @@ def state_from_json(data: Any, files: Mapping[str, bytes] | None = None) -> Prom
         field_descriptions={str(k): v for k, v in descriptions.items()},
         demos=tuple(_demo_from_json(raw, files) for raw in demos_raw),
         choice_bias=_choice_bias_from_json(data.get("choice_bias")),
+        **_nearest_from_json(data, files),
     )
+
+
+def _nearest_from_json(data: Mapping[str, Any], files: Mapping[str, bytes] | None) -> dict[str, Any]:
+    """A saved ``nearest_demos`` (0 to :data:`dspydantic._nearest.MAX_NEAREST`) and ``demo_pool`` (a list
+    of demos as ``demos`` are written, at most :data:`MAX_POOL`)."""
+    from .._nearest import MAX_NEAREST
+
+    k = data.get("nearest_demos", 0)
+    _expect(isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= MAX_NEAREST,
+            f"nearest_demos is not a whole number from 0 to {MAX_NEAREST}")
+    pool = data.get("demo_pool") or []
+    _expect(isinstance(pool, list) and len(pool) <= MAX_POOL, f"demo_pool is not a list of at most {MAX_POOL} demos")
+    return {"nearest_demos": k, "demo_pool": tuple(_demo_from_json(raw, files) for raw in pool)}
 
 
 def _choice_bias_from_json(raw: Any) -> dict[str, dict[str, float]]:
