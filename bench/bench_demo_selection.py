@@ -12,17 +12,21 @@ come from (the 40 examples the other benchmarks give ``optimize()``), items 100-
 Each argument is ``<selection>:<k>``: ``first`` (the first k of the pool), ``cover`` (greedy: each demo fills
 the most slots no earlier demo filled, ties to the earlier one; tried in ``hard_demos`` and not kept, see
 docs/benchmarks.md),
-and a ``desc`` prefix that also writes each slot's description as up to three of its values in the pool
-(``e.g. "here", "current place"``). The default prompter otherwise (``model_id="local"``, absent lever on).
+``knn`` (per dev utterance, the k pool examples nearest to it: :mod:`dspydantic._nearest`'s index, as
+``optimizer="nearest_demos"`` shows them), ``mix`` (k/2 covering demos fixed, then the k - k/2 nearest of the
+rest), and a ``desc`` prefix (``descfirst``, ``desccover``, ``descknn``) that also writes each slot's
+description as up to three of its values in the pool (``e.g. "here", "current place"``). The default prompter
+otherwise (``model_id="local"``, absent lever on)::
+
+    $L bench/bench_demo_selection.py knn:4
+    $L bench/bench_demo_selection.py mix:4 knn:8 first:4
+    $L bench/bench_demo_selection.py descknn:4
 """
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +62,8 @@ def cover(pool: list[Example], k: int) -> list[Example]:
     return chosen
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def nearest(pool: list[Example], text: str, k: int) -> list[Example]:
-    """The k pool examples whose words are most like ``text``'s (tf-idf cosine), the nearest last."""
-    docs = [Counter(_words(str(e.text))) for e in pool]
-    df = Counter(w for d in docs for w in d)
-    idf = {w: math.log((1 + len(docs)) / (1 + n)) + 1 for w, n in df.items()}
-
-    def vec(c: Counter[str]) -> dict[str, float]:
-        v = {w: n * idf.get(w, math.log(1 + len(docs)) + 1) for w, n in c.items()}
-        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
-        return {w: x / norm for w, x in v.items()}
-
-    q = vec(Counter(_words(text)))
-    sims = [sum(q.get(w, 0.0) * x for w, x in vec(d).items()) for d in docs]
-    order = sorted(range(len(pool)), key=lambda i: -sims[i])[:k]
-    return [pool[i] for i in reversed(order)]
+def as_demo(e: Example) -> Demo:
+    return Demo(input=str(e.text), output=dict(e.expected_output or {}))  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -90,8 +77,7 @@ def main() -> None:
             continue
         demos = pool[: int(k)] if kind.endswith("first") else cover(pool, int(k))
         p = Prompter(model, model_id="local")
-        p.state = p.state.replace(demos=[Demo(input=str(e.text), output=dict(e.expected_output or {}))  # type: ignore[arg-type]
-                                         for e in demos])
+        p.state = p.state.replace(demos=[as_demo(e) for e in demos])
         if kind.startswith("desc"):
             p.state = p.state.replace(field_descriptions=example_values(names, pool))
         t = time.time()
@@ -107,19 +93,12 @@ def knn_run(model: Any, pool: list[Example], dev: list[Example], k: int, spec: s
     p = Prompter(model, model_id="local")
     if spec.startswith("desc"):
         p.state = p.state.replace(field_descriptions=example_values(list(model.model_fields), pool))
-    base = p.state
+    p.state = p.state.replace(demos=[as_demo(e) for e in fixed], demo_pool=[as_demo(e) for e in rest],
+                              nearest_demos=k - len(fixed))
     t = time.time()
-    scores: list[float] = []
-    fields: dict[str, list[float]] = {}
-    for e in dev:
-        p.state = base.replace(demos=[Demo(input=str(d.text), output=dict(d.expected_output or {}))  # type: ignore[arg-type]
-                                      for d in fixed + nearest(rest, str(e.text), k - len(fixed))])
-        r = p.evaluate([e], num_threads=1)
-        scores.append(r.score)
-        for n, v in r.per_field.items():
-            fields.setdefault(n, []).append(v)
-    per_field = " ".join(f"{n}={sum(v) / len(v):.2f}" for n, v in fields.items())
-    print(spec, f"{sum(scores) / len(scores):.3f}", per_field, f"{time.time() - t:.0f}s", flush=True)
+    r = p.evaluate(dev, num_threads=1)
+    per_field = " ".join(f"{n}={v:.2f}" for n, v in r.per_field.items())
+    print(spec, f"{r.score:.3f}", per_field, f"{time.time() - t:.0f}s", flush=True)
     p.close()
 
 
