@@ -140,6 +140,15 @@ def test_optimize_nearest_demos_pools_the_training_split_and_wins_where_the_firs
     assert "nearest_demos: 12 training example(s) as the pool, the 2 nearest to each input shown" in result.message
 
 
+def test_dspys_own_knnfewshot_name_stays_dspys_and_its_error_names_nearest_demos(srv: FakeLLMServer) -> None:
+    # "knnfewshot" is DSPy's teleprompter, looked up by name as dspydantic 0.1 did (it needs an embedder and k):
+    # it is not silently swapped for ours, and the error it gives says where the no-embedder version is
+    p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")
+    with pytest.raises(ValueError, match=r"optimizer=dspy\.KNNFewShot.*'nearest_demos'"):
+        p.optimize(EXAMPLES[:12], optimizer="knnfewshot")
+    assert srv.request_count == 0
+
+
 def test_a_saved_pool_is_loaded_and_shown_as_it_was(srv: FakeLLMServer, tmp_path: Path) -> None:
     srv.set_responder(hobby_responder)
     p = Prompter(Person, model_id="openai/fake", api_base=srv.base_url, api_key="k")

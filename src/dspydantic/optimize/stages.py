@@ -106,8 +106,6 @@ ALIASES = {
     "harddemos": "hard_demos",
     "nearest": "nearest_demos",
     "knn": "nearest_demos",
-    "knnfewshot": "nearest_demos",
-    "knn_few_shot": "nearest_demos",
 }
 _DEMO_ATTRS = ("max_bootstrapped_demos", "max_labeled_demos", "max_demos")
 
