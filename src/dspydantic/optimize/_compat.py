@@ -261,8 +261,7 @@ def _legacy_optimizer(name: str, ctx: _Ctx) -> Any:
         raise ConfigurationError(
             f"optimizer {name!r}: dspydantic 0.1 built DSPy's {cls.__name__} by name; it cannot be built from "
             f"the given arguments ({type(exc).__name__}: {exc}). Pass an instance, optimizer=dspy.{cls.__name__}(...), "
-            "or one of 'auto', 'gepa', 'bootstrap', 'random_search', 'miprov2', 'copro', 'simba', "
-            "'nearest_demos' (demos chosen per input, as KNNFewShot does, with no embedder to pass)"
+            "or one of 'auto', 'gepa', 'bootstrap', 'random_search', 'miprov2', 'copro', 'simba', 'nearest_demos'"
         ) from exc
     if not compile_kwargs:
         return teleprompter
