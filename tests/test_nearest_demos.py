@@ -83,17 +83,6 @@ def test_nearest_demos_are_the_pool_demos_sharing_the_rarest_words_nearest_last(
     assert [d.input for d in index.pick(parts, 1)] == ["play some jazz"]
 
 
-def test_a_document_is_nearer_to_the_demos_whose_tokens_have_its_shapes() -> None:
-    # no word in common with either demo: a two-letter code and a date bring the one that has them
-    pool = [Demo(input="will it rain in Guam this week", output={}),
-            Demo(input="is it cold in Sanborn MN on Feb. 16th, 2034", output={})]
-    index = NearestDemos(pool)
-    assert [d.input for d in index.pick("foggy at Dunedin ND, Jul. 7, 2038?", 1)] == [pool[1].input]
-    # a shape counts once however often it occurs: twenty capitalised words don't outweigh one shared word
-    pool = [Demo(input="hail storm", output={}), Demo(input="Big Capital Letters", output={})]
-    assert [d.input for d in NearestDemos(pool).pick("Word " * 20 + "hail", 1)] == ["hail storm"]
-
-
 def test_a_state_refuses_a_per_input_demo_count_it_could_not_save() -> None:
     for bad in (-1, 65, True, "4", 2.0):
         with pytest.raises(ConfigurationError, match="nearest_demos"):

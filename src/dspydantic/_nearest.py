@@ -2,13 +2,10 @@
 
 A :class:`~dspydantic.PromptState` with ``nearest_demos=k`` and a ``demo_pool`` shows, after its fixed
 ``demos``, the ``k`` pool demos nearest to each document (as DSPy's ``KNNFewShot`` does, under the same demo
-budget). "Nearest" is the cosine of tf-idf vectors (smoothed idf over the pool) of the lower-cased ``\\w+``
-words and, once each, the *shapes* of the tokens that are not plain lower-case words (``ND`` -> ``AA``,
-``Jul.`` -> ``Aaa`` and ``.``, ``2038`` -> ``dd``): a document naming a place by its two-letter code is
-nearer to the demos that do, one with a date to those with dates. Cheap, deterministic, no embedding model.
-Ties go to the earlier pool demo; the nearest demo is shown last, right before the document. A document
-sharing no word or shape with the pool gets the first ``k`` pool demos. Only the text of a demo or document
-counts (the text parts of a multimodal one).
+budget). "Nearest" is the cosine of tf-idf word vectors (lower-cased ``\\w+`` words, smoothed idf over the
+pool): cheap, deterministic, no embedding model. Ties go to the earlier pool demo; the nearest demo is shown
+last, right before the document. A document sharing no word with the pool gets the first ``k`` pool demos.
+Only the text of a demo or document counts (the text parts of a multimodal one).
 """
 
 from __future__ import annotations
@@ -27,10 +24,6 @@ __all__ = ["MAX_NEAREST", "NearestDemos", "content_text"]
 #: the most demos a state may choose per input (load() refuses more)
 MAX_NEAREST = 64
 _WORD = re.compile(r"\w+")
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-_LETTER = re.compile(r"[^\W\d_]")
-_DIGIT = re.compile(r"\d")
-_RUN = re.compile(r"(.)\1{2,}")
 
 
 def content_text(content: str | Sequence[Any]) -> str:
@@ -41,18 +34,8 @@ def content_text(content: str | Sequence[Any]) -> str:
     return "\n".join(texts)
 
 
-def _shape(token: str) -> str:
-    """``Dunedin`` -> ``Aaa``, ``ND`` -> ``AA``, ``7`` -> ``d``, ``2038`` -> ``dd`` (runs of 3+ cut to 2)."""
-    shaped = _DIGIT.sub("d", _LETTER.sub(lambda m: "A" if m.group().isupper() else "a", token))
-    return _RUN.sub(r"\1\1", shaped)
-
-
 def _words(text: str) -> Counter[str]:
-    counts = Counter(_WORD.findall(text.lower()))
-    # a shape counts once per text (a long email's many capitalised words must not outweigh its rare words);
-    # the \x00 prefix keeps shapes apart from words
-    counts.update({"\x00" + _shape(t) for t in _TOKEN.findall(text) if not t.islower()})
-    return counts
+    return Counter(_WORD.findall(text.lower()))
 
 
 class NearestDemos:
