@@ -14,13 +14,15 @@ the most slots no earlier demo filled, ties to the earlier one; tried in ``hard_
 docs/benchmarks.md),
 ``knn`` (per dev utterance, the k pool examples nearest to it: :mod:`dspydantic._nearest`'s index, as
 ``optimizer="nearest_demos"`` shows them), ``mix`` (k/2 covering demos fixed, then the k - k/2 nearest of the
-rest), and a ``desc`` prefix (``descfirst``, ``desccover``, ``descknn``) that also writes each slot's
-description as up to three of its values in the pool (``e.g. "here", "current place"``). The default prompter
-otherwise (``model_id="local"``, absent lever on)::
+rest), ``rareknn`` (``knn`` with the model's fields, in the grammar and in every demo, ordered rarest
+filled in the pool first: a field order chosen from the labels), and a ``desc`` prefix (``descfirst``,
+``desccover``, ``descknn``) that also writes each slot's description as up to three of its values in the
+pool (``e.g. "here", "current place"``). The default prompter otherwise (``model_id="local"``, absent lever on)::
 
     $L bench/bench_demo_selection.py knn:4
     $L bench/bench_demo_selection.py mix:4 knn:8 first:4
     $L bench/bench_demo_selection.py descknn:4
+    $L bench/bench_demo_selection.py rareknn:4
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pydantic import create_model
 
 from bench_optimize import snips
 from dspydantic import Example, Prompter
@@ -62,8 +66,16 @@ def cover(pool: list[Example], k: int) -> list[Example]:
     return chosen
 
 
-def as_demo(e: Example) -> Demo:
-    return Demo(input=str(e.text), output=dict(e.expected_output or {}))  # type: ignore[arg-type]
+def as_demo(e: Example, names: list[str] | None = None) -> Demo:
+    out = dict(e.expected_output or {})  # type: ignore[arg-type]
+    return Demo(input=str(e.text), output=out if names is None else {n: out.get(n) for n in names})
+
+
+def rarest_first(model: Any, pool: list[Example]) -> Any:
+    """``model``'s optional string fields re-declared rarest filled in ``pool`` first (ties by name)."""
+    filled = {n: sum(1 for e in pool if (e.expected_output or {}).get(n)) for n in model.model_fields}  # type: ignore[union-attr]
+    order = sorted(filled, key=lambda n: (filled[n], n))
+    return create_model(model.__name__, **{n: (str | None, None) for n in order})  # type: ignore[call-overload]
 
 
 def main() -> None:
@@ -72,7 +84,7 @@ def main() -> None:
     names = list(model.model_fields)
     for spec in sys.argv[1:]:
         kind, k = spec.split(":")
-        if kind in ("knn", "mix", "descknn"):
+        if kind in ("knn", "mix", "descknn", "rareknn"):
             knn_run(model, pool, dev, int(k), spec)
             continue
         demos = pool[: int(k)] if kind.endswith("first") else cover(pool, int(k))
@@ -90,10 +102,13 @@ def main() -> None:
 def knn_run(model: Any, pool: list[Example], dev: list[Example], k: int, spec: str) -> None:
     fixed = cover(pool, k // 2) if spec.startswith("mix") else []
     rest = [e for e in pool if e not in fixed]
+    if spec.startswith("rare"):
+        model = rarest_first(model, pool)
+    names = list(model.model_fields)
     p = Prompter(model, model_id="local")
     if spec.startswith("desc"):
-        p.state = p.state.replace(field_descriptions=example_values(list(model.model_fields), pool))
-    p.state = p.state.replace(demos=[as_demo(e) for e in fixed], demo_pool=[as_demo(e) for e in rest],
+        p.state = p.state.replace(field_descriptions=example_values(names, pool))
+    p.state = p.state.replace(demos=[as_demo(e, names) for e in fixed], demo_pool=[as_demo(e, names) for e in rest],
                               nearest_demos=k - len(fixed))
     t = time.time()
     r = p.evaluate(dev, num_threads=1)
