@@ -15,14 +15,17 @@ docs/benchmarks.md),
 ``knn`` (per dev utterance, the k pool examples nearest to it: :mod:`dspydantic._nearest`'s index, as
 ``optimizer="nearest_demos"`` shows them), ``mix`` (k/2 covering demos fixed, then the k - k/2 nearest of the
 rest), ``rareknn`` (``knn`` with the model's fields, in the grammar and in every demo, ordered rarest
-filled in the pool first: a field order chosen from the labels), and a ``desc`` prefix (``descfirst``,
+filled in the pool first: a field order chosen from the labels), a ``desc`` prefix (``descfirst``,
 ``desccover``, ``descknn``) that also writes each slot's description as up to three of its values in the
-pool (``e.g. "here", "current place"``). The default prompter otherwise (``model_id="local"``, absent lever on)::
+pool (``e.g. "here", "current place"``), and ``typedknn`` (``knn`` with field typing fitted on the pool's
+labels, as ``optimize()`` fits it: :mod:`dspydantic._retype`). The default prompter otherwise
+(``model_id="local"``, absent lever on)::
 
     $L bench/bench_demo_selection.py knn:4
     $L bench/bench_demo_selection.py mix:4 knn:8 first:4
     $L bench/bench_demo_selection.py descknn:4
     $L bench/bench_demo_selection.py rareknn:4
+    $L bench/bench_demo_selection.py typedknn:4
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pydantic import create_model
 from bench_optimize import snips
 from dspydantic import Example, Prompter
 from dspydantic._render import Demo
+from dspydantic._retype import fit_field_values, retypable_fields
 
 
 def example_values(names: list[str], examples: list[Example], n: int = 3) -> dict[str, str]:
@@ -84,7 +88,7 @@ def main() -> None:
     names = list(model.model_fields)
     for spec in sys.argv[1:]:
         kind, k = spec.split(":")
-        if kind in ("knn", "mix", "descknn", "rareknn"):
+        if kind in ("knn", "mix", "descknn", "rareknn", "typedknn"):
             knn_run(model, pool, dev, int(k), spec)
             continue
         demos = pool[: int(k)] if kind.endswith("first") else cover(pool, int(k))
@@ -110,6 +114,9 @@ def knn_run(model: Any, pool: list[Example], dev: list[Example], k: int, spec: s
         p.state = p.state.replace(field_descriptions=example_values(names, pool))
     p.state = p.state.replace(demos=[as_demo(e, names) for e in fixed], demo_pool=[as_demo(e, names) for e in rest],
                               nearest_demos=k - len(fixed))
+    if spec.startswith("typed"):
+        labels = [e.expected_dict() or {} for e in pool]
+        p.state = p.state.replace(field_values=fit_field_values(labels, retypable_fields(p.renderer.base_schema)))
     t = time.time()
     r = p.evaluate(dev, num_threads=1)
     per_field = " ".join(f"{n}={v:.2f}" for n, v in r.per_field.items())

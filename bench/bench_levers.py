@@ -15,7 +15,7 @@ Rows, all on the same held-out test split (never given to ``optimize()``), the e
   baseline ``optimize()`` compares against);
 * **optimize(<name>)**: ``optimize(train, optimizer=<name>, fallback="baseline")`` with ``--max-lm-calls``,
   then what the prompter serves, scored on the test split; the LM calls and seconds of the row are the
-  optimization's plus the scoring's.
+  optimization's plus the scoring's (``--no-field-typing``: with ``field_typing=False``, that lever off).
 
 The datasets are those of ``bench_optimize.py`` (the demo's invoices with the demo's split; SNIPS GetWeather:
 40 training utterances from ``train_GetWeather.json``, 30 test from ``validate_GetWeather.json``).
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--optimizers", default="hard_demos,bootstrap")
     ap.add_argument("--max-lm-calls", type=int, default=None, help="default: 60 (invoices), 120 (weather)")
     ap.add_argument("--only", default=None, help="comma-separated row names to run (default: all)")
+    ap.add_argument("--no-field-typing", action="store_true", help="optimize(field_typing=False): the lever off")
     args = ap.parse_args()
 
     if args.dataset == "invoices":
@@ -96,13 +97,15 @@ def main() -> None:
         p = prompter(model)
         t = time.perf_counter()
         result = p.optimize(train, optimizer=name, seed=0, num_threads=1, max_lm_calls=budget,
-                            fallback="baseline", max_labeled_demos=args.demos, max_bootstrapped_demos=args.demos)
+                            fallback="baseline", max_labeled_demos=args.demos, max_bootstrapped_demos=args.demos,
+                            field_typing=not args.no_field_typing)
         served = "candidate" if result.accepted else (
             "fair baseline" if p.state == result.baseline_state else "original prompts")
         candidate = "n/a" if result.candidate_score is None else f"{result.candidate_score:.3f}"
         note = (f"validation {result.baseline_score:.3f} -> {candidate} "
                 f"({result.n_train} train / {result.n_val} val); serves the {served}")
-        score(f"optimize({name})", p, extra_calls=result.lm_calls, extra_s=time.perf_counter() - t, note=note)
+        label = f"optimize({name}{', field_typing=False' if args.no_field_typing else ''})"
+        score(label, p, extra_calls=result.lm_calls, extra_s=time.perf_counter() - t, note=note)
 
     print("\n| configuration | test score | LM calls | wall s | note |\n| --- | --- | --- | --- | --- |")
     for name, value, calls, seconds, note in rows:

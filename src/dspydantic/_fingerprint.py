@@ -51,6 +51,7 @@ def prompter_fingerprint(prompter: Prompter) -> str:
         **({"choice_bias": {k: dict(v) for k, v in state.choice_bias.items()}} if state.choice_bias else {}),
         **({"nearest_demos": state.nearest_demos, "demo_pool": [d.to_json() for d in state.demo_pool]}
            if state.nearest_demos else {}),
+        **({"field_values": {k: list(v) for k, v in state.field_values.items()}} if state.field_values else {}),
         "settings": prompter.settings.fingerprint,
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)

@@ -221,6 +221,10 @@ def plan_messages(
         try:
             data = renderer.parse(raw)
             if not assessed:
+                if renderer.typer is not None:  # field typing (see _retype): no evidence to move here
+                    from ._retype import retype_model
+
+                    data = retype_model(renderer.typer, renderer.model, data)[0]
                 response.confirm()
                 return ExtractionResult(data=data, confidence=math.nan, raw_output=raw, usage=usage,
                                         attempts=attempt, cached=cached_all, confidence_source="none")
@@ -229,6 +233,7 @@ def plan_messages(
                 renderer, raw, data, source, token_logprobs=response.token_logprobs,
                 token_texts=response.token_texts, attempt=attempt,
             )
+            data, assessment = check.retype(renderer, data, assessment)
         except OutputParseError as exc:
             errors.append(exc.errors)
             if attempt <= p.max_retries:

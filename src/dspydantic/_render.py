@@ -21,6 +21,7 @@ from ._template import render_template, template_placeholders
 
 if TYPE_CHECKING:
     from ._nearest import NearestDemos
+    from ._retype import FieldTyper
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful information extraction system. You read a document and return the requested "
@@ -72,6 +73,9 @@ class PromptState:
     #: are most like the document's (see :mod:`dspydantic._nearest`); 0 shows ``demos`` only
     demo_pool: tuple[Demo, ...] = ()
     nearest_demos: int = 0
+    #: top-level string field -> the values its labels had (fitted by ``optimize()``): a value the answer
+    #: put in the wrong one of these fields is moved to the one it fits (see :mod:`dspydantic._retype`)
+    field_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ._nearest import MAX_NEAREST
@@ -97,6 +101,8 @@ class PromptState:
         for key in ("demos", "demo_pool"):
             if key in changes:
                 changes[key] = tuple(changes[key])
+        if "field_values" in changes:
+            changes["field_values"] = {str(k): tuple(v) for k, v in dict(changes["field_values"]).items()}
         return dataclasses.replace(self, **changes)
 
 
@@ -145,6 +151,8 @@ class Renderer:
         self.placeholders = template_placeholders(self._system) | template_placeholders(self._instruction)
         self._prefix: list[dict[str, Any]] | None = None if self.placeholders else self._build_prefix(None)
         self._nearest: NearestDemos | None = None  # built on first use
+        self._typer: FieldTyper | None = None  # built on first use
+        self._typer_built = False
 
     @property
     def nearest(self) -> NearestDemos | None:
@@ -154,6 +162,19 @@ class Renderer:
 
             self._nearest = NearestDemos(self.state.demo_pool)
         return self._nearest
+
+    @property
+    def typer(self) -> FieldTyper | None:
+        """The field typing of the state's ``field_values`` (over the schema's nullable top-level string
+        fields only; see :mod:`dspydantic._retype`), else None."""
+        if not self._typer_built:
+            self._typer_built = True
+            if self.state.field_values:
+                from ._retype import retypable_fields, typer_for
+
+                allowed = set(retypable_fields(self.base_schema))
+                self._typer = typer_for({f: v for f, v in self.state.field_values.items() if f in allowed})
+        return self._typer
 
     # -- rendering -----------------------------------------------------------------------------------
     def _build_prefix(self, variables: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from .._render import OutputParseError, Renderer
-from .assess import Assessment, FieldPlan, apply_required, assess, canonical_values, field_plan, with_agreement
+from .assess import (
+    NULL_CANONICAL,
+    Assessment,
+    FieldPlan,
+    apply_required,
+    assess,
+    canonical_values,
+    field_plan,
+    with_agreement,
+)
 from .signals import FieldSignals, reask_factor
 
 if TYPE_CHECKING:
@@ -93,11 +102,47 @@ class AnswerCheck:
         return data, a
 
     def sample(self, renderer: Renderer, raw: str) -> dict[str, Any] | None:
-        """One extra sampled answer as JSON data (None when it does not validate)."""
+        """One extra sampled answer as JSON data (None when it does not validate), corrected by the state's
+        field typing as the answer was."""
         try:
-            return dict(renderer.parse(raw).model_dump(mode="json", by_alias=True))
+            data = renderer.parse(raw)
         except OutputParseError:
             return None
+        typer = renderer.typer
+        if typer is not None:
+            from .._retype import retype_model
+
+            data = retype_model(typer, renderer.model, data)[0]
+        return dict(data.model_dump(mode="json", by_alias=True))
+
+    def retype(self, renderer: Renderer, data: BaseModel, a: Assessment) -> tuple[BaseModel, Assessment]:
+        """The answer corrected by the state's field typing (:mod:`dspydantic._retype`), its evidence moved
+        with each moved value: the target field gets the value's signals, spans and grounding, the field it
+        left those of a null value."""
+        typer = renderer.typer
+        if typer is None:
+            return data, a
+        from .._retype import retype_model
+
+        data, moves = retype_model(typer, renderer.model, data)
+        for m in moves:
+            before = a.signals.get(m.source)
+            if m.target is not None:
+                if before is not None:
+                    a.signals[m.target] = before
+                if m.source in a.spans:
+                    a.spans[m.target] = a.spans[m.source]
+                if m.source in a.canonical:
+                    a.canonical[m.target] = a.canonical[m.source]
+                a.ungrounded = [m.target if p == m.source else p for p in a.ungrounded]
+            else:
+                a.ungrounded = [p for p in a.ungrounded if p != m.source]
+            if before is not None:
+                a.signals[m.source] = replace(before, logprob=None, min_logprob=None, first_logprob=None,
+                                              n_tokens=0, grounding=None, shared_span=False, null=True)
+            a.spans.pop(m.source, None)
+            a.canonical[m.source] = NULL_CANONICAL
+        return data, a
 
     def confidences(
         self,

@@ -20,7 +20,8 @@ from .grounding import ground
 from .signals import MIN_LOGPROB, FieldSignals, align_tokens
 
 __all__ = [
-    "Assessment", "FieldPlan", "Violation", "absent_fields", "apply_required", "assess", "field_plan", "with_agreement",
+    "NULL_CANONICAL", "Assessment", "FieldPlan", "Violation", "absent_fields", "apply_required", "assess", "field_plan",
+    "with_agreement",
 ]
 
 #: string formats whose value is a normalized rendering (not a copy of the source): never grounded
@@ -161,6 +162,10 @@ def _by_path(located: Sequence[Located], plan: FieldPlan) -> dict[str, list[Loca
             if sp in plan.paths:
                 out.setdefault(sp, []).append(loc)
     return out
+
+
+#: the canonical value of a null field (what a field that has no value agrees with)
+NULL_CANONICAL = _canonical([None])
 
 
 def canonical_values(answer: Mapping[str, Any] | None, plan: FieldPlan) -> dict[str, str]:

@@ -80,6 +80,10 @@ class OptimizeOptions:
     * ``choice_bias`` (True): on a backend that decodes with logits (the local model), the candidate also gets
       per-value biases for its enum and boolean fields, fitted on the training answers
       (:mod:`dspydantic.optimize.calibrate`; one more pass over the training split); other backends skip it.
+    * ``field_typing`` (True): when the model has two or more nullable top-level string fields, the candidate
+      also gets each such field's labelled values on the training split, and a value the answer puts in the
+      wrong one of them is moved to the one it fits (:mod:`dspydantic._retype`; no LM call). Validation
+      decides with the rest of the candidate.
 
     Keywords that are none of these fields are the chosen DSPy teleprompter's constructor or ``compile()``
     arguments (``teleprompter_kwargs``; they are matched to it when the stages are planned)."""
@@ -126,6 +130,7 @@ class OptimizeOptions:
     compare_original: bool = True
     calibrate: bool = True
     choice_bias: bool = True
+    field_typing: bool = True
     #: every other keyword: the DSPy teleprompter's constructor or ``compile()`` arguments
     teleprompter_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -191,7 +196,7 @@ class OptimizeOptions:
                 )
             put("optimize_prompts", names)
         for name in ("sequential", "parallel_fields", "optimize_descriptions", "compare_original", "calibrate",
-                     "choice_bias", "verbose"):
+                     "choice_bias", "field_typing", "verbose"):
             put(name, bool(getattr(self, name)))
         for name in ("include_fields", "exclude_fields"):
             value = getattr(self, name)

@@ -93,7 +93,28 @@ class Run:
                 state = self.fit_choice_bias(state)
             except BudgetExhausted:
                 self.notes.append("the budget ran out while fitting choice biases; kept the stages' result")
+        if self.opts.field_typing:
+            state = self.fit_field_typing(state)
         return state
+
+    def fit_field_typing(self, state: PromptState) -> PromptState:
+        """The state with the labelled values of the model's nullable top-level string fields on the training
+        split (:mod:`dspydantic._retype`); unchanged when fewer than two such fields have values, or when a
+        training label gives one value to two fields. No LM call."""
+        from .._retype import fit_field_values, retypable_fields
+
+        fields = retypable_fields(self.prompter.renderer.base_schema)
+        if len(fields) < 2:
+            return state
+        labels = [e for e in (ex.expected_dict() for ex in self.split.train) if e is not None]
+        fitted = fit_field_values(labels, fields)
+        if not fitted:
+            self.notes.append("field typing: not fitted (fewer than two string fields with labelled values, or a "
+                              "label giving one value to two fields)")
+            return state
+        self.notes.append(f"field typing: the labelled values of {len(fitted)} string field(s) on "
+                          f"{len(labels)} training example(s)")
+        return state.replace(field_values=fitted)
 
     def fit_choice_bias(self, state: PromptState) -> PromptState:
         """The state with biases for its choice fields fitted on the training answers (:mod:`.calibrate`):

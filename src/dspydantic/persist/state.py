@@ -100,6 +100,8 @@ def state_to_json(
         **({"nearest_demos": state.nearest_demos,
             "demo_pool": [_demo_to_json(d, images, f"{what} pool demo {i + 1}") for i, d in enumerate(state.demo_pool)]}
            if state.nearest_demos or state.demo_pool else {}),
+        **({"field_values": {str(k): [str(v) for v in vs] for k, vs in dict(state.field_values).items()}}
+           if state.field_values else {}),
     }
 
 
@@ -162,8 +164,27 @@ def state_from_json(data: Any, files: Mapping[str, bytes] | None = None) -> Prom
         field_descriptions={str(k): v for k, v in descriptions.items()},
         demos=tuple(_demo_from_json(raw, files) for raw in demos_raw),
         choice_bias=_choice_bias_from_json(data.get("choice_bias")),
+        field_values=_field_values_from_json(data.get("field_values")),
         **_nearest_from_json(data, files),
     )
+
+
+def _field_values_from_json(raw: Any) -> dict[str, tuple[str, ...]]:
+    """A saved ``field_values``: field name -> a list of at most
+    :data:`~dspydantic._retype.MAX_FIELD_VALUES` strings of at most ``MAX_VALUE_CHARS`` characters."""
+    from .._retype import MAX_FIELD_VALUES, MAX_VALUE_CHARS
+
+    if raw is None:
+        return {}
+    _expect(isinstance(raw, dict) and len(raw) <= 1000, "field_values is not an object of at most 1000 fields")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, values in raw.items():
+        _expect(isinstance(values, list) and len(values) <= MAX_FIELD_VALUES
+                and all(isinstance(v, str) and len(v) <= MAX_VALUE_CHARS for v in values),
+                f"field_values[{name!r}] is not a list of at most {MAX_FIELD_VALUES} strings of at most "
+                f"{MAX_VALUE_CHARS} characters")
+        out[str(name)] = tuple(values)
+    return out
 
 
 def _nearest_from_json(data: Mapping[str, Any], files: Mapping[str, bytes] | None) -> dict[str, Any]:
