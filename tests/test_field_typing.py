@@ -13,8 +13,10 @@ import pytest
 from pydantic import BaseModel
 
 from dspydantic import Example, PersistenceError, Prompter
+from dspydantic._render import PromptState
 from dspydantic._retype import FieldTyper, fit_field_values, retypable_fields, retype_json
 from dspydantic._schema import model_schema
+from dspydantic.errors import ConfigurationError
 from dspydantic.testing import FakeLLMServer, last_user_text
 
 from .test_load_attacks import edit_json
@@ -176,6 +178,13 @@ def test_saved_typing_is_loaded_as_it_was_and_is_part_of_the_fingerprint(srv: Fa
     q = Prompter.load(tmp_path / "p", model=Place, model_id="openai/fake", api_base=srv.base_url, api_key="k")
     assert q.state == p.state and q.fingerprint == p.fingerprint
     assert q.run("Rain in Maumee OH") == Place(city="Maumee", state="OH")
+
+
+def test_a_state_refuses_typing_it_could_not_save() -> None:
+    for bad in ("Oslo", ["Oslo", 3], [b"ND"]):
+        with pytest.raises(ConfigurationError, match=r"field_values\['city'\] must be a list of strings"):
+            PromptState().replace(field_values={"city": bad, "state": ["ND"]})
+    assert PromptState().replace(field_values={"city": ["Oslo"]}).field_values == {"city": ("Oslo",)}
 
 
 @pytest.mark.parametrize(("value", "why"), [

@@ -85,6 +85,11 @@ class PromptState:
             from .errors import ConfigurationError
 
             raise ConfigurationError(f"nearest_demos must be a whole number from 0 to {MAX_NEAREST}, got {k!r}")
+        for name, typed in dict(self.field_values).items():  # as load() accepts them
+            if isinstance(typed, (str, bytes)) or not all(isinstance(v, str) for v in typed):
+                from .errors import ConfigurationError
+
+                raise ConfigurationError(f"field_values[{name!r}] must be a list of strings, got {typed!r}")
         if self.choice_bias:  # what load() accepts, checked where a state is made (a save would not load)
             from ._choices import MAX_BIAS
             from .errors import ConfigurationError
@@ -102,7 +107,8 @@ class PromptState:
             if key in changes:
                 changes[key] = tuple(changes[key])
         if "field_values" in changes:
-            changes["field_values"] = {str(k): tuple(v) for k, v in dict(changes["field_values"]).items()}
+            changes["field_values"] = {str(k): v if isinstance(v, (str, bytes)) else tuple(v)
+                                       for k, v in dict(changes["field_values"]).items()}
         return dataclasses.replace(self, **changes)
 
 
