@@ -221,10 +221,7 @@ def plan_messages(
         try:
             data = renderer.parse(raw)
             if not assessed:
-                if renderer.typer is not None:  # field typing (see _retype): no evidence to move here
-                    from ._retype import retype_model
-
-                    data = retype_model(renderer.typer, renderer.model, data)[0]
+                data = renderer.retyped(data)[0]  # field typing (see _retype): no evidence to move here
                 response.confirm()
                 return ExtractionResult(data=data, confidence=math.nan, raw_output=raw, usage=usage,
                                         attempts=attempt, cached=cached_all, confidence_source="none")

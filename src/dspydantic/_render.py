@@ -21,7 +21,7 @@ from ._template import render_template, template_placeholders
 
 if TYPE_CHECKING:
     from ._nearest import NearestDemos
-    from ._retype import FieldTyper
+    from ._retype import FieldTyper, Move
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful information extraction system. You read a document and return the requested "
@@ -176,11 +176,22 @@ class Renderer:
         if not self._typer_built:
             self._typer_built = True
             if self.state.field_values:
-                from ._retype import retypable_fields, typer_for
+                from ._retype import FieldTyper, retypable_fields
 
                 allowed = set(retypable_fields(self.base_schema))
-                self._typer = typer_for({f: v for f, v in self.state.field_values.items() if f in allowed})
+                fitted = {f: v for f, v in self.state.field_values.items() if f in allowed}
+                self._typer = FieldTyper(fitted) if len(fitted) >= 2 else None  # one field: nowhere to move
         return self._typer
+
+    def retyped(self, data: BaseModel) -> tuple[BaseModel, list[Move]]:
+        """A validated answer corrected by the state's field typing, and the moves made (``data`` and none
+        when the state has no typing)."""
+        typer = self.typer
+        if typer is None:
+            return data, []
+        from ._retype import retype_model
+
+        return retype_model(typer, self.model, data)
 
     # -- rendering -----------------------------------------------------------------------------------
     def _build_prefix(self, variables: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -25,14 +25,13 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
 __all__ = ["MARGIN", "MAX_FIELD_VALUES", "FieldTyper", "Move", "fit_field_values", "retypable_fields", "retype_json",
-           "retype_model", "typer_for"]
+           "retype_model"]
 
 #: log-odds a value must fit another field by before it is moved there (e**3 ~ 20 to 1)
 MARGIN = 3.0
@@ -42,6 +41,11 @@ _PRIOR_WEIGHT = 2.0
 MAX_FIELD_VALUES = 1000
 MAX_VALUE_CHARS = 200
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _key(value: str) -> str:
+    """A value as compared across fields: whitespace runs collapsed, case folded."""
+    return " ".join(value.split()).casefold()
 
 
 def _shape(token: str) -> str:
@@ -90,7 +94,7 @@ def fit_field_values(labels: Sequence[Mapping[str, Any]], fields: Sequence[str])
             v = label.get(f)
             if not isinstance(v, str) or not v.strip() or len(v) > MAX_VALUE_CHARS:
                 continue
-            key = " ".join(v.split()).casefold()
+            key = _key(v)
             if key in seen:
                 return {}
             seen.add(key)
@@ -123,15 +127,16 @@ class FieldTyper:
         self._rate = {x: c / total for x, c in overall.items()}
         self._prior = {f: math.log((n + 1) / (total + len(self.fields))) for f, n in self._n.items()}
 
-    def log_score(self, field: str, value: str) -> float:
-        """log P(field) + sum of log P(feature | field) over the value's features some labelled value had."""
-        n, counts = self._n[field], self._counts[field]
-        s = self._prior[field]
-        for x in features(value):
-            rate = self._rate.get(x)
-            if rate is not None:
-                s += math.log((counts[x] + _PRIOR_WEIGHT * rate) / (n + _PRIOR_WEIGHT))
-        return s
+    def log_scores(self, value: str) -> dict[str, float]:
+        """Field -> log P(field) + the sum of log P(feature | field) over the value's features some labelled
+        value had."""
+        seen = [(x, rate) for x in features(value) if (rate := self._rate.get(x)) is not None]
+        return {
+            f: self._prior[f] + sum(
+                math.log((self._counts[f][x] + _PRIOR_WEIGHT * rate) / (self._n[f] + _PRIOR_WEIGHT)) for x, rate in seen
+            )
+            for f in self.fields
+        }
 
     def corrections(self, data: Mapping[str, Any]) -> list[Move]:
         """The moves that would correct ``data`` (a JSON object of the model), in order."""
@@ -140,25 +145,23 @@ class FieldTyper:
         by_value: dict[str, list[str]] = {}
         for f, v in current.items():
             if isinstance(v, str) and v.strip():
-                by_value.setdefault(" ".join(v.split()).casefold(), []).append(f)
+                by_value.setdefault(_key(v), []).append(f)
         for holders in by_value.values():
             if len(holders) > 1:
-                value = str(current[holders[0]])
-                best = max(holders, key=lambda f: (self.log_score(f, value), -holders.index(f)))
+                scores = self.log_scores(str(current[holders[0]]))
+                best = max(holders, key=lambda f: (scores[f], -holders.index(f)))
                 for f in holders:
                     if f != best:
                         moves.append(Move(f, None, str(current[f])))
                         current[f] = None
         for f in self.fields:
             v = current[f]
-            if not isinstance(v, str) or not v.strip():
-                continue
-            here = self.log_score(f, v)
             empty = [g for g in self.fields if g != f and not current[g]]
-            if not empty:
+            if not isinstance(v, str) or not v.strip() or not empty:
                 continue
-            best = max(empty, key=lambda g: (self.log_score(g, v), -self.fields.index(g)))
-            if self.log_score(best, v) - here >= MARGIN:
+            scores = self.log_scores(v)
+            best = max(empty, key=lambda g: (scores[g], -self.fields.index(g)))
+            if scores[best] - scores[f] >= MARGIN:
                 moves.append(Move(f, best, v))
                 current[best], current[f] = v, None
         return moves
@@ -172,18 +175,6 @@ def apply_moves(data: Mapping[str, Any], moves: Sequence[Move]) -> dict[str, Any
             out[m.target] = out.get(m.source)
         out[m.source] = None
     return out
-
-
-@lru_cache(maxsize=64)
-def _typer(key: tuple[tuple[str, tuple[str, ...]], ...]) -> FieldTyper:
-    return FieldTyper(dict(key))
-
-
-def typer_for(field_values: Mapping[str, Sequence[str]]) -> FieldTyper | None:
-    """The (cached) typer of a state's ``field_values``; None when it has fewer than two fields."""
-    if len(field_values) < 2:
-        return None
-    return _typer(tuple((str(f), tuple(vs)) for f, vs in field_values.items()))
 
 
 def retype_json(typer: FieldTyper, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[Move]]:

@@ -105,26 +105,16 @@ class AnswerCheck:
         """One extra sampled answer as JSON data (None when it does not validate), corrected by the state's
         field typing as the answer was."""
         try:
-            data = renderer.parse(raw)
+            data = renderer.retyped(renderer.parse(raw))[0]
         except OutputParseError:
             return None
-        typer = renderer.typer
-        if typer is not None:
-            from .._retype import retype_model
-
-            data = retype_model(typer, renderer.model, data)[0]
         return dict(data.model_dump(mode="json", by_alias=True))
 
     def retype(self, renderer: Renderer, data: BaseModel, a: Assessment) -> tuple[BaseModel, Assessment]:
         """The answer corrected by the state's field typing (:mod:`dspydantic._retype`), its evidence moved
         with each moved value: the target field gets the value's signals, spans and grounding, the field it
         left those of a null value."""
-        typer = renderer.typer
-        if typer is None:
-            return data, a
-        from .._retype import retype_model
-
-        data, moves = retype_model(typer, renderer.model, data)
+        data, moves = renderer.retyped(data)
         for m in moves:
             before = a.signals.get(m.source)
             if m.target is not None:
